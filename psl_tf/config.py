@@ -1,0 +1,70 @@
+"""The frozen description of one pre-training run. Built from flags in `psl_tf.train`."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a pre-training run needs; see `psl_tf/flagdefs.py` for each field's meaning."""
+  # What to learn.
+  task: str = "rotation"
+  mode: str = "psl"
+  stages: str = ""
+  levels: str = ""
+  task_options: dict = dataclasses.field(default_factory=dict)
+  # Data.
+  dataset: str = "demo"
+  data_dir: str | None = None
+  train_split: str = "train"
+  image_size: int = 64
+  resize: int = 0
+  image_check: str = "full"
+  shuffle_buffer: int = 10_000
+  # Model.
+  backbone: str = "cifar_resnet"
+  depth: int = 18
+  width: int = 32
+  filters_factor: int = 4
+  recompute: bool = False
+  head_hidden: int = 512
+  frozen_bn: str = "inference"
+  # Optimisation, per stage.
+  batch_size: int = 64
+  epochs: tuple = (2,)
+  steps_per_epoch: int = 0
+  optimizer: str = "sgd"
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  lr_schedule: str = "step"
+  lr_step_split: str = "20,20,10,10"
+  lr_decay: float = 0.1
+  warmup_epochs: float = 0.0
+  # Running.
+  seed: int = 0
+  workdir: str = "runs/default"
+  export: bool = True
+  verbose: int = 1
+
+  @property
+  def resize_to(self):
+    """Shorter side before cropping: given, or 256/224 of the crop as in the paper."""
+    return self.resize or int(round(self.image_size * 256 / 224))
+
+  def stage_epochs(self, num_stages):
+    """Epochs of each stage: one value for all, or one per stage."""
+    if len(self.epochs) == 1:
+      return list(self.epochs) * num_stages
+    if len(self.epochs) != num_stages:
+      raise ValueError(f"--epochs gives {len(self.epochs)} values for {num_stages} stages; "
+                       "give one value or one per stage")
+    return list(self.epochs)
+
+  def backbone_kwargs(self):
+    """Keyword arguments of the chosen backbone's builder (spatial size left open, so the
+    same backbone takes whole images, jigsaw tiles and probe crops)."""
+    if self.backbone == "cifar_resnet":
+      return {"depth": self.depth, "width": self.width}
+    if self.backbone == "revnet50":
+      return {"filters_factor": self.filters_factor, "recompute": self.recompute}
+    return {}

@@ -1,0 +1,255 @@
+"""Image sources (TFDS, image folders, the offline demo set) and the per-replica input_fn.
+
+A source yields ``(image uint8 [H, W, 3], label int64)`` pairs; a task's per-example map then
+turns each pair into the stage's ``(inputs, targets)``. Randomness in the maps is stateless and
+seeded by ``(seed, pipeline id, example counter)``, so pipelines are reproducible.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_CHECKS = ("full", "header", "none")
+
+# scikit-image's bundled sample photographs: real pictures that install with a PyPI wheel, so
+# the default run needs no network. Label = which photograph a crop came from.
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+               "immunohistochemistry", "stereo_motorcycle", "retina", "camera", "grass")
+DEMO_SIZE = 96
+DEMO_SPLITS = {"train": (1000, 1), "test": (200, 2), "validation": (200, 2)}
+
+
+@dataclasses.dataclass
+class Source:
+  """Where images come from.
+
+  Attributes:
+    name: the --dataset value.
+    elements: a cheap dataset (file names, indices, or decoded records) to shuffle and shard.
+    decode: maps one element to (image uint8 [H, W, 3], label int64).
+    num_examples: size of the split, when known.
+    num_classes: number of labels, when known (None for unlabelled data).
+    skipped: files found unreadable and left out.
+  """
+  name: str
+  elements: tf.data.Dataset
+  decode: callable
+  num_examples: int | None
+  num_classes: int | None
+  skipped: int = 0
+
+  def images(self):
+    """The decoded (image, label) dataset in source order, for evaluation."""
+    return self.elements.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class DataError(ValueError):
+  """A data set the user named cannot be used; the message says why."""
+
+
+def load_source(dataset, split="train", data_dir=None, image_check="full"):
+  """Opens `dataset` ('demo', 'folder:PATH' or a TFDS name) at `split`."""
+  if dataset == "demo":
+    return demo_source(split)
+  if dataset.startswith("folder:"):
+    return folder_source(dataset[len("folder:"):], split, image_check)
+  return tfds_source(dataset, split, data_dir)
+
+
+# ---- demo --------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _demo_photos():
+  import skimage.data  # pylint: disable=g-import-not-at-top  (heavy; only the demo needs it)
+  photos = []
+  for name in DEMO_PHOTOS:
+    image = getattr(skimage.data, name)()
+    image = np.asarray(image[0] if isinstance(image, tuple) else image)  # stereo: left view
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    photos.append(image[..., :3].astype(np.uint8))
+  return photos
+
+
+@functools.lru_cache(maxsize=None)
+def demo_arrays(split):
+  """Deterministic square crops of the demo photographs, resized to DEMO_SIZE.
+
+  Returns (images uint8 [N, DEMO_SIZE, DEMO_SIZE, 3], labels int64 [N]); labels name the
+  source photograph. Train and test crops come from different seeds.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if split not in DEMO_SPLITS:
+    raise DataError(f"demo has splits {sorted(DEMO_SPLITS)}, not {split!r}")
+  count, seed = DEMO_SPLITS[split]
+  rng = np.random.default_rng(seed)
+  photos = _demo_photos()
+  images = np.empty((count, DEMO_SIZE, DEMO_SIZE, 3), np.uint8)
+  labels = np.arange(count, dtype=np.int64) % len(photos)
+  for i, label in enumerate(labels):
+    photo = photos[label]
+    h, w = photo.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.35, 1.0))
+    top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    crop = Image.fromarray(photo[top:top + side, left:left + side])
+    images[i] = np.asarray(crop.resize((DEMO_SIZE, DEMO_SIZE), Image.BILINEAR))
+  return images, labels
+
+
+def demo_source(split):
+  images, labels = demo_arrays(split)
+  elements = tf.data.Dataset.from_tensor_slices((images, labels))
+  return Source("demo", elements, lambda image, label: (image, label), len(labels),
+                len(DEMO_PHOTOS))
+
+
+# ---- image folders -----------------------------------------------------------------------
+
+def _check_image(path, mode):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    if os.path.getsize(path) == 0:
+      return False
+    if mode == "none":
+      return True
+    with Image.open(path) as image:
+      if mode == "header":
+        image.verify()
+      else:
+        image.load()
+    return True
+  except Exception:  # pylint: disable=broad-except  (any failure means: skip this file)
+    return False
+
+
+def _folder_root(path, split):
+  if not os.path.isdir(path):
+    raise DataError(f"folder:{path} is not a readable directory")
+  aliases = {"validation": ("validation", "val", "test"), "test": ("test", "val", "validation")}
+  for name in aliases.get(split, (split,)):
+    if os.path.isdir(os.path.join(path, name)):
+      return os.path.join(path, name)
+  if split == "train":
+    return path
+  raise DataError(f"folder:{path} has no {split!r} sub-folder for the {split} split")
+
+
+def list_image_folder(path, split="train", image_check="full"):
+  """Files and labels of an image tree; class sub-folders (sorted) give labels.
+
+  Returns (files, labels, class_names, skipped). Unreadable files are left out and counted;
+  a tree with no class folders is read as one unlabelled class.
+  """
+  if image_check not in IMAGE_CHECKS:
+    raise DataError(f"image check must be one of {IMAGE_CHECKS}, got {image_check!r}")
+  root = _folder_root(path, split)
+  class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  files, labels = [], []
+  for label, class_dir in enumerate(class_names or [""]):
+    for dirpath, _, names in os.walk(os.path.join(root, class_dir)):
+      if not class_names and dirpath != root:
+        continue
+      for name in sorted(names):
+        if name.lower().endswith(IMAGE_EXTENSIONS):
+          files.append(os.path.join(dirpath, name))
+          labels.append(label)
+  if not files:
+    raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+  with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+    ok = list(pool.map(functools.partial(_check_image, mode=image_check), files, chunksize=256))
+  bad = [f for f, good in zip(files, ok) if not good]
+  if bad:
+    logging.warning("skipped %d unreadable image file(s) under %s, e.g. %s",
+                    len(bad), root, ", ".join(bad[:3]))
+  kept = [(f, l) for f, l, good in zip(files, labels, ok) if good]
+  if not kept:
+    raise DataError(f"none of the {len(files)} image files under {root} could be read")
+  return [f for f, _ in kept], [l for _, l in kept], class_names, len(bad)
+
+
+def _decode_file(path, label):
+  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  return tf.ensure_shape(image, [None, None, 3]), label
+
+
+def folder_source(path, split="train", image_check="full"):
+  files, labels, class_names, skipped = list_image_folder(path, split, image_check)
+  elements = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64)))
+  return Source(f"folder:{path}", elements, _decode_file, len(files),
+                len(class_names) or None, skipped)
+
+
+# ---- TFDS --------------------------------------------------------------------------------
+
+def tfds_source(name, split, data_dir=None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  if name not in tfds.list_builders():
+    raise DataError(f"unknown data set {name!r}: not 'demo', not 'folder:PATH', and not a "
+                    "TFDS name (see tfds.list_builders())")
+  try:
+    dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True,
+                              shuffle_files=True)
+  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
+    raise DataError(f"cannot load TFDS {name!r} split {split!r}: "
+                    f"{str(e).strip().splitlines()[0]}") from e
+  has_label = "label" in info.features
+  num_classes = info.features["label"].num_classes if has_label else None
+
+  def decode(example):
+    label = example["label"] if has_label else tf.constant(-1, tf.int64)
+    return example["image"], tf.cast(label, tf.int64)
+
+  try:
+    num_examples = info.splits[split].num_examples
+  except Exception:  # pylint: disable=broad-except  (split arithmetic like 'train[:10%]')
+    num_examples = None
+  return Source(name, dataset, decode, num_examples, num_classes)
+
+
+# ---- input pipelines ---------------------------------------------------------------------
+
+def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
+                  shuffle_buffer=10_000):
+  """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
+
+  Args:
+    source: a Source.
+    example_fn: `(image, label, seed[2]) -> (inputs, targets)`, from a task.
+    global_batch_size: batch over all replicas; each replica gets its share.
+    seed: base seed of the shuffle and of every augmentation.
+    training: shuffle and repeat forever (the trainer counts steps) if True.
+    shuffle_buffer: elements in the shuffle buffer.
+
+  Returns:
+    `input_fn(tf.distribute.InputContext | None) -> tf.data.Dataset`.
+  """
+  def input_fn(context=None):
+    ds = source.elements
+    pipeline_id = 0
+    batch_size = global_batch_size
+    if context is not None:
+      pipeline_id = context.input_pipeline_id
+      batch_size = context.get_per_replica_batch_size(global_batch_size)
+      if context.num_input_pipelines > 1:
+        ds = ds.shard(context.num_input_pipelines, pipeline_id)
+    if training:
+      ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + pipeline_id,
+                      reshuffle_each_iteration=True).repeat()
+    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
+    # Counter after repeat, so every epoch draws fresh augmentations.
+    ds = ds.enumerate().map(
+        lambda i, pair: example_fn(pair[0], pair[1],
+                                   tf.stack([tf.constant(seed * 1009 + pipeline_id, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return input_fn

@@ -1,0 +1,75 @@
+"""Command-line flags of `python -m psl_tf.train`, defined in one place.
+
+Only entry points read these values; library code gets a `psl_tf.config.Config`.
+Task-specific flags are named `<task prefix>_<option>` (e.g. `--rotation_crop`) and reach the
+task's constructor as `option=` (see `Task.option_prefixes`).
+"""
+
+from absl import flags
+
+# Flags that may change when a run is resumed: they do not change what is learned.
+RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile"})
+
+
+def define_train_flags():
+  """Defines every training flag (idempotent: a second call does nothing)."""
+  if "task" in flags.FLAGS:
+    return
+  # What to learn.
+  flags.DEFINE_string("task", "rotation", "Pretext task ladder: rotation, jigsaw, simclr, mocov2.")
+  flags.DEFINE_enum("mode", "psl", ["psl", "sl", "psl_f", "e2e", "greedy"],
+                    "psl: progressive stage-wise; sl: stage-wise on the hardest level only; "
+                    "psl_f: psl with full gradients; e2e: one end-to-end stage; greedy: "
+                    "non-overlapping stages B1-B2/B3-B4/B5.")
+  flags.DEFINE_string("stages", "", "Block ranges of the stages, e.g. 1-3,2-4,3-5 "
+                      "(empty: the mode's default).")
+  flags.DEFINE_string("levels", "", "Task level of each stage, e.g. 1,2,3 "
+                      "(empty: stage k on level k; the top level in sl and e2e).")
+  # Data.
+  flags.DEFINE_string("dataset", "demo", "demo (offline sample photos), folder:PATH "
+                      "(class sub-folders give labels) or a TFDS name such as cifar10.")
+  flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+  flags.DEFINE_string("train_split", "train", "Split to pre-train on.")
+  flags.DEFINE_integer("image_size", 64, "Side of the square crop the backbone sees.")
+  flags.DEFINE_integer("resize", 0, "Shorter side before cropping (0: image_size * 256/224).")
+  flags.DEFINE_enum("image_check", "full", ["full", "header", "none"],
+                    "How folder images are checked before training; unreadable ones are "
+                    "skipped and counted.")
+  flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer, in images.")
+  # Model.
+  flags.DEFINE_string("backbone", "cifar_resnet", "resnet50, cifar_resnet or revnet50.")
+  flags.DEFINE_integer("depth", 18, "cifar_resnet depth: 10, 18, 34 or 50.")
+  flags.DEFINE_integer("width", 32, "cifar_resnet width of b1/b2 (doubled per block after).")
+  flags.DEFINE_integer("filters_factor", 4, "revnet50 width multiplier.")
+  flags.DEFINE_bool("recompute", False, "revnet50: recompute activations in the backward pass.")
+  flags.DEFINE_integer("head_hidden", 512, "Hidden width of the task heads (0: linear head).")
+  flags.DEFINE_enum("frozen_bn", "inference", ["inference", "batch_stats"],
+                    "BatchNorm of frozen blocks: inference (moving statistics, kept) or "
+                    "batch_stats (batch statistics, moving averages keep updating).")
+  # Optimisation (per stage).
+  flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
+  flags.DEFINE_list("epochs", ["2"], "Epochs per stage: one value, or one per stage.")
+  flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: images // batch_size).")
+  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer, rebuilt for every stage.")
+  flags.DEFINE_float("learning_rate", 0.01, "Peak learning rate of every stage.")
+  flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+  flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on kernels (not biases, not BN).")
+  flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
+                    "Learning-rate schedule within a stage.")
+  flags.DEFINE_string("lr_step_split", "20,20,10,10", "Step schedule: relative lengths of "
+                      "the constant pieces (the paper's 20/20/10/10 epochs).")
+  flags.DEFINE_float("lr_decay", 0.1, "Step schedule: factor between pieces.")
+  flags.DEFINE_float("warmup_epochs", 0.0, "Cosine schedule: linear warm-up epochs.")
+  # Running.
+  flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+  flags.DEFINE_string("workdir", "", "Work directory (empty: runs/<task>_<mode>_<dataset>).")
+  flags.DEFINE_bool("export", True, "Write a SavedModel of the backbone to <workdir>/export.")
+  flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 "
+                       "one line per epoch.")
+  flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+                    "tf.distribute strategy.")
+  flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+  # Task options: <prefix>_<option>.
+  flags.DEFINE_enum("rotation_crop", "uniform", ["uniform", "per_angle"],
+                    "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
+                    "each angle's largest crop (leaks a zoom cue).")

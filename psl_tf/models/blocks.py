@@ -1,0 +1,64 @@
+"""Assembling a backbone from five block functions, and reading blocks back out of one."""
+
+import keras
+from keras import layers
+
+BLOCK_NAMES = ("b1", "b2", "b3", "b4", "b5")
+
+# ImageNet statistics of RGB values in [0, 1]; a fixed input normalisation inside b1.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Standardize(layers.Layer):
+  """(x - mean) / std with fixed constants; no weights, so nothing to train or save."""
+
+  def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
+    super().__init__(**kwargs)
+    self.mean = tuple(float(m) for m in mean)
+    self.std = tuple(float(s) for s in std)
+
+  def call(self, x):
+    mean = keras.ops.convert_to_tensor(self.mean, dtype=x.dtype)
+    std = keras.ops.convert_to_tensor(self.std, dtype=x.dtype)
+    return (x - mean) / std
+
+  def get_config(self):
+    return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def assemble(block_fns, input_shape=(None, None, 3), name="backbone"):
+  """Builds the backbone contract from five functions `tensor -> tensor`.
+
+  Each function is traced on a fresh `keras.Input` of the previous block's output shape,
+  so every block is a stand-alone functional `keras.Model` named b1..b5 that a stage can
+  call on its own; the returned model chains them and outputs a dict of all five maps.
+  """
+  if len(block_fns) != len(BLOCK_NAMES):
+    raise ValueError(f"a backbone has {len(BLOCK_NAMES)} blocks, got {len(block_fns)}")
+  sub_models = []
+  shape = tuple(input_shape)
+  for i, (block_name, fn) in enumerate(zip(BLOCK_NAMES, block_fns)):
+    inp = keras.Input(shape, name=f"{block_name}_input")
+    x = Standardize(name="standardize")(inp) if i == 0 else inp
+    out = fn(x)
+    sub_models.append(keras.Model(inp, out, name=block_name))
+    shape = tuple(out.shape[1:])
+  image = keras.Input(tuple(input_shape), name="image")
+  x, outputs = image, {}
+  for block_name, sub_model in zip(BLOCK_NAMES, sub_models):
+    x = sub_model(x)
+    outputs[block_name] = x
+  return keras.Model(image, outputs, name=name)
+
+
+def get_blocks(backbone):
+  """The five block sub-models of a backbone, in order."""
+  return [backbone.get_layer(name) for name in BLOCK_NAMES]
+
+
+def run_blocks(block_models, x, first, last, training):
+  """Runs blocks first..last (1-based, inclusive) on x."""
+  for block in block_models[first - 1:last]:
+    x = block(x, training=training)
+  return x

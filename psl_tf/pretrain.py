@@ -1,0 +1,192 @@
+"""The stage loop (paper Algorithm 1): for each stage, a fresh head, optimizer and schedule,
+then `fit`, then the stage's backbone weights on disk. Resumable at every epoch."""
+
+import dataclasses
+import os
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from psl_tf import data
+from psl_tf import distribute
+from psl_tf import export as export_lib
+from psl_tf import optim
+from psl_tf import stages as stages_lib
+from psl_tf import tasks
+from psl_tf import trainer
+from psl_tf import workdir as wd
+from psl_tf.models import build_backbone
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a run will do, resolved and checked before any model is built."""
+  task: object
+  stages: list
+  epochs: list
+  steps_per_epoch: int
+  source: data.Source
+
+
+def plan(config):
+  """Checks the config against the data and the task; raises ValueError on user error."""
+  task = tasks.build_task(config.task, config)
+  stage_list = stages_lib.make_stages(config.mode, task.num_levels, config.stages, config.levels)
+  epochs = config.stage_epochs(len(stage_list))
+  source = data.load_source(config.dataset, config.train_split, config.data_dir,
+                            config.image_check)
+  steps = config.steps_per_epoch
+  if not steps:
+    if not source.num_examples:
+      raise ValueError(f"the size of {config.dataset} is unknown; set --steps_per_epoch")
+    steps = source.num_examples // config.batch_size
+    if steps < 1:
+      raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
+                       f"batch of {config.batch_size}; lower --batch_size")
+  return Plan(task, stage_list, epochs, steps, source)
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+  """Saves model, optimizer and epoch at the end of every epoch."""
+
+  def __init__(self, manager, epoch_var):
+    super().__init__()
+    self.manager = manager
+    self.epoch_var = epoch_var
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epoch_var.assign(epoch + 1)
+    self.manager.save(checkpoint_number=epoch + 1)
+
+
+def _stage_header(config, stage, num_stages, task, epochs, steps):
+  frozen = ""
+  if stage.grad_first > 1:
+    below = "B1" if stage.grad_first == 2 else f"B1-B{stage.grad_first - 1}"
+    frozen = f", {below} frozen ({config.frozen_bn} BN)"
+  trained = f"B{stage.grad_first}-B{stage.last}" if stage.grad_first < stage.last else f"B{stage.last}"
+  return (f"== stage {stage.index}/{num_stages} [{config.mode}]: train {trained}{frozen} | "
+          f"{task.name} level {stage.level}: {task.describe_level(stage.level)} | "
+          f"{epochs} epochs x {steps} steps = {epochs * steps} steps, batch {config.batch_size}")
+
+
+def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print):
+  """Trains one stage (resuming from its last epoch checkpoint) and returns its summary."""
+  task, steps = the_plan.task, the_plan.steps_per_epoch
+  epochs = the_plan.epochs[stage.index - 1]
+  total_steps = epochs * steps
+  with strategy.scope():
+    feature_shape = backbone.get_layer(f"b{stage.last}").output.shape[1:]
+    head = task.build_head(feature_shape, stage.level)
+    schedule = optim.make_schedule(
+        config.lr_schedule, config.learning_rate, total_steps, config.lr_step_split,
+        config.lr_decay, warmup_steps=int(config.warmup_epochs * steps))
+    optimizer = optim.build_optimizer(config.optimizer, schedule, config.momentum)
+    model = trainer.StageModel(
+        backbone, task, stage, head,
+        weight_decay=0.0 if getattr(optimizer, "handles_weight_decay", False)
+        else config.weight_decay,
+        frozen_bn=config.frozen_bn, name=f"stage_{stage.index}")
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trained_variables())
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+  ckpt_dir = distribute.writable_dir(os.path.join(wd.stage_dir(workdir, stage.index), "ckpt"),
+                                     strategy)
+  manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=1)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} "
+        f"({manager.latest_checkpoint})")
+  initial_epoch = int(epoch_var.numpy())
+  log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
+
+  input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
+                                config.batch_size, seed=config.seed * 100 + stage.index,
+                                training=True, shuffle_buffer=config.shuffle_buffer)
+  dataset = strategy.distribute_datasets_from_function(input_fn)
+  callbacks = [_EpochCheckpoint(manager, epoch_var),
+               keras.callbacks.TensorBoard(
+                   distribute.writable_dir(os.path.join(workdir, "logs", f"stage_{stage.index}"),
+                                           strategy))]
+  start = time.time()
+  history = {}
+  if initial_epoch < epochs:
+    history = model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps, callbacks=callbacks,
+                        verbose=config.verbose).history
+  wall = time.time() - start
+  run_steps = (epochs - initial_epoch) * steps
+  summary = {
+      "stage": stage.index, "blocks": [stage.first, stage.last],
+      "trained_blocks": list(stage.trained_blocks), "level": stage.level,
+      "level_description": task.describe_level(stage.level), "epochs": epochs,
+      "steps": total_steps, "resumed_from_epoch": initial_epoch,
+      "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
+      "pretext_accuracy": float(history["accuracy"][-1]) if history.get("accuracy") else None,
+      "wall_time_s": round(wall, 3),
+      "images_per_second": round(run_steps * config.batch_size / wall, 2) if wall > 0 else None,
+      **task.level_summary(stage.level),
+  }
+  if distribute.is_chief(strategy):
+    wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, stage.index))
+  wd.remove_tree(ckpt_dir)
+  return summary
+
+
+def run(config, strategy, log=print, the_plan=None):
+  """Runs (or resumes) every stage of `config` and exports the backbone.
+
+  Args:
+    config: a `psl_tf.config.Config`.
+    strategy: a `tf.distribute.Strategy`; every model and variable is built in its scope.
+    log: where the one-line messages go.
+    the_plan: the result of `plan(config)`, if the caller already checked it.
+
+  Returns:
+    The summary dict also written to `summary.json`.
+  """
+  the_plan = the_plan or plan(config)
+  workdir = config.workdir
+  chief = distribute.is_chief(strategy)
+  if the_plan.source.skipped:
+    log(f"   skipped {the_plan.source.skipped} unreadable image file(s) in {config.dataset}")
+  keras.utils.set_random_seed(config.seed)
+  with strategy.scope():
+    backbone = build_backbone(config.backbone, **config.backbone_kwargs())
+  summary = wd.read_summary(workdir) or {}
+  summary.update({"task": config.task, "mode": config.mode, "dataset": config.dataset,
+                  "backbone": config.backbone, "image_size": config.image_size,
+                  "batch_size": config.batch_size, "replicas": strategy.num_replicas_in_sync,
+                  "skipped_images": the_plan.source.skipped})
+  summary.setdefault("stages", [])
+  done = set(wd.finished_stages(workdir))
+  previous = None  # the last finished stage
+  in_memory = None  # the stage whose weights the backbone holds now
+  for stage in the_plan.stages:
+    if stage.index in done:
+      log(f"== stage {stage.index}/{len(the_plan.stages)} already finished; "
+          f"using {wd.stage_weights_path(workdir, stage.index)}")
+      previous = stage.index
+      continue
+    if previous is not None and in_memory != previous:
+      wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, previous))
+    stage_summary = train_stage(config, the_plan, stage, backbone, strategy, workdir, log)
+    summary["stages"] = [s for s in summary["stages"] if s["stage"] != stage.index]
+    summary["stages"].append(stage_summary)
+    summary["stages"].sort(key=lambda s: s["stage"])
+    if chief:
+      wd.write_summary(workdir, summary)
+    previous = in_memory = stage.index
+  if previous is not None and in_memory != previous:
+    wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, previous))
+  if config.export and chief:
+    path = export_lib.export_backbone(backbone, os.path.join(workdir, "export"),
+                                      config.image_size)
+    summary["export"] = path
+    wd.write_summary(workdir, summary)
+    log(f"exported the backbone (stage {previous}) to {path}")
+  logging.info("run finished: %s", workdir)
+  return summary

@@ -1,0 +1,163 @@
+"""The small interface every pretext-task ladder implements.
+
+A task turns one pretext task G into levels G_1 ⊂ G_2 ⊂ ... of rising difficulty. The
+trainer asks it for four things per stage:
+
+* ``example_fn(level, training)``: a per-example `tf.data` map
+  ``(image_uint8[H, W, 3], label, seed[2]) -> (inputs, targets)``. All randomness comes from
+  stateless ops on ``seed``, so the same seed gives the same example eagerly and inside
+  `tf.data` (tests check this for every task).
+* ``build_head(feature_shape, level)``: the stage's head g_i (discarded after training).
+* ``forward(ctx, inputs, training)``: the stage's outputs; ``ctx.features(x, training)`` runs
+  the backbone blocks of the active stage (stop-gradient included) and ``ctx.head`` is g_i.
+* ``loss(targets, outputs)`` (mean over the local batch) and ``accuracy(targets, outputs)``
+  (per-example 0/1, the pretext accuracy that `summary.json` reports).
+
+Tasks with state across steps (MoCo's key encoder and queue) also override
+``build_stage_state`` and ``after_update``.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """Image geometry a task's pipeline produces.
+
+  Attributes:
+    size: side of the square image the backbone sees.
+    resize: shorter side the source image is resized to before cropping.
+  """
+  size: int = 224
+  resize: int = 256
+
+
+class Task:
+  """Base class; subclasses set `name`, `num_levels` and implement the abstract methods."""
+
+  name = "task"
+  num_levels = 3
+
+  # Flags named `<prefix>_<option>` are passed to the constructor as `option=`.
+  option_prefixes = ()
+
+  def __init__(self, image_spec=ImageSpec(), head_hidden=512):
+    self.image_spec = image_spec
+    self.head_hidden = head_hidden
+
+  @classmethod
+  def from_config(cls, config):
+    """Builds the task from a `psl_tf.config.Config` (task options in `task_options`)."""
+    return cls(image_spec=ImageSpec(config.image_size, config.resize_to),
+               head_hidden=config.head_hidden, **config.task_options)
+
+  # ---- description -------------------------------------------------------------------
+  def describe_level(self, level):
+    """A short human-readable description of a level, for the stage header."""
+    return f"level {level}"
+
+  def level_summary(self, level):
+    """Extra facts about a level for `summary.json` (JSON-serialisable dict)."""
+    return {}
+
+  def check_level(self, level):
+    if not 1 <= level <= self.num_levels:
+      raise ValueError(f"task {self.name} has levels 1..{self.num_levels}, got {level}")
+
+  # ---- data --------------------------------------------------------------------------
+  def example_fn(self, level, training):
+    raise NotImplementedError
+
+  def eval_image_fn(self):
+    """Per-example map `(image_uint8, label) -> (float image [size, size, 3], label)`.
+
+    The plain centre-crop view used by probes and export. Shared by all tasks.
+    """
+    spec = self.image_spec
+
+    def fn(image, label):
+      return center_crop_resize(to_float(image), spec.resize, spec.size), label
+    return fn
+
+  # ---- model -------------------------------------------------------------------------
+  def num_classes(self, level):
+    raise NotImplementedError
+
+  def build_head(self, feature_shape, level):
+    """Default head: global average pool, optional hidden layer, linear classifier."""
+    inputs = keras.Input(tuple(feature_shape))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    if self.head_hidden:
+      x = keras.layers.Dense(self.head_hidden, use_bias=False)(x)
+      x = keras.layers.BatchNormalization(momentum=0.9)(x)
+      x = keras.layers.ReLU()(x)
+    logits = keras.layers.Dense(self.num_classes(level), name="logits")(x)
+    return keras.Model(inputs, logits, name=f"head_{self.name}_l{level}")
+
+  def build_stage_state(self, ctx):
+    """Creates per-stage state (variables) the task needs beyond the head. Default: none."""
+    del ctx
+
+  def forward(self, ctx, inputs, training):
+    return ctx.head(ctx.features(inputs, training), training=training)
+
+  def after_update(self, ctx):
+    """Called inside the train step after the optimizer update (e.g. EMA updates)."""
+    del ctx
+
+  # ---- objective ---------------------------------------------------------------------
+  def loss(self, targets, outputs):
+    """Mean over the local batch; the trainer divides by the replica count once."""
+    per_example = keras.losses.sparse_categorical_crossentropy(targets, outputs, from_logits=True)
+    return tf.reduce_mean(per_example)
+
+  def accuracy(self, targets, outputs):
+    """Per-example correctness as float32 (shape [local batch])."""
+    predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(targets, tf.int32)), tf.float32)
+
+
+# ---- image helpers shared by the task pipelines ----------------------------------------
+
+def to_float(image):
+  """uint8 [0, 255] -> float32 [0, 1]; float input is passed through."""
+  if image.dtype == tf.uint8:
+    return tf.cast(image, tf.float32) / 255.0
+  return tf.cast(image, tf.float32)
+
+
+def resize_shorter_side(image, size):
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
+  shape = tf.shape(image)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  scale = tf.cast(size, tf.float32) / tf.minimum(h, w)
+  new_h = tf.cast(tf.round(h * scale), tf.int32)
+  new_w = tf.cast(tf.round(w * scale), tf.int32)
+  return tf.image.resize(image, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]),
+                         antialias=True)
+
+
+def random_square_crop(image, side, seed):
+  """A side x side crop at a stateless-random position."""
+  return tf.image.stateless_random_crop(image, tf.stack([side, side, tf.shape(image)[-1]]), seed)
+
+
+def center_crop(image, side):
+  shape = tf.shape(image)
+  top = (shape[0] - side) // 2
+  left = (shape[1] - side) // 2
+  return image[top:top + side, left:left + side]
+
+
+def center_crop_resize(image, resize, size):
+  """Evaluation view: shorter side to `resize`, then the central `size` x `size` crop."""
+  image = resize_shorter_side(image, resize)
+  return tf.ensure_shape(center_crop(image, size), [size, size, 3])
+
+
+def split_seed(seed, num):
+  """`num` independent stateless seeds from one [2] seed."""
+  return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num))

@@ -1,0 +1,109 @@
+"""The stage-wise model: one stage of a partitioned backbone plus its task head.
+
+`StageModel` is a `keras.Model` with a custom `train_step`. In stage i it
+
+* runs the blocks below the stage in inference mode (or with batch statistics, if asked),
+* cuts the graph at the stage input with `stop_gradient` (not in `psl_f`),
+* runs the stage's blocks in training mode and the head g_i on the last block's output,
+* takes gradients only over the stage's blocks and g_i, and never computes the blocks above.
+"""
+
+import keras
+import tensorflow as tf
+
+from psl_tf import optim
+from psl_tf.models import blocks as blocks_lib
+
+FROZEN_BN_MODES = ("inference", "batch_stats")
+
+
+class StageModel(keras.Model):
+  """Trains one stage of a backbone on one level of a task.
+
+  Args:
+    backbone: a backbone that follows the b1..b5 contract (`psl_tf.models`).
+    task: a `psl_tf.tasks.Task`.
+    stage: a `psl_tf.stages.Stage`.
+    head: the stage's head (from `task.build_head`).
+    weight_decay: L2 coefficient on kernels of trained variables (0 to leave it to the
+      optimizer, as LARS does).
+    frozen_bn: 'inference' (frozen blocks use and keep their BatchNorm moving statistics,
+      the default) or 'batch_stats' (they normalise with batch statistics and keep updating
+      their moving averages, like a PyTorch model left in train() mode).
+  """
+
+  def __init__(self, backbone, task, stage, head, weight_decay=1e-4, frozen_bn="inference",
+               **kwargs):
+    super().__init__(**kwargs)
+    if frozen_bn not in FROZEN_BN_MODES:
+      raise ValueError(f"frozen_bn must be one of {FROZEN_BN_MODES}, got {frozen_bn!r}")
+    self.backbone = backbone
+    self.blocks = blocks_lib.get_blocks(backbone)
+    self.task = task
+    self.stage = stage
+    self.head = head
+    self.weight_decay = float(weight_decay)
+    self.frozen_bn = frozen_bn
+    for i, block in enumerate(self.blocks, start=1):
+      # Blocks outside the trained range are frozen; in 'inference' mode that also puts their
+      # BatchNorm layers in inference mode (Keras 3 BN only uses batch stats when trainable).
+      block.trainable = i in stage.trained_blocks or (
+          frozen_bn == "batch_stats" and i < stage.grad_first)
+    self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+    task.build_stage_state(self)
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker, self.accuracy_tracker]
+
+  def trained_variables(self):
+    """The variables that get gradients: the stage's blocks, the head and task extras."""
+    variables = []
+    for i in self.stage.trained_blocks:
+      variables.extend(self.blocks[i - 1].trainable_variables)
+    variables.extend(self.head.trainable_variables)
+    variables.extend(getattr(self.task, "extra_trainable_variables", lambda m: [])(self))
+    return variables
+
+  def features(self, x, training=False):
+    """Stage features: frozen blocks, stop-gradient at the stage input, stage blocks."""
+    first = self.stage.grad_first
+    if first > 1:
+      frozen_training = training and self.frozen_bn == "batch_stats"
+      x = blocks_lib.run_blocks(self.blocks, x, 1, first - 1, training=frozen_training)
+      x = keras.ops.stop_gradient(x)
+    return blocks_lib.run_blocks(self.blocks, x, first, self.stage.last, training=training)
+
+  def call(self, inputs, training=False):
+    return self.task.forward(self, inputs, training)
+
+  def regularization(self, variables):
+    if not self.weight_decay:
+      return 0.0
+    return 0.5 * self.weight_decay * tf.add_n(
+        [tf.reduce_sum(tf.square(v)) for v in variables if optim.is_decayed(v)])
+
+  def train_step(self, data):
+    inputs, targets = data
+    variables = self.trained_variables()
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      outputs = self(inputs, training=True)
+      task_loss = self.task.loss(targets, outputs)
+      total = task_loss + self.regularization(variables)
+      # Gradients are summed over replicas, so each replica's mean loss is scaled once.
+      scaled = total / replicas
+    gradients = tape.gradient(scaled, variables)
+    self.optimizer.apply(gradients, variables)
+    self.task.after_update(self)
+    self.loss_tracker.update_state(task_loss)
+    self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
+    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+
+  def test_step(self, data):
+    inputs, targets = data
+    outputs = self(inputs, training=False)
+    self.loss_tracker.update_state(self.task.loss(targets, outputs))
+    self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
+    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
