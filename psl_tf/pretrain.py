@@ -153,6 +153,8 @@ def run(config, strategy, log=print, the_plan=None):
   chief = distribute.is_chief(strategy)
   if the_plan.source.skipped:
     log(f"   skipped {the_plan.source.skipped} unreadable image file(s) in {config.dataset}")
+  if chief:
+    the_plan.task.write_artifacts(workdir)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     backbone = build_backbone(config.backbone, **config.backbone_kwargs())

@@ -63,7 +63,7 @@ class StageModel(keras.Model):
     for i in self.stage.trained_blocks:
       variables.extend(self.blocks[i - 1].trainable_variables)
     variables.extend(self.head.trainable_variables)
-    variables.extend(getattr(self.task, "extra_trainable_variables", lambda m: [])(self))
+    variables.extend(self.task.extra_trainable_variables(self))
     return variables
 
   def features(self, x, training=False):

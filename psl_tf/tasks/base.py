@@ -14,7 +14,8 @@ trainer asks it for four things per stage:
   (per-example 0/1, the pretext accuracy that `summary.json` reports).
 
 Tasks with state across steps (MoCo's key encoder and queue) also override
-``build_stage_state`` and ``after_update``.
+``build_stage_state`` (variables created there on ``ctx``, the StageModel, are checkpointed
+with it) and ``after_update``; ``write_artifacts(workdir)`` saves task files with the run.
 """
 
 import dataclasses
@@ -107,6 +108,15 @@ class Task:
   def after_update(self, ctx):
     """Called inside the train step after the optimizer update (e.g. EMA updates)."""
     del ctx
+
+  def extra_trainable_variables(self, ctx):
+    """Variables beyond the stage's blocks and head that get gradients. Default: none."""
+    del ctx
+    return []
+
+  def write_artifacts(self, workdir):
+    """Writes files the run's work directory should keep (e.g. jigsaw permutations)."""
+    del workdir
 
   # ---- objective ---------------------------------------------------------------------
   def loss(self, targets, outputs):
