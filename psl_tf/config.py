@@ -28,6 +28,7 @@ class Config:
   recompute: bool = False
   head_hidden: int = 512
   frozen_bn: str = "inference"
+  sync_bn: bool = False
   # Optimisation, per stage.
   batch_size: int = 64
   epochs: tuple = (2,)

@@ -46,6 +46,8 @@ def define_train_flags():
   flags.DEFINE_enum("frozen_bn", "inference", ["inference", "batch_stats"],
                     "BatchNorm of frozen blocks: inference (moving statistics, kept) or "
                     "batch_stats (batch statistics, moving averages keep updating).")
+  flags.DEFINE_bool("sync_bn", False, "BatchNorm statistics over all replicas (cross-replica "
+                    "BN) instead of per replica.")
   # Optimisation (per stage).
   flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
   flags.DEFINE_list("epochs", ["2"], "Epochs per stage: one value, or one per stage.")

@@ -17,6 +17,7 @@ from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
 from psl_tf import workdir as wd
+from psl_tf.models import blocks as blocks_lib
 from psl_tf.models import build_backbone
 
 
@@ -80,6 +81,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print)
   with strategy.scope():
     feature_shape = backbone.get_layer(f"b{stage.last}").output.shape[1:]
     head = task.build_head(feature_shape, stage.level)
+    if config.sync_bn:
+      blocks_lib.set_synchronized_batchnorm(head)
     schedule = optim.make_schedule(
         config.lr_schedule, config.learning_rate, total_steps, config.lr_step_split,
         config.lr_decay, warmup_steps=int(config.warmup_epochs * steps))
@@ -158,6 +161,8 @@ def run(config, strategy, log=print, the_plan=None):
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     backbone = build_backbone(config.backbone, **config.backbone_kwargs())
+    if config.sync_bn:
+      blocks_lib.set_synchronized_batchnorm(backbone)
   summary = wd.read_summary(workdir) or {}
   summary.update({"task": config.task, "mode": config.mode, "dataset": config.dataset,
                   "backbone": config.backbone, "image_size": config.image_size,

@@ -62,3 +62,15 @@ def run_blocks(block_models, x, first, last, training):
   for block in block_models[first - 1:last]:
     x = block(x, training=training)
   return x
+
+
+def set_synchronized_batchnorm(model, synchronized=True):
+  """Makes every BatchNormalization layer in `model` (sub-models included) compute its batch
+  statistics over all replicas (cross-replica "sync BN") or per replica.
+
+  With sync BN a step on N replicas computes the same statistics, hence the same loss and
+  update, as one device on the same global batch.
+  """
+  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    if isinstance(layer, layers.BatchNormalization):
+      layer.synchronized = synchronized
