@@ -75,3 +75,22 @@ def define_train_flags():
   flags.DEFINE_enum("rotation_crop", "uniform", ["uniform", "per_angle"],
                     "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
                     "each angle's largest crop (leaks a zoom cue).")
+  # Jigsaw (psl_tf/tasks/jigsaw.py); tile sizes are the task's own, --image_size is the
+  # whole-image size of evaluation and export.
+  flags.DEFINE_list("jigsaw_sizes", ["500", "1000", "2000"],
+                    "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy sequence).")
+  flags.DEFINE_enum("jigsaw_criterion", "average", ["average", "maxmin"],
+                    "Greedy permutation selection: maximise the average Hamming distance "
+                    "(Noroozi & Favaro) or the minimum one.")
+  flags.DEFINE_integer("jigsaw_perm_seed", 0, "Seed of the greedy permutation sequence.")
+  # Tile geometry; 0 scales it from --image_size by the paper's ratios (224 -> 256/225/75/64).
+  flags.DEFINE_integer("jigsaw_resize", 0, "Jigsaw: shorter side before the random crop.")
+  flags.DEFINE_integer("jigsaw_crop", 0, "Jigsaw: side of the random square crop (3 x cell).")
+  flags.DEFINE_integer("jigsaw_cell", 0, "Jigsaw: side of a cell of the 3x3 grid.")
+  flags.DEFINE_integer("jigsaw_tile", 0, "Jigsaw: side of the random tile inside each cell.")
+  flags.DEFINE_bool("jigsaw_normalize", True, "Jigsaw: standardise each tile on its own.")
+  flags.DEFINE_float("jigsaw_color_jitter", 0.0, "Jigsaw: per-tile colour jitter strength "
+                     "(0: off).")
+  flags.DEFINE_float("jigsaw_grayscale", 0.0, "Jigsaw: probability of a grayscale tile.")
+  flags.DEFINE_string("jigsaw_cache_dir", "", "Jigsaw: permutation cache directory "
+                      "(empty: $PSL_TF_CACHE or ~/.cache/psl_tf).")

@@ -1,10 +1,12 @@
 """Pretext-task ladders, registered by name in one explicit table."""
 
+from psl_tf.tasks import jigsaw
 from psl_tf.tasks import rotation
 from psl_tf.tasks.base import ImageSpec, Task
 
 # name -> Task subclass. Add new tasks here; `build_task` lists these names on a typo.
 TASKS = {
+    "jigsaw": jigsaw.JigsawTask,
     "rotation": rotation.RotationTask,
 }
 
