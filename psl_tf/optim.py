@@ -5,8 +5,9 @@ was built with, and each stage trains a different set.
 """
 
 import keras
+from keras import ops
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "lars")
 SCHEDULES = ("step", "cosine", "constant")
 
 
@@ -52,16 +53,99 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def build_optimizer(name, learning_rate, momentum=0.9):
-  """A fresh optimizer. Weight decay is not the optimizer's job here: the trainer adds an
-  L2 term over kernels only (no biases, no BatchNorm), as the paper's SGD does."""
+def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
+  """A fresh optimizer.
+
+  For 'sgd' and 'adam' weight decay is not the optimizer's job: the trainer adds an L2 term
+  over kernels only (no biases, no BatchNorm), as the paper's SGD does, and `weight_decay`
+  is ignored here. 'lars' applies `weight_decay` itself (it sets `handles_weight_decay`, so
+  the caller passes 0 to the trainer's L2 term).
+  """
   if name == "sgd":
     return keras.optimizers.SGD(learning_rate, momentum=momentum)
   if name == "adam":
     return keras.optimizers.Adam(learning_rate)
+  if name == "lars":
+    return LARS(learning_rate, momentum=momentum, weight_decay_rate=weight_decay)
   raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def is_decayed(variable):
   """Weight decay goes on conv and dense kernels only, never on biases or BatchNorm."""
   return len(variable.shape) >= 2
+
+
+class LARS(keras.optimizers.Optimizer):
+  """Layer-wise Adaptive Rate Scaling (You et al. 2017) as used by SimCLR.
+
+  For a variable w with gradient g, learning rate lr, momentum mu, weight decay wd and
+  trust coefficient eta, when w is adapted (by default: rank >= 2, i.e. conv and dense
+  kernels):
+
+    g' = g + wd * w
+    trust = eta * ||w|| / ||g'||  (1 when ||w|| or ||g'|| is 0)
+    v = mu * v + lr * trust * g'
+    w = w - v
+
+  Excluded variables (biases and BatchNorm parameters, rank < 2) get neither the weight
+  decay nor the trust ratio, only plain momentum SGD: v = mu * v + lr * g; w = w - v.
+
+  Weight decay is this optimizer's job (`handles_weight_decay = True`): the trainer's L2
+  term must be 0 when it is used (`psl_tf/pretrain.py` does that).
+
+  Args:
+    learning_rate: float or schedule.
+    momentum: mu.
+    weight_decay_rate: wd, applied to adapted variables only.
+    trust_coefficient: eta (SimCLR: 0.001).
+    exclude_fn: `variable -> bool`, True for variables that get plain momentum SGD
+      (default: rank < 2).
+  """
+
+  handles_weight_decay = True
+
+  def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay_rate=0.0,
+               trust_coefficient=0.001, exclude_fn=None, name="lars", **kwargs):
+    # The base class's own (decoupled) weight_decay stays None: the decay here is coupled
+    # to the gradient before the trust ratio, as in LARS.
+    super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+    if not 0.0 <= momentum < 1.0:
+      raise ValueError(f"LARS momentum must be in [0, 1), got {momentum}")
+    if weight_decay_rate < 0 or trust_coefficient <= 0:
+      raise ValueError("LARS needs weight_decay_rate >= 0 and trust_coefficient > 0")
+    self.momentum = float(momentum)
+    self.weight_decay_rate = float(weight_decay_rate)
+    self.trust_coefficient = float(trust_coefficient)
+    self.exclude_fn = exclude_fn or (lambda v: len(v.shape) < 2)
+
+  def build(self, variables):
+    if self.built:
+      return
+    super().build(variables)
+    self.momentums = self.add_optimizer_variables(variables, "momentum")
+
+  def update_step(self, gradient, variable, learning_rate):
+    lr = ops.cast(learning_rate, variable.dtype)
+    g = ops.cast(gradient, variable.dtype)
+    v = self.momentums[self._get_variable_index(variable)]
+    if not self.exclude_fn(variable):
+      w = ops.convert_to_tensor(variable)
+      if self.weight_decay_rate:
+        g = g + ops.cast(self.weight_decay_rate, variable.dtype) * w
+      w_norm = ops.sqrt(ops.sum(ops.square(w)))
+      g_norm = ops.sqrt(ops.sum(ops.square(g)))
+      ratio = ops.where(
+          ops.logical_and(w_norm > 0, g_norm > 0),
+          ops.cast(self.trust_coefficient, variable.dtype) * w_norm
+          / ops.maximum(g_norm, ops.cast(1e-30, variable.dtype)),
+          ops.ones_like(w_norm))
+      lr = lr * ratio
+    self.assign(v, ops.add(ops.multiply(v, ops.cast(self.momentum, variable.dtype)),
+                           ops.multiply(g, lr)))
+    self.assign_sub(variable, v)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"momentum": self.momentum, "weight_decay_rate": self.weight_decay_rate,
+                   "trust_coefficient": self.trust_coefficient})
+    return config

@@ -83,10 +83,13 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print)
     head = task.build_head(feature_shape, stage.level)
     if config.sync_bn:
       blocks_lib.set_synchronized_batchnorm(head)
+    # A task may scale the flag's rate with the batch (SimCLR: lr x batch / 256).
+    base_lr = task.learning_rate(config.learning_rate, config.batch_size)
     schedule = optim.make_schedule(
-        config.lr_schedule, config.learning_rate, total_steps, config.lr_step_split,
+        config.lr_schedule, base_lr, total_steps, config.lr_step_split,
         config.lr_decay, warmup_steps=int(config.warmup_epochs * steps))
-    optimizer = optim.build_optimizer(config.optimizer, schedule, config.momentum)
+    optimizer = optim.build_optimizer(config.optimizer, schedule, config.momentum,
+                                      weight_decay=config.weight_decay)
     model = trainer.StageModel(
         backbone, task, stage, head,
         weight_decay=0.0 if getattr(optimizer, "handles_weight_decay", False)
@@ -127,6 +130,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print)
       "trained_blocks": list(stage.trained_blocks), "level": stage.level,
       "level_description": task.describe_level(stage.level), "epochs": epochs,
       "steps": total_steps, "resumed_from_epoch": initial_epoch,
+      "learning_rate": task.learning_rate(config.learning_rate, config.batch_size),
       "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
       "pretext_accuracy": float(history["accuracy"][-1]) if history.get("accuracy") else None,
       "wall_time_s": round(wall, 3),

@@ -64,6 +64,11 @@ class Task:
     """Extra facts about a level for `summary.json` (JSON-serialisable dict)."""
     return {}
 
+  def learning_rate(self, base_lr, global_batch_size):
+    """The peak learning rate of a stage from `--learning_rate`. Default: unchanged."""
+    del global_batch_size
+    return base_lr
+
   def check_level(self, level):
     if not 1 <= level <= self.num_levels:
       raise ValueError(f"task {self.name} has levels 1..{self.num_levels}, got {level}")
