@@ -110,8 +110,9 @@ class RotationTask(base.Task):
       angle = angles[target]
       rotated = rotate(square, angle)
       fraction = (tf.constant(1.0 / math.sqrt(2.0)) if uniform else inscribed_fraction(angle))
-      # floor, so the crop stays inside the rotated square even after rounding.
-      side = tf.cast(tf.floor(fraction * spec.resize), tf.int32)
+      # floor, so the crop stays inside the rotated square; the small slack keeps float
+      # error from shaving a pixel off the exact fraction 1 of multiples of 90 degrees.
+      side = tf.cast(tf.floor(fraction * spec.resize + 1e-3), tf.int32)
       out = tf.image.resize(base.center_crop(rotated, side), [spec.size, spec.size],
                             antialias=True)
       return tf.ensure_shape(out, [spec.size, spec.size, 3]), target

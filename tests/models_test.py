@@ -1,0 +1,44 @@
+"""Backbones keep the b1..b5 contract: shapes, parameter count, sub-model names."""
+
+import numpy as np
+import pytest
+
+from psl_tf import models
+from psl_tf.models import blocks
+
+
+def test_resnet50_block_shapes_and_parameter_count():
+  backbone = models.build_backbone("resnet50", input_shape=(224, 224, 3))
+  shapes = {name: tuple(t.shape[1:]) for name, t in backbone.output.items()}
+  assert shapes == {"b1": (112, 112, 64), "b2": (56, 56, 256), "b3": (28, 28, 512),
+                    "b4": (14, 14, 1024), "b5": (7, 7, 2048)}
+  # He et al.'s ResNet-50 without the classifier; convolutions carry no bias before BN.
+  assert backbone.count_params() == 23_561_152
+  assert [b.name for b in blocks.get_blocks(backbone)] == list(blocks.BLOCK_NAMES)
+
+
+def test_resnet50_maxpool_is_in_b2():
+  backbone = models.build_backbone("resnet50")
+  names = lambda block: [l.name for l in backbone.get_layer(block).layers]
+  assert "pool1" in names("b2") and "pool1" not in names("b1")
+
+
+@pytest.mark.parametrize("depth", [10, 18])
+def test_cifar_resnet_shapes(depth):
+  backbone = models.build_backbone("cifar_resnet", depth=depth, width=8,
+                                   input_shape=(32, 32, 3))
+  shapes = [tuple(backbone.output[n].shape[1:]) for n in blocks.BLOCK_NAMES]
+  assert shapes == [(32, 32, 8), (32, 32, 8), (16, 16, 16), (8, 8, 32), (4, 4, 64)]
+
+
+def test_blocks_chain_to_the_full_model():
+  backbone = models.build_backbone("cifar_resnet", depth=10, width=8)
+  x = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype("float32")
+  full = backbone(x, training=False)
+  chained = blocks.run_blocks(blocks.get_blocks(backbone), x, 1, 5, training=False)
+  np.testing.assert_allclose(full["b5"], chained, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_backbone_names_the_known_ones():
+  with pytest.raises(ValueError, match="known: .*resnet50"):
+    models.build_backbone("resnet51")

@@ -1,0 +1,154 @@
+"""Pooling to ~9,000 values, linear probes on all blocks, and their metrics."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_tf import metrics
+from psl_tf import pooling
+from psl_tf import probes
+from psl_tf import views
+from psl_tf.models import build_backbone
+
+GOYAL = {"b1": (10, 10, 4, 9216), "b2": (16, 8, 0, 9216), "b3": (13, 5, 0, 8192),
+         "b4": (8, 3, 0, 9216), "b5": (6, 1, 0, 8192)}
+
+
+def _block_shapes(backbone, size):
+  maps = backbone(np.zeros((1, size, size, 3), np.float32), training=False)
+  return {name: tuple(m.shape[1:]) for name, m in maps.items()}
+
+
+def test_resnet50_at_224_uses_goyal_kernels_and_sizes():
+  backbone = build_backbone("resnet50")
+  model, poolings = probes.build_probe_model(backbone, 224, num_classes=10)
+  for name, (k, s, p, size) in GOYAL.items():
+    assert poolings[name] == pooling.Pooling(k, s, p), name
+    # The probe's own layers give that many values (the Dense kernel's input size).
+    assert model.get_layer(f"{name}_linear").kernel.shape[0] == size, name
+
+
+def test_derived_rule_reproduces_goyal_res2_to_res4():
+  shapes = {"b2": (56, 256), "b3": (28, 512), "b4": (14, 1024)}
+  for name, (side, channels) in shapes.items():
+    k, s, p, size = GOYAL[name]
+    derived = pooling.derive_pooling(side, channels, use_reference=False)
+    assert derived == pooling.Pooling(k, s, p), name
+    assert pooling.pooled_size((side, side, channels), derived) == size
+
+
+@pytest.mark.parametrize("backbone_name,kwargs,size", [
+    ("cifar_resnet", {"depth": 18, "width": 64}, 32),
+    ("cifar_resnet", {"depth": 18, "width": 64}, 64),
+    ("cifar_resnet", {"depth": 10, "width": 32}, 64),
+    ("resnet50", {}, 96),
+    ("resnet50", {}, 128),
+])
+def test_derived_pooling_stays_near_9000(backbone_name, kwargs, size):
+  shapes = _block_shapes(build_backbone(backbone_name, **kwargs), size)
+  for name, shape in shapes.items():
+    rule = pooling.derive_pooling(shape[0], shape[2])
+    values = pooling.pooled_size(shape, rule)
+    whole = shape[0] * shape[1] * shape[2]
+    assert rule.output_side(shape[0]) >= 1
+    # Near 9,000, unless the whole map is smaller (then it is kept whole).
+    assert 0.5 * min(9000, whole) <= values <= 1.5 * 9000, (name, shape, rule, values)
+    if whole <= 9000:
+      assert values == whole
+
+
+def test_pooling_layers_match_the_rule_on_real_tensors():
+  for shape in [(112, 112, 64), (33, 33, 48), (7, 7, 2048), (4, 4, 512), (5, 9, 16)]:
+    rule, stack = pooling.pooling_layers(shape)
+    x = tf.zeros((2,) + shape)
+    for layer in stack:
+      x = layer(x)
+    assert x.shape[1] == pooling.pooled_size((min(shape[:2]),) * 2 + shape[2:], rule) or \
+        shape[0] != shape[1]
+    if shape[0] == shape[1]:
+      assert x.shape[1] == pooling.pooled_size(shape, rule)
+
+
+def _toy(n, seed, shuffled=False, num_classes=4, size=16):
+  """Images whose class decides the dominant colour channel pattern; noisy otherwise."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % num_classes
+  palette = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], np.float32)
+  images = palette[labels][:, None, None, :] + rng.normal(0, 10, (n, size, size, 3))
+  images = np.clip(images, 0, 255).astype(np.float32) / 255.0
+  if shuffled:
+    labels = rng.permutation(labels)
+  return images, labels.astype(np.int64)
+
+
+def _small_backbone():
+  keras.utils.set_random_seed(0)
+  return build_backbone("cifar_resnet", depth=10, width=8)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_probes_learn_separable_toy_and_stay_at_chance_on_shuffled(shuffled):
+  backbone = _small_backbone()
+  before = probes.backbone_snapshot(backbone)
+  train_x, train_y = _toy(256, 1, shuffled)
+  test_x, test_y = _toy(400, 2, shuffled)
+  results, _ = probes.linear_probe(
+      backbone, probes.tf_dataset_from_arrays(train_x, train_y, 32, True),
+      probes.tf_dataset_from_arrays(test_x, test_y, 100, False), num_classes=4, image_size=16,
+      epochs=4, steps_per_epoch=16, learning_rate=0.05, lr_step_split="3,1")
+  top1 = [results[b]["top1"] for b in ("b1", "b2", "b3", "b4", "b5")]
+  if shuffled:
+    assert max(top1) < 40.0, top1  # chance is 25%
+  else:
+    assert min(top1) > 90.0, top1
+  # The frozen backbone, BatchNorm moving statistics included, is bit-identical.
+  after = probes.backbone_snapshot(backbone)
+  assert len(before) == len(after)
+  for a, b in zip(before, after):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_probe_model_trains_only_heads():
+  backbone = _small_backbone()
+  model, _ = probes.build_probe_model(backbone, 16, 3, ("b2", "b5"))
+  trainable = {v.path.split("/")[0] for v in model.trainable_variables}
+  assert trainable == {"b2_linear", "b5_linear"}
+  with pytest.raises(ValueError, match="probe blocks"):
+    probes.build_probe_model(backbone, 16, 3, ("b6",))
+
+
+def test_topk_accuracy_against_counting():
+  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [1, 1, 1]])
+  labels = np.array([1, 2, 0, 0])
+  assert metrics.topk_accuracy(scores, labels, 1) == 0.25
+  assert metrics.topk_accuracy(scores, labels, 2) == 0.5
+  assert metrics.topk_accuracy(scores, labels, 5) == 1.0
+
+
+def test_average_precision_against_definition():
+  scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+  targets = np.array([1, 0, 1, 0, 1])
+  # Precision at each positive: 1/1, 2/3, 3/5.
+  assert metrics.average_precision(scores, targets) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+  two = np.stack([scores, -scores], 1)
+  both = np.stack([targets, np.array([0, 0, 0, 0, 1])], 1)
+  assert metrics.mean_average_precision(two, both) == pytest.approx(
+      ((1 + 2 / 3 + 3 / 5) / 3 + 1.0) / 2)
+
+
+def test_views_same_eagerly_and_in_tf_data():
+  image = tf.constant(np.random.default_rng(0).integers(0, 255, (40, 50, 3)), tf.uint8)
+  seed = tf.constant([3, 4], tf.int64)
+  for fn in (views.train_view_fn(24, 28), views.eval_view_fn(24, 28)):
+    eager, label = fn(image, tf.constant(7, tf.int64), seed)
+    ds = tf.data.Dataset.from_tensors((image, tf.constant(7, tf.int64), seed)).map(fn)
+    graph, graph_label = next(iter(ds))
+    assert eager.shape == (24, 24, 3) and int(label) == 7 == int(graph_label)
+    np.testing.assert_allclose(eager.numpy(), graph.numpy(), atol=1e-6)
+  # Different seeds give different training crops; the eval view ignores the seed.
+  train = views.train_view_fn(24, 28)
+  a = train(image, 0, tf.constant([1, 1], tf.int64))[0]
+  b = train(image, 0, tf.constant([1, 2], tf.int64))[0]
+  c = train(image, 0, tf.constant([5, 9], tf.int64))[0]
+  assert not (np.array_equal(a, b) and np.array_equal(a, c))

@@ -1,0 +1,93 @@
+"""The rotation ladder: labels, exact 90-degree rotations, no empty corners, determinism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_tf.tasks import ImageSpec
+from psl_tf.tasks import rotation
+
+
+def _image(h=40, w=52, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def test_levels_are_nested_and_match_the_paper():
+  task = rotation.RotationTask()
+  assert sorted(task.angles(1)) == [0, 180]
+  assert sorted(task.angles(2)) == [0, 90, 180, 270]
+  assert sorted(task.angles(3)) == [0, 45, 90, 135, 180, 225, 270, 315]
+  for level in (1, 2):  # label i means the same angle at every level
+    assert task.angles(level) == task.angles(level + 1)[:len(task.angles(level))]
+  with pytest.raises(ValueError, match="levels 1..3"):
+    task.angles(4)
+
+
+@pytest.mark.parametrize("angle, k", [(0, 0), (90, 1), (180, 2), (270, 3)])
+def test_multiples_of_90_are_exact(angle, k):
+  image = np.random.default_rng(1).uniform(size=(17, 17, 3)).astype(np.float32)
+  out = rotation.rotate(tf.constant(image), angle).numpy()
+  np.testing.assert_array_equal(out, np.rot90(image, k=k))
+
+
+def test_45_degrees_turns_counter_clockwise_like_90():
+  # A bright dot right of the centre goes up-right at 45 and straight up at 90.
+  image = np.zeros((41, 41, 1), np.float32)
+  image[20, 35] = 1.0
+  at45 = rotation.rotate(tf.constant(image), 45).numpy()[..., 0]
+  at90 = rotation.rotate(tf.constant(image), 90).numpy()[..., 0]
+  y45, x45 = np.unravel_index(np.argmax(at45), at45.shape)
+  y90, x90 = np.unravel_index(np.argmax(at90), at90.shape)
+  assert (y90, x90) == (5, 20)
+  assert y45 < 20 and x45 > 20 and abs((20 - y45) - (x45 - 20)) <= 1
+
+
+@pytest.mark.parametrize("crop", ["uniform", "per_angle"])
+def test_no_empty_corners_at_any_angle(crop):
+  spec = ImageSpec(size=24, resize=48)
+  task = rotation.RotationTask(spec, crop=crop)
+  fn = task.example_fn(level=3, training=True)
+  white = np.full((60, 80, 3), 255, np.uint8)
+  seen = set()
+  for i in range(64):
+    out, label = fn(tf.constant(white), tf.constant(0, tf.int64), tf.constant([7, i], tf.int64))
+    seen.add(int(label))
+    # An empty (zero-filled) corner would pull border pixels well below 1.
+    assert float(tf.reduce_min(out)) > 0.99, (crop, task.angles(3)[int(label)])
+  assert seen == set(range(8))
+
+
+def test_labels_match_the_applied_angle():
+  spec = ImageSpec(size=32, resize=32)
+  task = rotation.RotationTask(spec, crop="per_angle")
+  fn = task.example_fn(level=2, training=False)
+  image = _image(32, 32)
+  for i in range(12):
+    out, label = fn(tf.constant(image), tf.constant(0, tf.int64), tf.constant([1, i], tf.int64))
+    k = {0: 0, 90: 1, 180: 2, 270: 3}[task.angles(2)[int(label)]]
+    # With per-angle crops a multiple of 90 is the whole image, rotated exactly.
+    expected = np.rot90(image.astype(np.float32) / 255.0, k=k)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+def test_same_result_eagerly_and_in_tf_data():
+  task = rotation.RotationTask(ImageSpec(size=24, resize=28))
+  fn = task.example_fn(level=3, training=True)
+  images = np.stack([_image(40, 52, s) for s in range(6)])
+  seeds = np.stack([[3, i] for i in range(6)]).astype(np.int64)
+  eager = [fn(tf.constant(im), tf.constant(0, tf.int64), tf.constant(sd))
+           for im, sd in zip(images, seeds)]
+  ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(6, np.int64), seeds)).map(fn)
+  for (e_img, e_lab), (d_img, d_lab) in zip(eager, ds):
+    np.testing.assert_allclose(e_img.numpy(), d_img.numpy(), atol=1e-6)
+    assert int(e_lab) == int(d_lab)
+
+
+def test_sampled_angles_are_uniform_over_the_level():
+  task = rotation.RotationTask(ImageSpec(size=8, resize=10))
+  fn = task.example_fn(level=3, training=True)
+  image = tf.constant(_image(12, 12))
+  labels = [int(fn(image, tf.constant(0, tf.int64), tf.constant([5, i], tf.int64))[1])
+            for i in range(400)]
+  counts = np.bincount(labels, minlength=8)
+  assert counts.min() > 25 and counts.max() < 75, counts

@@ -1,0 +1,135 @@
+"""The stage-wise train step: what gets gradients, what stays bit-identical, and that a
+MirroredStrategy step equals a one-device step on the same global batch."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_tf import optim
+from psl_tf import stages
+from psl_tf import trainer
+from psl_tf.models import blocks
+from psl_tf.models import build_backbone
+from psl_tf.tasks import ImageSpec
+from psl_tf.tasks import rotation
+
+SIZE = 16
+BATCH = 8
+
+
+def _batch(level, seed=0):
+  task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
+  fn = task.example_fn(level, training=True)
+  rng = np.random.default_rng(seed)
+  pairs = [fn(tf.constant(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)),
+              tf.constant(0, tf.int64), tf.constant([seed, i], tf.int64)) for i in range(BATCH)]
+  return task, tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+
+
+def _snapshot(backbone):
+  """Every variable (weights and BN statistics) of each block, as numpy."""
+  return [[v.numpy().copy() for v in block.weights] for block in blocks.get_blocks(backbone)]
+
+
+def _changed(before, after):
+  return [not all(np.array_equal(a, b) for a, b in zip(bb, ab)) for bb, ab in zip(before, after)]
+
+
+def _train_steps(mode, stage_index, steps=2, frozen_bn="inference", seed=0):
+  keras.utils.set_random_seed(seed)
+  stage = stages.make_stages(mode, 3)[stage_index - 1]
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  task, x, y = _batch(stage.level)
+  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  model = trainer.StageModel(backbone, task, stage, head, frozen_bn=frozen_bn)
+  model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
+  before = _snapshot(backbone)
+  model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=steps, epochs=1,
+            verbose=0)
+  return _changed(before, _snapshot(backbone)), model
+
+
+def test_psl_stage2_freezes_b1_and_never_computes_b5():
+  changed, model = _train_steps("psl", 2)
+  assert changed == [False, True, True, True, False]
+  assert model.head.output.shape[-1] == 4  # level 2: four angles
+
+
+def test_psl_stage3_freezes_b1_and_b2():
+  changed, _ = _train_steps("psl", 3)
+  assert changed == [False, False, True, True, True]
+
+
+def test_psl_f_updates_every_block_below():
+  changed, _ = _train_steps("psl_f", 2)
+  assert changed == [True, True, True, True, False]
+
+
+def test_greedy_stage2_trains_only_b3_b4():
+  changed, _ = _train_steps("greedy", 2)
+  assert changed == [False, False, True, True, False]
+
+
+def test_sl_uses_the_hardest_level_at_every_stage():
+  for index in (1, 2, 3):
+    _, model = _train_steps("sl", index, steps=1)
+    assert model.head.output.shape[-1] == 8
+
+
+def test_frozen_batchnorm_modes():
+  # batch_stats: frozen b1 normalises with batch statistics and its moving averages move,
+  # but its weights still get no gradient.
+  changed, model = _train_steps("psl", 2, frozen_bn="batch_stats")
+  assert changed[0]
+  b1 = blocks.get_blocks(model.backbone)[0]
+  kernels_only = [v for v in b1.trainable_weights if "kernel" in v.path]
+  keras.utils.set_random_seed(0)
+  fresh = build_backbone("cifar_resnet", depth=10, width=8)
+  fresh_kernels = [v for v in blocks.get_blocks(fresh)[0].trainable_weights if "kernel" in v.path]
+  for a, b in zip(kernels_only, fresh_kernels):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_only_stage_and_head_variables_get_gradients():
+  _, model = _train_steps("psl", 2, steps=1)
+  trained = {id(v) for v in model.trained_variables()}
+  bs = blocks.get_blocks(model.backbone)
+  assert all(id(v) in trained for i in (1, 2, 3) for v in bs[i].trainable_variables)
+  assert not any(id(v) in trained for i in (0, 4) for v in bs[i].weights)
+  assert all(id(v) in trained for v in model.head.trainable_variables)
+
+
+def _one_step_under(strategy, x, y, init_weights=None):
+  """One SGD step of PSL stage 2 (sync BN) from `init_weights`; returns loss and weights."""
+  with strategy.scope():
+    keras.utils.set_random_seed(1)
+    backbone = build_backbone("cifar_resnet", depth=10, width=8)
+    blocks.set_synchronized_batchnorm(backbone)
+    stage = stages.make_stages("psl", 3)[1]
+    task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
+    head = task.build_head(backbone.get_layer("b4").output.shape[1:], stage.level)
+    blocks.set_synchronized_batchnorm(head)
+    model = trainer.StageModel(backbone, task, stage, head)
+    model.compile(optimizer=optim.build_optimizer("sgd", 0.5))
+  variables = backbone.weights + head.weights
+  if init_weights is not None:
+    for v, w in zip(variables, init_weights):
+      v.assign(w)
+  before = [v.numpy() for v in variables]
+  history = model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0).history
+  return history["loss"][0], before, [v.numpy() for v in variables]
+
+
+def test_mirrored_step_equals_one_device_step():
+  _, x, y = _batch(level=2, seed=3)
+  one = tf.distribute.OneDeviceStrategy("/cpu:0")
+  loss_one, init, weights_one = _one_step_under(one, x, y)
+  mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert mirrored.num_replicas_in_sync == 2
+  loss_two, _, weights_two = _one_step_under(mirrored, x, y, init)
+  assert loss_two == pytest.approx(loss_one, rel=1e-4)
+  moved = [not np.array_equal(a, b) for a, b in zip(init, weights_one)]
+  assert sum(moved) > len(moved) // 3  # the step really updated the stage
+  for a, b in zip(weights_one, weights_two):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
