@@ -1,0 +1,66 @@
+"""Every flagfile parses into a valid run configuration, and the README keeps up with them."""
+
+import glob
+import os
+import re
+
+from absl import flags
+import pytest
+
+from psl_tf import models
+from psl_tf import stages
+from psl_tf import tasks
+from psl_tf import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags")))
+
+
+@pytest.fixture
+def fresh_flags():
+  yield flags.FLAGS
+  flags.FLAGS.unparse_flags()
+
+
+def test_there_are_flagfiles():
+  names = {os.path.basename(p) for p in FLAGFILES}
+  assert {"smoke.flags", "rotation_psl_imagenet.flags", "rotation_psl_cifar10.flags"} <= names
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_parses_to_a_config(path, fresh_flags):
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      line = line.strip()
+      if line.startswith("--"):
+        # absl keeps a trailing comment as part of the value.
+        assert "#" not in line, f"{path}:{number}: trailing comment in {line!r}"
+  fresh_flags(["psl_tf.train", f"--flagfile={path}"])
+  config = train.config_from_flags(fresh_flags)
+  task_cls = tasks.get_task_class(config.task)
+  assert config.backbone in models.BACKBONES
+  stage_list = stages.make_stages(config.mode, task_cls.num_levels, config.stages, config.levels)
+  config.stage_epochs(len(stage_list))
+  task_cls.from_config(config)
+
+
+def test_readme_names_every_flagfile_task_and_mode():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  for path in FLAGFILES:
+    assert f"flags/{os.path.basename(path)}" in readme, os.path.basename(path)
+  for name in tasks.TASKS:
+    assert f"`{name}`" in readme, name
+  for mode in stages.MODES:
+    assert f"`{mode}`" in readme, mode
+
+
+def test_readme_two_commands_are_the_ci_commands():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = f.read()
+  with open(os.path.join(ROOT, ".ci", "run")) as f:
+    ci = f.read()
+  block = re.search(r"## Set up and run.*?```bash\n(.*?)```", readme, re.S).group(1)
+  setup, test = [l for l in block.splitlines() if l.strip()]
+  assert "pip install -r requirements.txt" in setup and "python -m psl_tf.train" in setup
+  assert test in ci, "the README's test command must be what CI runs"
