@@ -69,3 +69,42 @@ class Config:
     if self.backbone == "revnet50":
       return {"filters_factor": self.filters_factor, "recompute": self.recompute}
     return {}
+
+
+def _parse_field(field, text):
+  """A flags.txt string as the type of a Config field."""
+  kind = str(field.type)  # "<class 'int'>", "str | None", ...
+  if text in ("None", "") and "None" in kind:
+    return None
+  if "bool" in kind:
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"--{field.name}={text} is not a boolean")
+    return text.lower() in ("true", "1")
+  if "int" in kind:
+    return int(text)
+  if "float" in kind:
+    return float(text)
+  if "tuple" in kind:
+    return tuple(int(v) for v in text.split(",") if v)
+  return text
+
+
+def from_flag_dict(values, task_prefixes=()):
+  """A Config from resolved flags as `workdir.read_flags` returns them ({name: string}).
+
+  Flags that are not Config fields (strategy, tpu, ...) are ignored; flags named
+  `<prefix>_<option>` for a prefix in `task_prefixes` become `task_options` (as strings).
+  Fields missing from `values` keep their defaults.
+  """
+  kwargs, options = {}, {}
+  for field in dataclasses.fields(Config):
+    if field.name in values and field.name != "task_options":
+      try:
+        kwargs[field.name] = _parse_field(field, values[field.name])
+      except ValueError as e:
+        raise ValueError(f"cannot read --{field.name}={values[field.name]}: {e}") from None
+  for name, text in values.items():
+    for prefix in task_prefixes:
+      if name.startswith(prefix + "_"):
+        options[name[len(prefix) + 1:]] = text
+  return Config(task_options=options, **kwargs)
