@@ -52,7 +52,8 @@ def define_train_flags():
   flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
   flags.DEFINE_list("epochs", ["2"], "Epochs per stage: one value, or one per stage.")
   flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: images // batch_size).")
-  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer, rebuilt for every stage.")
+  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "lars"],
+                    "Optimizer, rebuilt for every stage (lars applies --weight_decay itself).")
   flags.DEFINE_float("learning_rate", 0.01, "Peak learning rate of every stage.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
   flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on kernels (not biases, not BN).")
@@ -94,3 +95,25 @@ def define_train_flags():
   flags.DEFINE_float("jigsaw_grayscale", 0.0, "Jigsaw: probability of a grayscale tile.")
   flags.DEFINE_string("jigsaw_cache_dir", "", "Jigsaw: permutation cache directory "
                       "(empty: $PSL_TF_CACHE or ~/.cache/psl_tf).")
+  # Contrastive ladders (psl_tf/augment.py, tasks/simclr.py, tasks/mocov2.py). The
+  # contrastive_ flags reach both tasks; --head_hidden is the projection MLP's hidden width
+  # (0: as wide as the stage's output features).
+  flags.DEFINE_float("contrastive_crop_min_scale", 0.08, "Smallest random-resized-crop area "
+                     "fraction (SimCLR 0.08, MoCo v2 0.2).")
+  flags.DEFINE_float("contrastive_color_strength", 1.0, "Colour jitter strength s of T2/T3 "
+                     "(SimCLR ImageNet 1.0, CIFAR and MoCo v2 0.5).")
+  flags.DEFINE_float("contrastive_color_prob", 0.8, "Probability of the colour jitter (T2/T3).")
+  flags.DEFINE_float("contrastive_gray_prob", 0.2, "Probability of grayscale (T2/T3).")
+  flags.DEFINE_float("contrastive_blur_prob", 0.5, "Probability of the Gaussian blur (T3).")
+  flags.DEFINE_float("contrastive_sobel_prob", 0.2, "Probability of replacing a view by its "
+                     "Sobel edge map (T3).")
+  flags.DEFINE_integer("contrastive_proj_dim", 128, "Output width of the projection head.")
+  flags.DEFINE_float("simclr_temperature", 0.1, "SimCLR: NT-Xent temperature.")
+  flags.DEFINE_enum("simclr_lr_scaling", "linear", ["linear", "sqrt", "none"],
+                    "SimCLR: stage learning rate from --learning_rate: linear = lr x "
+                    "batch / 256 (lr 0.3 gives SimCLR's 0.3 x batch / 256), sqrt = lr x "
+                    "sqrt(batch), none = as given.")
+  flags.DEFINE_float("mocov2_temperature", 0.2, "MoCo v2: InfoNCE temperature.")
+  flags.DEFINE_integer("mocov2_queue_size", 65536, "MoCo v2: negatives in the queue.")
+  flags.DEFINE_float("mocov2_key_momentum", 0.999, "MoCo v2: EMA momentum m of the key "
+                     "encoder.")

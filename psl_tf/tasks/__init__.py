@@ -1,13 +1,17 @@
 """Pretext-task ladders, registered by name in one explicit table."""
 
 from psl_tf.tasks import jigsaw
+from psl_tf.tasks import mocov2
 from psl_tf.tasks import rotation
+from psl_tf.tasks import simclr
 from psl_tf.tasks.base import ImageSpec, Task
 
 # name -> Task subclass. Add new tasks here; `build_task` lists these names on a typo.
 TASKS = {
     "jigsaw": jigsaw.JigsawTask,
+    "mocov2": mocov2.MoCoV2Task,
     "rotation": rotation.RotationTask,
+    "simclr": simclr.SimCLRTask,
 }
 
 
