@@ -2,12 +2,14 @@
 
 from psl_tf.models import blocks
 from psl_tf.models import resnet
+from psl_tf.models import revnet
 from psl_tf.models.blocks import BLOCK_NAMES, get_blocks, run_blocks
 
 # name -> builder(**kwargs). Explicit, so an unknown name can list the known ones.
 BACKBONES = {
     "resnet50": resnet.resnet50,
     "cifar_resnet": resnet.cifar_resnet,
+    "revnet50": revnet.revnet50,
 }
 
 

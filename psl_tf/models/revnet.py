@@ -1,0 +1,256 @@
+"""RevNet-50 (Kolesnikov et al. 2019, after Gomez et al. 2017) cut into the blocks b1..b5.
+
+The architecture follows "Revisiting self-supervised visual representation learning"
+(Kolesnikov, Zhai and Beyer, CVPR 2019), the network the PSL paper uses for rotation:
+
+* b1: a 7x7 stride-2 root convolution to ``64 * filters_factor`` channels. The network is
+  pre-activation, so the root has no BatchNorm/ReLU of its own (the first unit's residual
+  function starts with one).
+* b2: a 3x3 stride-2 max-pool, then 3 reversible units.
+* b3, b4, b5: a transition, then 4, 6 and 3 reversible units; b5 ends with BatchNorm + ReLU
+  (their rotation runs set ``last_relu``).
+
+A **reversible unit** splits its input channels into halves ``x = [x1, x2]`` and returns
+``[x2, x1 + F(x2)]``: the additive coupling ``y1 = x1 + F(x2)`` followed by a swap of the
+halves (the one-function form of Kolesnikov et al.; the swap lets the next unit update the
+other half). ``F`` is a pre-activation bottleneck without shortcut on ``C/2`` channels:
+BN-ReLU-1x1 conv to ``C/8``, BN-ReLU-3x3 conv, BN-ReLU-1x1 conv back to ``C/2``. The inverse
+is exact up to float rounding: ``x2 = y[:C/2]``, ``x1 = y[C/2:] - F(x2)``.
+
+The **transition** between resolutions is not reversible and has no weights: a 2x2 stride-2
+average pool and zero-padding of the channels from C to 2C (C/2 zeros on each side, so each
+half of the next unit's input carries half of the old channels). This is Kolesnikov et al.'s
+``pool_and_double_channels``; it keeps the b1..b5 resolutions of ResNet-50 (at 224 px the
+blocks output 112, 56, 28, 14 and 7 px maps; at the default ``filters_factor=4`` with
+256, 256, 512, 1024 and 2048 channels).
+
+**Parameter count.** At ``filters_factor=4`` the backbone has 5,435,392 parameters
+(5,381,888 of them convolution kernels), against 23,561,152 for this package's ResNet-50
+with the same block widths. The reason is structural, not a bug: each residual function
+sees only half the channels and its bottleneck is ``C/8`` wide, so a unit has ``17 C^2 / 64``
+kernel weights against ``17 C^2 / 16`` for a ResNet bottleneck of the same output width,
+a quarter. The "24M" that the PSL paper's Table 4 lists for "Rv50" is ResNet-50's count;
+the same table's 86M for "Rv50w4x" (``filters_factor=16``, 16 times the kernel weights)
+matches this implementation: 16 x 5.38M = 86M.
+
+**Recomputation** (``recompute=True``). In training mode each stage of reversible units runs
+under one `tf.custom_gradient` that keeps only the stage's input and output. The backward
+pass walks the units from the last to the first, rebuilds each unit's input from its output
+with the inverse above, recomputes ``F`` once under a local tape and backpropagates through
+it, so activation memory no longer grows with the number of units (Gomez et al.'s
+algorithm). BatchNorm inside ``F`` normalises with batch statistics both times; only the
+forward pass updates the moving averages (the recomputation passes ``update_stats=False``),
+so they move once per step as without recomputation. Inference mode and frozen blocks take
+the ordinary path.
+"""
+
+import keras
+from keras import layers
+from keras import ops
+import tensorflow as tf
+
+from psl_tf.models import blocks
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+UNITS = (3, 4, 6, 3)
+_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
+
+
+def _conv(filters, kernel, strides=1, name=None):
+  return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                       kernel_initializer=_CONV_INIT, name=name)
+
+
+class BatchNorm(layers.BatchNormalization):
+  """BatchNormalization that can use batch statistics without updating its moving averages.
+
+  `call(..., update_stats=False)` in training mode normalises exactly as training mode does
+  but leaves ``moving_mean`` / ``moving_variance`` alone. The reversible backward pass needs
+  this: it reruns the residual functions in training mode, and a second update per step
+  would square the effective momentum.
+  """
+
+  def call(self, inputs, training=None, mask=None, update_stats=True):
+    if not (training and self.trainable) or update_stats or mask is not None:
+      return super().call(inputs, training=training, mask=mask)
+    # Statistics in at least float32, as the parent class computes them.
+    x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+    axes = [i for i in range(len(x.shape)) if i != (self.axis % len(x.shape))]
+    mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
+    outputs = ops.batch_normalization(
+        x, mean, variance, axis=self.axis,
+        offset=ops.cast(self.beta, x.dtype) if self.center else None,
+        scale=ops.cast(self.gamma, x.dtype) if self.scale else None,
+        epsilon=self.epsilon)
+    return ops.cast(outputs, self.compute_dtype)
+
+
+def _bn(name):
+  return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+class PreactBottleneck(layers.Layer):
+  """The residual function F: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, no shortcut.
+
+  Maps ``channels`` to ``channels`` through a ``channels // 4`` wide bottleneck.
+  """
+
+  def __init__(self, channels, **kwargs):
+    super().__init__(**kwargs)
+    self.channels = int(channels)
+    inner = self.channels // 4
+    self.bn1, self.conv1 = _bn("bn1"), _conv(inner, 1, name="conv1")
+    self.bn2, self.conv2 = _bn("bn2"), _conv(inner, 3, name="conv2")
+    self.bn3, self.conv3 = _bn("bn3"), _conv(self.channels, 1, name="conv3")
+
+  def call(self, x, training=False, update_stats=True):
+    for bn, conv in ((self.bn1, self.conv1), (self.bn2, self.conv2), (self.bn3, self.conv3)):
+      x = conv(ops.relu(bn(x, training=training, update_stats=update_stats)))
+    return x
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels}
+
+
+class ReversibleUnit(layers.Layer):
+  """``[x1, x2] -> [x2, x1 + F(x2)]`` on ``channels`` channels, with its exact inverse."""
+
+  def __init__(self, channels, **kwargs):
+    super().__init__(**kwargs)
+    if channels % 8:
+      raise ValueError(f"a reversible unit needs a multiple of 8 channels, got {channels}")
+    self.channels = int(channels)
+    self.residual = PreactBottleneck(self.channels // 2, name="residual")
+
+  def call(self, x, training=False, update_stats=True):
+    x1, x2 = ops.split(x, 2, axis=-1)
+    y1 = x1 + self.residual(x2, training=training, update_stats=update_stats)
+    return ops.concatenate([x2, y1], axis=-1)
+
+  def inverse(self, y, training=False):
+    """The unit's input from its output. In training mode, BatchNorm uses batch statistics
+    without updating its moving averages."""
+    x2, y1 = ops.split(y, 2, axis=-1)
+    x1 = y1 - self.residual(x2, training=training, update_stats=False)
+    return ops.concatenate([x1, x2], axis=-1)
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels}
+
+
+def _reversible_backward(units, y, dy, variables):
+  """Backpropagates `dy` through `units` given only their final output `y`.
+
+  Unit by unit from the top: rebuild the input from the output, rerun F(x2) once under a
+  tape, and send the gradient on. With ``y = [x2, x1 + F(x2)]`` and ``dy = [g2, g1]``:
+  ``dx1 = g1``, ``dx2 = g2 + (dF/dx2)^T g1`` and ``dW = (dF/dW)^T g1``.
+  """
+  var_grads = [None] * len(variables)
+  for unit in reversed(units):
+    x2, y1 = tf.split(y, 2, axis=-1)
+    g2, g1 = tf.split(dy, 2, axis=-1)
+    with tf.GradientTape() as tape:
+      tape.watch(x2)
+      fx2 = unit.residual(x2, training=True, update_stats=False)
+    grads = tape.gradient(fx2, [x2] + variables, output_gradients=g1)
+    y = tf.concat([y1 - fx2, x2], axis=-1)
+    dy = tf.concat([g1, g2 + grads[0]], axis=-1)
+    for i, g in enumerate(grads[1:]):
+      if g is not None:
+        var_grads[i] = g if var_grads[i] is None else var_grads[i] + g
+  return dy, var_grads
+
+
+def run_reversible(units, x):
+  """Runs `units` in training mode, storing no activation inside them for the backward pass.
+
+  Gradients reach `x` and every trainable variable the units read (the custom gradient
+  receives those variables from TensorFlow's variable watcher).
+  """
+  @tf.custom_gradient
+  def forward(x):
+    y = x
+    for unit in units:
+      y = unit(y, training=True)
+
+    def backward(dy, variables=None):
+      return _reversible_backward(units, y, dy, list(variables or []))
+
+    return y, backward
+
+  return forward(x)
+
+
+class ReversibleStage(layers.Layer):
+  """A sequence of `ReversibleUnit`s at one resolution; optionally memory-saving in training.
+
+  Args:
+    channels: channels of the input and output.
+    num_units: how many units.
+    recompute: in training mode, recompute activations in the backward pass through the
+      units' inverses instead of storing them (see the module docstring).
+  """
+
+  def __init__(self, channels, num_units, recompute=False, **kwargs):
+    super().__init__(**kwargs)
+    self.channels, self.num_units = int(channels), int(num_units)
+    self.recompute = bool(recompute)
+    self.units = [ReversibleUnit(self.channels, name=f"unit{i + 1}")
+                  for i in range(self.num_units)]
+
+  def call(self, x, training=False):
+    if training and self.recompute and self.trainable:
+      return run_reversible(self.units, x)
+    for unit in self.units:
+      x = unit(x, training=training)
+    return x
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels, "num_units": self.num_units,
+            "recompute": self.recompute}
+
+
+class Transition(layers.Layer):
+  """Halves the resolution (2x2 average pool) and doubles the channels (zero padding)."""
+
+  def call(self, x):
+    x = ops.average_pool(x, 2, 2, padding="same")
+    half = x.shape[-1] // 2
+    return ops.pad(x, [[0, 0], [0, 0], [0, 0], [half, half]])
+
+
+def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
+  """RevNet-50 as b1..b5 (see the module docstring).
+
+  Args:
+    filters_factor: width multiplier; b2 has ``64 * filters_factor`` channels and each later
+      block doubles it. 4 gives ResNet-50's block widths; Kolesnikov et al.'s rotation runs
+      use 16.
+    recompute: recompute activations in the backward pass instead of storing them.
+    input_shape: the image shape; spatial sizes may be None.
+  """
+  if isinstance(filters_factor, bool) or not isinstance(filters_factor, int) or filters_factor < 1:
+    raise ValueError(f"--filters_factor must be a positive integer, got {filters_factor!r}")
+  width = 64 * filters_factor
+
+  def root(x):
+    return _conv(width, 7, 2, name="root_conv")(x)
+
+  def stage(index, transition):
+    channels = width * 2 ** (index - 2)
+
+    def apply(x):
+      if transition:
+        x = Transition(name=f"transition{index}")(x)
+      else:
+        x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+      x = ReversibleStage(channels, UNITS[index - 2], recompute=recompute,
+                          name=f"rev{index}")(x)
+      if index == 5:
+        x = layers.ReLU(name="final_relu")(_bn("final_bn")(x))
+      return x
+    return apply
+
+  return blocks.assemble([root, stage(2, False), stage(3, True), stage(4, True),
+                          stage(5, True)], input_shape=input_shape)
