@@ -1,6 +1,7 @@
 """Maximal-Hamming permutation sets: shape, validity, nesting, determinism, the greedy rule
 itself, the Hamming statistics and the disk cache."""
 
+import itertools
 import math
 import os
 
@@ -19,6 +20,8 @@ def test_all_permutations_are_the_9_factorial_distinct_ones():
   assert candidates.shape == (math.factorial(9), 9)
   assert _is_permutation_rows(candidates)
   assert len(np.unique(candidates, axis=0)) == len(candidates)
+  np.testing.assert_array_equal(perms.all_permutations(5),
+                                np.array(list(itertools.permutations(range(5)))))
 
 
 @pytest.mark.parametrize("criterion", perms.CRITERIA)

@@ -17,7 +17,7 @@ first in that order), so a seed fixes the whole sequence and different seeds giv
 equally good sets. Sequences are cached on disk by (criterion, seed, size).
 """
 
-import itertools
+import functools
 import os
 import tempfile
 
@@ -30,9 +30,24 @@ DEFAULT_SIZES = (500, 1000, 2000)
 _TAKEN = np.int32(2 ** 30)
 
 
+@functools.lru_cache(maxsize=2)
+def _all_permutations(num_tiles):
+  if num_tiles == 1:
+    return np.zeros((1, 1), np.uint8)
+  # Lexicographic: for each first value k, the permutations of the other values in order.
+  rest = _all_permutations(num_tiles - 1)
+  blocks = []
+  for k in range(num_tiles):
+    block = np.empty((len(rest), num_tiles), np.uint8)
+    block[:, 0] = k
+    block[:, 1:] = rest + (rest >= k)
+    blocks.append(block)
+  return np.concatenate(blocks)
+
+
 def all_permutations(num_tiles=NUM_TILES):
   """Every permutation of 0..num_tiles-1 as uint8 [num_tiles!, num_tiles], lexicographic."""
-  return np.array(list(itertools.permutations(range(num_tiles))), dtype=np.uint8)
+  return _all_permutations(num_tiles).copy()
 
 
 def _bit_codes(candidates):
@@ -45,6 +60,11 @@ def _bit_codes(candidates):
     low[in_low] |= np.left_shift(np.uint64(1), column[in_low].astype(np.uint64))
     high[~in_low] |= np.left_shift(np.uint64(1), (column[~in_low] - 64).astype(np.uint64))
   return low, high
+
+
+@functools.lru_cache(maxsize=1)
+def _lexicographic_codes():
+  return _bit_codes(_all_permutations(NUM_TILES))
 
 
 def _agreements(low, high, index, scratch, out):
@@ -74,8 +94,9 @@ def greedy_sequence(size, seed=0, criterion="average"):
   candidates = all_permutations()
   if not 1 <= size <= len(candidates):
     raise ValueError(f"a permutation set has 1..{len(candidates)} elements, got {size}")
-  candidates = candidates[rng.permutation(len(candidates))]
-  low, high = _bit_codes(candidates)
+  order = rng.permutation(len(candidates))
+  low, high = (codes[order] for codes in _lexicographic_codes())
+  candidates = candidates[order]
   scratch = np.empty_like(low)
   agree_new = np.empty(len(candidates), np.uint8)
   # agree[k]: summed agreements of candidate k with the chosen set (int32: <= 9 * size).
