@@ -122,6 +122,7 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
         var_list=[v for v in model.trainable_variables if not optim.is_decayed(v)])
   model.compile(optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose)
+  model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+            shuffle=False)
   scores, labels = probes.predict_blocks(model, eval_dataset)
   return probes.score(scores["out"], labels)

@@ -91,7 +91,8 @@ def train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate=0.
   model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=momentum),
                 loss={name: loss for name in names})
   history = model.fit(train_dataset.map(_per_block_targets(names)), epochs=epochs,
-                      steps_per_epoch=steps_per_epoch, verbose=verbose)
+                      steps_per_epoch=steps_per_epoch, verbose=verbose,
+                      shuffle=False)
   return history.history
 
 
