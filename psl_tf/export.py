@@ -1,15 +1,31 @@
-"""SavedModel export of a backbone for downstream use.
+r"""SavedModel export of a backbone for downstream use.
+
+  python -m psl_tf.export --workdir=runs/rot [--stage=2] [--output=DIR]
 
 The default endpoint (`serving_default`) takes a batch of uint8 RGB images of any size,
 resizes them to the size the backbone was trained at, and returns the per-block feature
 maps ``b1``..``b5`` and their global-average-pooled vectors ``b1_pool``..``b5_pool``. The
 SavedModel needs only TensorFlow to load: no `psl_tf`, no Keras.
+
+The entry point rebuilds the backbone of any finished stage of a run (architecture and image
+size from the run's flags.txt) and writes the SavedModel and, next to its files, the Keras
+model `backbone.keras` for fine-tuning in Keras (`keras.models.load_model` after
+`import psl_tf`, which registers the custom layers).
 """
 
+import os
+import sys
+
+from absl import app
+from absl import flags
 import keras
 import tensorflow as tf
 
+from psl_tf import runs as runs_lib
+from psl_tf import workdir as wd
 from psl_tf.models import blocks as blocks_lib
+
+KERAS_FILE = "backbone.keras"
 
 
 def features_fn(backbone, image_size):
@@ -34,3 +50,48 @@ def export_backbone(backbone, path, image_size):
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
   archive.write_out(path, verbose=False)
   return path
+
+
+def export_run(workdir, stage=None, output=None):
+  """Exports a finished stage of the run in `workdir`; returns (SavedModel dir, .keras path).
+
+  Args:
+    workdir: a pre-training work directory.
+    stage: the finished stage to export (default: the last one).
+    output: target directory (default: `<workdir>/export` for the last stage,
+      `<workdir>/export_stage_<k>` for an earlier one).
+  """
+  run = runs_lib.load_run(workdir, stage)
+  if output is None:
+    last = wd.finished_stages(workdir)[-1]
+    output = os.path.join(workdir, "export" if run.stage == last else f"export_stage_{run.stage}")
+  backbone = run.build_backbone()
+  export_backbone(backbone, output, run.config.image_size)
+  keras_path = os.path.join(output, KERAS_FILE)
+  backbone.save(keras_path)
+  return output, keras_path, run
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    if not FLAGS.workdir:
+      raise ValueError("--workdir is required (the work directory of a pre-training run)")
+    path, keras_path, run = export_run(FLAGS.workdir, FLAGS.stage, FLAGS.output)
+  except (ValueError, OSError) as e:
+    print(f"psl_tf.export: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"exported stage {run.stage} of {run.workdir} ({run.config.backbone}, "
+        f"{run.config.image_size} px): SavedModel {path}, Keras model {keras_path}")
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: `psl_tf.pretrain` imports this module next to the training
+  # flags, which have their own --workdir.
+  flags.DEFINE_string("workdir", None, "Work directory of the pre-training run.")
+  flags.DEFINE_integer("stage", None, "Finished stage to export (default: the last).")
+  flags.DEFINE_string("output", None, "Output directory (default: <workdir>/export, or "
+                      "<workdir>/export_stage_<k> for an earlier stage).")
+  FLAGS = flags.FLAGS
+  app.run(main)

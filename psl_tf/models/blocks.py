@@ -10,6 +10,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Registered so that a backbone saved as a .keras file loads with keras.models.load_model.
+@keras.saving.register_keras_serializable(package="psl_tf")
 class Standardize(layers.Layer):
   """(x - mean) / std with fixed constants; no weights, so nothing to train or save."""
 

@@ -17,13 +17,17 @@ from psl_tf.models import blocks
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# He et al. initialise convolutions with fan-out variance scaling.
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
+# He et al. initialise convolutions with fan-out variance scaling. A fresh initializer per
+# layer: a Keras 3 initializer made without a seed fixes one at construction, so a shared
+# instance would give every same-shaped conv the same weights and ignore set_random_seed.
+def _conv_init():
+  return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
+
 
 
 def _conv(filters, kernel, strides=1, name=None):
   return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                       kernel_initializer=_CONV_INIT, name=name)
+                       kernel_initializer=_conv_init(), name=name)
 
 
 def _bn(name=None, zero_gamma=False):
