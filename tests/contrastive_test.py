@@ -209,20 +209,28 @@ def test_moco_queue_smaller_than_batch_is_a_usage_error():
 
 # ---- smoke runs of the CLI in psl mode ---------------------------------------------------
 
-def _cli(*args):
+SMOKE_RUNS = {
+    "simclr": ["--optimizer=lars", "--lr_schedule=cosine", "--learning_rate=0.3"],
+    "mocov2": ["--mocov2_queue_size=48", "--lr_schedule=cosine", "--learning_rate=0.03"],
+}
+
+
+def _smoke_run(task, workdir):
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", "psl_tf.train", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, "-m", "psl_tf.train", f"--task={task}", "--mode=psl",
+       f"--flagfile={SMOKE}", "--image_size=16", "--batch_size=8", "--steps_per_epoch=1",
+       f"--workdir={workdir}", *SMOKE_RUNS[task]],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("task,extra", [
-    ("simclr", ["--optimizer=lars", "--lr_schedule=cosine", "--learning_rate=0.3"]),
-    ("mocov2", ["--mocov2_queue_size=48", "--lr_schedule=cosine", "--learning_rate=0.03"]),
-])
-def test_psl_smoke_run_leaves_the_work_directory(tmp_path, task, extra):
+# SimCLR runs by default; the MoCo v2 run (same pipeline, its state is covered by the unit
+# tests above) is marked slow to keep the default suite short on 2 cores.
+@pytest.mark.parametrize("task", ["simclr", pytest.param("mocov2", marks=pytest.mark.slow)])
+def test_psl_smoke_run_leaves_the_work_directory(tmp_path, task):
   workdir = str(tmp_path / task)
-  result = _cli(f"--task={task}", "--mode=psl", f"--flagfile={SMOKE}", "--image_size=16",
-                "--batch_size=8", f"--workdir={workdir}", *extra)
+  result = _smoke_run(task, workdir)
+  stdout = result.stdout
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.isfile(os.path.join(workdir, "flags.txt"))
   for k in (1, 2, 3):
@@ -233,4 +241,4 @@ def test_psl_smoke_run_leaves_the_work_directory(tmp_path, task, extra):
   assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
   assert summary["stages"][2]["augmentations"][-1] == "sobel"
   assert os.path.isfile(os.path.join(workdir, "export", "saved_model.pb"))
-  assert f"{task} level 3: T3 = " in result.stdout
+  assert f"{task} level 3: T3 = " in stdout
