@@ -1,0 +1,167 @@
+"""`python -m psl_tf.evaluate` end to end on a tiny demo run, the report, and transfer data."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from psl_tf import config as config_lib
+from psl_tf import probes
+from psl_tf import report
+from psl_tf import runs
+from psl_tf import transfer
+from psl_tf import views
+from psl_tf import workdir as wd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, timeout=600):
+  return subprocess.run([sys.executable, "-m"] + args, capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout)
+
+
+def _fake_run(path):
+  """A demo work directory with three finished stages, written without training (fast)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from psl_tf.models import build_backbone  # pylint: disable=g-import-not-at-top
+  wd.write_flags(path, {"task": "rotation", "mode": "psl", "dataset": "demo", "image_size": "32",
+                        "backbone": "cifar_resnet", "depth": "10", "width": "8", "epochs": "1",
+                        "rotation_crop": "uniform", "strategy": "auto", "workdir": path})
+  for stage in (1, 2, 3):
+    keras.utils.set_random_seed(stage)
+    wd.save_backbone_weights(build_backbone("cifar_resnet", depth=10, width=8),
+                             wd.stage_weights_path(path, stage))
+  return path
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+  return _fake_run(str(tmp_path / "rot_psl"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  """A real (tiny) pre-training run on the demo data, made by the train entry point."""
+  path = str(tmp_path_factory.mktemp("eval") / "rot_psl")
+  result = _run(["psl_tf.train", "--task=rotation", "--epochs=1", "--steps_per_epoch=2",
+                 "--image_size=32", "--depth=10", "--width=8", "--batch_size=16",
+                 "--export=false", "--verbose=0", f"--workdir={path}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return path
+
+
+def test_config_round_trips_through_flags_txt(fake_run):
+  demo_run = fake_run
+  run = runs.load_run(demo_run)
+  assert run.stage == 3
+  assert (run.config.backbone, run.config.depth, run.config.width) == ("cifar_resnet", 10, 8)
+  assert run.config.image_size == 32 and run.config.epochs == (1,)
+  assert run.config.task_options == {"crop": "uniform"}
+  assert runs.load_run(demo_run, 1).stage == 1
+  with pytest.raises(ValueError, match="no finished stage 4"):
+    runs.load_run(demo_run, 4)
+  values = {"depth": "18", "recompute": "true", "epochs": "3,2,1", "data_dir": "None",
+            "learning_rate": "0.5", "strategy": "mirrored"}
+  config = config_lib.from_flag_dict(values)
+  assert (config.depth, config.recompute, config.epochs) == (18, True, (3, 2, 1))
+  assert config.data_dir is None and config.learning_rate == 0.5
+
+
+def _check_outputs(out, eval_dir, names):
+  assert "| Method | B1 | B2 | B3 | B4 | B5 |" in out
+  rows = [l for l in out.splitlines() if l.startswith("| rot_")]
+  assert len(rows) == len(names) and all(len(r.split("|")) == 8 for r in rows)
+  with open(os.path.join(eval_dir, "linear_demo.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(eval_dir, "linear_demo.json")) as f:
+    table = json.load(f)
+  assert [r["run"] for r in table["rows"]] == names
+  for row in table["rows"]:
+    assert sorted(row["results"]) == ["b1", "b2", "b3", "b4", "b5"]
+    for cell in row["results"].values():
+      assert 0.0 <= cell["top1"] <= cell["top5"] <= 100.0
+  return table
+
+
+def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
+  result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
+                 "--steps_per_epoch=2", "--batch_size=32"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_outputs(result.stdout, os.path.join(fake_run, "eval"), ["rot_psl s2"])
+  assert os.path.exists(os.path.join(fake_run, "eval", "linear_demo_stage2.json"))
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_trained_demo_run_with_compare(demo_run, tmp_path):
+  other = str(tmp_path / "rot_copy")
+  shutil.copytree(demo_run, other)
+  result = _run(["psl_tf.evaluate", f"--workdir={demo_run}", f"--compare={other}",
+                 "--epochs=1", "--steps_per_epoch=2", "--batch_size=32"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = _check_outputs(result.stdout, os.path.join(demo_run, "eval"),
+                        ["rot_psl s3", "rot_copy (psl) s3"])
+  # Same weights, same seed: the two rows agree.
+  assert table["rows"][0]["results"] == table["rows"][1]["results"]
+  assert os.path.exists(os.path.join(demo_run, "eval", "linear_demo_stage3.json"))
+  assert os.path.exists(os.path.join(other, "eval", "linear_demo_stage3.json"))
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path):
+  result = _run(["psl_tf.evaluate", f"--workdir={tmp_path}"])
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("psl_tf.evaluate: error: ") and "flags.txt" in last
+
+
+def test_report_table_layout(tmp_path):
+  rows = [("psl", {f"b{i}": {"top1": 10.0 * i, "top5": 20.0 * i} for i in range(1, 6)}),
+          ("e2e", {"b1": {"top1": 5.0}, "b5": {"top1": 55.56}})]
+  table = report.markdown_table(rows, title="t")
+  assert "| psl | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 |" in table
+  assert "| e2e | 5.0 | – | – | – | 55.6 |" in table
+  paths = report.write_report(str(tmp_path / "out"), "k", rows, {"protocol": "linear"}, "t")
+  with open(paths["json"]) as f:
+    assert json.load(f)["rows"][1]["results"]["b5"]["top1"] == 55.56
+  assert os.path.getsize(paths["plot"]) > 1000
+  voc = [("a", {"b1": {"mAP": 40.0}})]
+  assert report.main_metric(voc) == "mAP" and "(mAP, %)" in report.markdown_table(voc, title="x")
+
+
+def test_multi_hot_eagerly_and_in_tf_data():
+  labels = tf.constant([3, 0, 3], tf.int64)
+  eager = transfer.multi_hot(labels, 5).numpy()
+  graph = next(iter(tf.data.Dataset.from_tensors(labels).map(lambda l: transfer.multi_hot(l, 5))))
+  np.testing.assert_array_equal(eager, [1, 0, 0, 1, 0])
+  np.testing.assert_array_equal(graph.numpy(), eager)
+  empty = transfer.multi_hot(tf.zeros([0], tf.int64), 5).numpy()
+  np.testing.assert_array_equal(empty, np.zeros(5))
+
+
+def test_voc2007_transfer_is_multi_label_and_scored_by_map():
+  with tfds.testing.mock_data(num_examples=24):
+    source, multi_label = transfer.load_labelled("voc/2007", "train")
+    assert multi_label and source.num_classes == 20
+    image, label = next(iter(source.images()))
+    assert image.dtype == tf.uint8 and label.shape == (20,) and label.dtype == tf.float32
+    assert set(np.unique(label.numpy())) <= {0.0, 1.0}
+    train = views.labelled_dataset(source, 16, 18, 8, training=True)
+    test = views.labelled_dataset(transfer.load_labelled("voc/2007", "test")[0], 16, 18, 8,
+                                  training=False)
+    from psl_tf.models import build_backbone  # pylint: disable=g-import-not-at-top
+    results, _ = probes.linear_probe(build_backbone("cifar_resnet", depth=10, width=8), train,
+                                     test, 20, 16, epochs=1, steps_per_epoch=2,
+                                     block_names=("b1", "b5"), multi_label=True)
+  assert sorted(results) == ["b1", "b5"]
+  for cell in results.values():
+    assert set(cell) == {"mAP"} and 0.0 < cell["mAP"] <= 100.0
+  # A single-label TFDS set stays single-label.
+  with tfds.testing.mock_data(num_examples=4):
+    _, multi = transfer.load_labelled("cifar10", "train")
+  assert not multi
