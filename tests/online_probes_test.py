@@ -1,0 +1,43 @@
+"""Online stop-gradient probes as a callback during a Keras fit."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from psl_tf import data
+from psl_tf import online_probes
+from psl_tf import probes
+from psl_tf.models import build_backbone
+
+
+def test_probes_learn_during_fit_and_leave_the_backbone_alone(tmp_path):
+  keras.utils.set_random_seed(0)
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  before = probes.backbone_snapshot(backbone)
+  callback = online_probes.OnlineProbes(
+      backbone, last_block=3, train_source=data.load_source("demo", "train"), num_classes=10,
+      image_size=24, resize=27, batch_size=32, eval_source=data.load_source("demo", "test"),
+      eval_batches=4, learning_rate=0.1, logdir=str(tmp_path / "tb"))
+  # Any fit drives the callback; a trivial model keeps the test about the probes.
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile(optimizer="sgd", loss="mse")
+  x = np.zeros((8, 2), np.float32)
+  history = model.fit(x, x[:, :1], batch_size=1, epochs=3, verbose=0,
+                      callbacks=[callback]).history
+  for name in ("b1", "b2", "b3"):
+    assert len(history[f"probe_{name}"]) == 3 and len(history[f"val_probe_{name}"]) == 3
+  assert "probe_b4" not in history  # blocks above the stage are not computed
+  # 24 steps of batch 32 on 10 demo photographs: well above the 10% of chance.
+  assert max(history["val_probe_b1"][-1], history["val_probe_b2"][-1]) > 0.3, history
+  assert len(callback.history) == 3 and callback.history[-1]["epoch"] == 3
+  assert os.listdir(tmp_path / "tb")
+  for a, b in zip(before, probes.backbone_snapshot(backbone)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unlabelled_data_is_refused():
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  with pytest.raises(ValueError, match="labelled"):
+    online_probes.OnlineProbes(backbone, 2, data.load_source("demo", "train"), None, 16, 18)
