@@ -8,7 +8,8 @@ task's constructor as `option=` (see `Task.option_prefixes`).
 from absl import flags
 
 # Flags that may change when a run is resumed: they do not change what is learned.
-RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile"})
+RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
+                         "jigsaw_cache_dir"})
 
 
 def define_train_flags():
