@@ -12,6 +12,9 @@ At the end of every epoch the callback adds ``probe_b<k>`` (running training top
 epoch, in [0, 1]) and, with an evaluation source, ``val_probe_b<k>`` (top-1 on up to
 `eval_batches` centre-cropped batches) to the epoch logs (so Keras history sees them), and
 writes them to TensorBoard under `logdir`.
+
+One callback can serve every stage of a run: at the start of each `fit` it reads the stage
+from the model it drives (`StageModel.stage`) and starts fresh probes on b1..b<last block>.
 """
 
 import keras
@@ -27,6 +30,7 @@ class OnlineProbes(keras.callbacks.Callback):
   Args:
     backbone: the backbone being pre-trained (b1..b5 contract).
     last_block: the highest block the stage computes (1..5); probes go on b1..b<last_block>.
+      None: taken from `model.stage.last` when training begins (a `StageModel`).
     train_source: a labelled `psl_tf.data.Source` (integer labels in [0, num_classes)).
     num_classes: number of classes.
     image_size, resize: geometry of the probe views.
@@ -42,33 +46,51 @@ class OnlineProbes(keras.callbacks.Callback):
                batch_size=64, eval_source=None, eval_batches=10, learning_rate=0.1,
                momentum=0.9, logdir=None, seed=0):
     super().__init__()
-    if not 1 <= last_block <= len(blocks_lib.BLOCK_NAMES):
+    if last_block is not None and not 1 <= last_block <= len(blocks_lib.BLOCK_NAMES):
       raise ValueError(f"last_block must be in 1..5, got {last_block}")
     if not num_classes or num_classes < 2:
       raise ValueError("online probes need a labelled data set (at least 2 classes)")
     self.backbone = backbone
     self.blocks = blocks_lib.get_blocks(backbone)
-    self.last_block = last_block
     self.num_classes = num_classes
-    self.names = list(blocks_lib.BLOCK_NAMES[:last_block])
     self.train_data = iter(views.labelled_dataset(train_source, image_size, resize, batch_size,
                                                   training=True, seed=seed + 7919))
     self.eval_source = eval_source
     self.eval_batches = eval_batches
     self.image_size, self.resize, self.batch_size = image_size, resize, batch_size
+    self.learning_rate, self.momentum = learning_rate, momentum
+    self.logdir = logdir
+    self.writer = None
+    self.stage_index = None
+    self.history = []
+    if last_block is not None:
+      self.start(last_block)
+
+  def start(self, last_block, stage_index=None):
+    """Fresh probes (heads, optimizer, metrics) on b1..b<last_block>."""
+    self.last_block = last_block
+    self.stage_index = stage_index
+    self.names = list(blocks_lib.BLOCK_NAMES[:last_block])
     self.heads = {}
     for name, block in zip(self.names, self.blocks):
-      channels = block.output.shape[-1]
-      head = keras.Sequential([
-          keras.Input((channels,)),
+      self.heads[name] = keras.Sequential([
+          keras.Input((block.output.shape[-1],)),
           keras.layers.BatchNormalization(center=False, scale=False),
-          keras.layers.Dense(num_classes)], name=f"online_probe_{name}")
-      self.heads[name] = head
-    self.optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
+          keras.layers.Dense(self.num_classes)], name=f"online_probe_{name}")
+    self.optimizer = keras.optimizers.SGD(self.learning_rate, momentum=self.momentum)
     self.optimizer.build([v for h in self.heads.values() for v in h.trainable_variables])
     self.correct = {n: keras.metrics.Mean() for n in self.names}
-    self.writer = tf.summary.create_file_writer(logdir) if logdir else None
-    self.history = []
+    # New variables: trace the step functions again.
+    self._step = tf.function(self._step_fn)
+    self._predict = tf.function(self._predict_fn)
+    if self.logdir:
+      sub = self.logdir if stage_index is None else f"{self.logdir}/stage_{stage_index}"
+      self.writer = tf.summary.create_file_writer(sub)
+
+  def on_train_begin(self, logs=None):
+    stage = getattr(self.model, "stage", None)
+    if stage is not None and stage.index != self.stage_index:
+      self.start(stage.last, stage.index)
 
   def _pooled(self, images):
     x, pooled = images, {}
@@ -77,8 +99,7 @@ class OnlineProbes(keras.callbacks.Callback):
       pooled[name] = tf.reduce_mean(x, axis=[1, 2])
     return pooled
 
-  @tf.function
-  def _step(self, images, labels):
+  def _step_fn(self, images, labels):
     pooled = self._pooled(images)
     variables = [v for h in self.heads.values() for v in h.trainable_variables]
     with tf.GradientTape() as tape:
@@ -89,8 +110,7 @@ class OnlineProbes(keras.callbacks.Callback):
     return {n: tf.cast(tf.equal(tf.argmax(logits[n], -1), tf.cast(labels, tf.int64)),
                        tf.float32) for n in self.names}
 
-  @tf.function
-  def _predict(self, images):
+  def _predict_fn(self, images):
     pooled = self._pooled(images)
     return {n: tf.argmax(self.heads[n](pooled[n], training=False), -1) for n in self.names}
 
@@ -122,7 +142,7 @@ class OnlineProbes(keras.callbacks.Callback):
       metric.reset_state()
     if logs is not None:
       logs.update(values)
-    self.history.append({"epoch": epoch + 1, **values})
+    self.history.append({"stage": self.stage_index, "epoch": epoch + 1, **values})
     if self.writer is not None:
       with self.writer.as_default():
         for key, value in values.items():

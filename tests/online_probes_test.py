@@ -41,3 +41,23 @@ def test_unlabelled_data_is_refused():
   backbone = build_backbone("cifar_resnet", depth=10, width=8)
   with pytest.raises(ValueError, match="labelled"):
     online_probes.OnlineProbes(backbone, 2, data.load_source("demo", "train"), None, 16, 18)
+
+
+def test_one_callback_follows_the_stages_it_is_fitted_in(tmp_path):
+  import types  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  callback = online_probes.OnlineProbes(
+      backbone, None, data.load_source("demo", "train"), 10, 16, 18, batch_size=8,
+      logdir=str(tmp_path / "tb"))
+  x = np.zeros((2, 2), np.float32)
+  seen = []
+  for index, last in ((1, 2), (2, 4)):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.stage = types.SimpleNamespace(index=index, last=last)  # as StageModel.stage
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(x, x[:, :1], batch_size=1, epochs=1, verbose=0, callbacks=[callback])
+    seen.append(sorted(k for k in history.history if k.startswith("probe_")))
+  assert seen == [["probe_b1", "probe_b2"], ["probe_b1", "probe_b2", "probe_b3", "probe_b4"]]
+  assert [h["stage"] for h in callback.history] == [1, 2]
+  assert sorted(os.listdir(tmp_path / "tb")) == ["stage_1", "stage_2"]
