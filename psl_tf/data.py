@@ -189,7 +189,7 @@ def folder_source(path, split="train", image_check="full"):
 
 def tfds_source(name, split, data_dir=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-  if name not in tfds.list_builders():
+  if name not in tfds.list_builders(with_community_datasets=False):
     raise DataError(f"unknown data set {name!r}: not 'demo', not 'folder:PATH', and not a "
                     "TFDS name (see tfds.list_builders())")
   try:
@@ -247,7 +247,7 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     ds = ds.enumerate().map(
         lambda i, pair: example_fn(pair[0], pair[1],
                                    tf.stack([tf.constant(seed * 1009 + pipeline_id, tf.int64), i])),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+        num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order: reproducible runs
     ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = True

@@ -17,8 +17,8 @@ from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
 from psl_tf import workdir as wd
+from psl_tf import models
 from psl_tf.models import blocks as blocks_lib
-from psl_tf.models import build_backbone
 
 
 @dataclasses.dataclass
@@ -34,6 +34,7 @@ class Plan:
 def plan(config):
   """Checks the config against the data and the task; raises ValueError on user error."""
   task = tasks.build_task(config.task, config)
+  models.backbone_builder(config.backbone)
   stage_list = stages_lib.make_stages(config.mode, task.num_levels, config.stages, config.levels)
   epochs = config.stage_epochs(len(stage_list))
   source = data.load_source(config.dataset, config.train_split, config.data_dir,
@@ -73,7 +74,7 @@ def _stage_header(config, stage, num_stages, task, epochs, steps):
           f"{epochs} epochs x {steps} steps = {epochs * steps} steps, batch {config.batch_size}")
 
 
-def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print):
+def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print, callbacks=()):
   """Trains one stage (resuming from its last epoch checkpoint) and returns its summary."""
   task, steps = the_plan.task, the_plan.steps_per_epoch
   epochs = the_plan.epochs[stage.index - 1]
@@ -116,7 +117,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print)
   callbacks = [_EpochCheckpoint(manager, epoch_var),
                keras.callbacks.TensorBoard(
                    distribute.writable_dir(os.path.join(workdir, "logs", f"stage_{stage.index}"),
-                                           strategy))]
+                                           strategy)),
+               *callbacks]
   start = time.time()
   history = {}
   if initial_epoch < epochs:
@@ -143,7 +145,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print)
   return summary
 
 
-def run(config, strategy, log=print, the_plan=None):
+def run(config, strategy, log=print, the_plan=None, callbacks=()):
   """Runs (or resumes) every stage of `config` and exports the backbone.
 
   Args:
@@ -151,6 +153,7 @@ def run(config, strategy, log=print, the_plan=None):
     strategy: a `tf.distribute.Strategy`; every model and variable is built in its scope.
     log: where the one-line messages go.
     the_plan: the result of `plan(config)`, if the caller already checked it.
+    callbacks: extra Keras callbacks for every stage's `fit` (after the epoch checkpoint).
 
   Returns:
     The summary dict also written to `summary.json`.
@@ -164,7 +167,7 @@ def run(config, strategy, log=print, the_plan=None):
     the_plan.task.write_artifacts(workdir)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
-    backbone = build_backbone(config.backbone, **config.backbone_kwargs())
+    backbone = models.build_backbone(config.backbone, **config.backbone_kwargs())
     if config.sync_bn:
       blocks_lib.set_synchronized_batchnorm(backbone)
   summary = wd.read_summary(workdir) or {}
@@ -184,7 +187,8 @@ def run(config, strategy, log=print, the_plan=None):
       continue
     if previous is not None and in_memory != previous:
       wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, previous))
-    stage_summary = train_stage(config, the_plan, stage, backbone, strategy, workdir, log)
+    stage_summary = train_stage(config, the_plan, stage, backbone, strategy, workdir, log,
+                                callbacks)
     summary["stages"] = [s for s in summary["stages"] if s["stage"] != stage.index]
     summary["stages"].append(stage_summary)
     summary["stages"].sort(key=lambda s: s["stage"])

@@ -9,7 +9,13 @@ Every mistake a user can make in the flags or paths ends in one line on stderr, 
 import os
 import re
 import sys
+import warnings
 
+from psl_tf import quiet
+
+tf = quiet.import_tensorflow_quietly()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -106,6 +112,9 @@ def check_resume(workdir, values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    # Progress bars and stage headers are the output; INFO logs only with --verbosity=0.
+    logging.set_verbosity(logging.WARNING)
   try:
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
@@ -116,10 +125,16 @@ def main(argv):
       raise UsageError(f"--batch_size={config.batch_size} does not split over "
                        f"{strategy.num_replicas_in_sync} replicas")
     if distribute.is_chief(strategy):
-      wd.write_flags(config.workdir, values)
+      try:
+        wd.write_flags(config.workdir, values)
+      except (OSError, tf.errors.OpError) as e:
+        raise UsageError(f"cannot write the work directory {config.workdir}: "
+                         f"{getattr(e, 'message', None) or e}") from e
   except (ValueError, OSError) as e:  # DataError and UsageError are ValueErrors
     print(f"psl_tf.train: error: {e}", file=sys.stderr)
     sys.exit(2)
+  # Our datasets are shuffled by the input pipeline; Keras's reminder does not apply.
+  warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed")
   logging.info("config: %s", config)
   summary = pretrain.run(config, strategy, the_plan=the_plan)
   last = summary["stages"][-1] if summary.get("stages") else {}
@@ -127,5 +142,14 @@ def main(argv):
         f"loss {last.get('final_loss')}, pretext accuracy {last.get('pretext_accuracy')}")
 
 
+def parse_flags(argv):
+  """absl's parser, with a bad flag reported in one line (exit 2) like every other error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"psl_tf.train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

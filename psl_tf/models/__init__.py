@@ -13,8 +13,13 @@ BACKBONES = {
 }
 
 
-def build_backbone(name, **kwargs):
-  """Builds a registered backbone; raises ValueError naming the known ones."""
+def backbone_builder(name):
+  """The registered builder of `name`; raises ValueError naming the known ones."""
   if name not in BACKBONES:
     raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
-  return BACKBONES[name](**kwargs)
+  return BACKBONES[name]
+
+
+def build_backbone(name, **kwargs):
+  """Builds a registered backbone; raises ValueError naming the known ones."""
+  return backbone_builder(name)(**kwargs)

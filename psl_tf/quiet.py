@@ -1,0 +1,29 @@
+"""Quiet start-up for the command-line entry points.
+
+TensorFlow's C++ runtime prints several lines when it loads and when it first looks for GPUs
+(oneDNN notes, missing CUDA drivers) before Python-side logging settings apply. On a
+one-line error they would bury the line that matters, so entry points import TensorFlow
+with file descriptor 2 pointed at /dev/null. Python exceptions are unaffected: they are
+printed after stderr is restored. Set PSL_TF_VERBOSE_STARTUP=1 to see everything.
+"""
+
+import os
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow and initialises its devices with stderr silenced; returns tf."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if os.environ.get("PSL_TF_VERBOSE_STARTUP"):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tf

@@ -1,0 +1,85 @@
+"""Data sources (demo, image folders with bad files, TFDS via mock_data) and the input_fn."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from psl_tf import data
+from psl_tf.tasks import ImageSpec
+from psl_tf.tasks import rotation
+
+
+def test_demo_is_real_photographs_with_labels():
+  source = data.load_source("demo", "train")
+  images, labels = next(iter(source.images().batch(1000)))
+  assert images.dtype == tf.uint8 and images.shape[1:] == (96, 96, 3)
+  assert source.num_classes == len(data.DEMO_PHOTOS) == len(set(labels.numpy()))
+  assert float(tf.math.reduce_std(tf.cast(images, tf.float32))) > 20  # not flat noise-free
+  test_images, _ = next(iter(data.load_source("demo", "test").images().batch(10)))
+  assert not np.array_equal(images[:10], test_images)  # different crops for test
+
+
+def _write_tree(root):
+  rng = np.random.default_rng(0)
+  for split, per_class in (("train", 3), ("test", 2)):
+    for cls in ("cat", "dog"):
+      os.makedirs(os.path.join(root, split, cls))
+      for i in range(per_class):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(
+            os.path.join(root, split, cls, f"{i}.png"))
+  # Three bad files in train: empty, not an image, truncated PNG.
+  open(os.path.join(root, "train", "cat", "empty.jpg"), "wb").close()
+  with open(os.path.join(root, "train", "dog", "text.png"), "w") as f:
+    f.write("not an image")
+  with open(os.path.join(root, "train", "dog", "0.png"), "rb") as f:
+    head = f.read(200)
+  with open(os.path.join(root, "train", "dog", "truncated.png"), "wb") as f:
+    f.write(head)
+
+
+def test_folder_skips_and_counts_bad_files(tmp_path):
+  _write_tree(str(tmp_path))
+  source = data.load_source(f"folder:{tmp_path}", "train")
+  assert source.skipped == 3 and source.num_examples == 6 and source.num_classes == 2
+  images = list(source.images())
+  assert len(images) == 6
+  assert sorted(int(l) for _, l in images) == [0, 0, 0, 1, 1, 1]
+  assert data.load_source(f"folder:{tmp_path}", "test").num_examples == 4
+
+
+def test_folder_errors_are_clear(tmp_path):
+  with pytest.raises(data.DataError, match="not a readable directory"):
+    data.load_source(f"folder:{tmp_path}/missing")
+  os.makedirs(tmp_path / "empty" / "cls")
+  with pytest.raises(data.DataError, match="no images"):
+    data.load_source(f"folder:{tmp_path}/empty")
+
+
+def test_tfds_source_with_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    source = data.load_source("cifar10", "train")
+    image, label = next(iter(source.images()))
+  assert source.num_classes == 10 and image.shape == (32, 32, 3) and label.dtype == tf.int64
+
+
+def test_unknown_tfds_name():
+  with pytest.raises(data.DataError, match="unknown data set 'no_such_set'"):
+    data.load_source("no_such_set")
+
+
+def test_input_fn_batches_per_replica_and_is_reproducible():
+  source = data.load_source("demo", "train")
+  task = rotation.RotationTask(ImageSpec(16, 18))
+  make = lambda: data.make_input_fn(source, task.example_fn(2, True), 8, seed=3,
+                                    shuffle_buffer=64)
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  x, y = next(iter(make()(context)))
+  assert x.shape == (4, 16, 16, 3) and y.shape == (4,)
+  a = [b[1].numpy() for b in make()().take(3)]
+  b = [b[1].numpy() for b in make()().take(3)]
+  np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))

@@ -1,0 +1,195 @@
+"""`python -m psl_tf.train` end to end: the work directory, export, resume, one-line errors."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_tf import config as config_lib
+from psl_tf import distribute
+from psl_tf import pretrain
+from psl_tf import workdir as wd
+from psl_tf.models import build_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
+
+
+def _cli(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user sees, start-up noise included
+  return subprocess.run([sys.executable, "-m", "psl_tf.train", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  result = _cli("--task=rotation", f"--flagfile={SMOKE}", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_work_directory_layout(smoke_run):
+  workdir, result = smoke_run
+  for k in (1, 2, 3):
+    path = os.path.join(workdir, f"stage_{k}", "backbone.weights.h5")
+    with h5py.File(path) as f:
+      assert sorted(f.keys()) == ["b1", "b2", "b3", "b4", "b5"]
+      assert "conv1/kernel" in f["b1"]
+    assert not os.path.exists(os.path.join(workdir, f"stage_{k}", "ckpt"))
+    assert os.listdir(os.path.join(workdir, "logs", f"stage_{k}"))
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+  assert [s["level"] for s in summary["stages"]] == [1, 2, 3]
+  for s in summary["stages"]:
+    assert s["steps"] == 2 and np.isfinite(s["final_loss"]) and 0 <= s["pretext_accuracy"] <= 1
+    assert s["wall_time_s"] > 0 and s["images_per_second"] > 0
+  # The header says which blocks train at which level; the end says where the export went.
+  assert "stage 2/3 [psl]: train B2-B4, B1 frozen" in result.stdout
+  assert f"exported the backbone (stage 3) to {workdir}/export" in result.stdout
+
+
+def test_flags_txt_is_a_reusable_flagfile(smoke_run):
+  workdir, _ = smoke_run
+  flags = wd.read_flags(workdir)
+  assert flags["task"] == "rotation" and flags["image_size"] == "32"
+  assert flags["workdir"] == workdir
+  # Re-running with the recorded flags is a no-op resume, not an error.
+  result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--noexport")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.count("already finished") == 3
+
+
+def test_export_matches_the_keras_backbone(smoke_run):
+  workdir, _ = smoke_run
+  loaded = tf.saved_model.load(os.path.join(workdir, "export"))
+  serve = loaded.signatures["serving_default"]
+  images = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+  out = serve(images=tf.constant(images))
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, 3))
+  x = tf.image.resize(images.astype(np.float32) / 255.0, [32, 32], antialias=True)
+  expected = backbone(x, training=False)
+  for name in ("b1", "b2", "b3", "b4", "b5"):
+    np.testing.assert_allclose(out[name].numpy(), expected[name].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out[f"{name}_pool"].numpy(),
+                               expected[name].numpy().mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+
+
+class _Interrupt(Exception):
+  pass
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+  """Raises after the given epoch of the given stage, as a kill would."""
+
+  def __init__(self, stage_name, epoch):
+    super().__init__()
+    self.stage_name, self.epoch = stage_name, epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.model.name == self.stage_name and epoch + 1 == self.epoch:
+      raise _Interrupt()
+
+
+def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path):
+  config = config_lib.Config(
+      task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
+      image_size=16, head_hidden=16, batch_size=8, epochs=(3,), steps_per_epoch=2,
+      workdir=str(tmp_path), export=False, verbose=0)
+  strategy = distribute.make_strategy("one_device")
+  with pytest.raises(_Interrupt):
+    pretrain.run(config, strategy, log=lambda m: None,
+                 callbacks=[_StopAfterEpoch("stage_2", 2)])
+  stage1 = wd.stage_weights_path(str(tmp_path), 1)
+  stamp = os.stat(stage1).st_mtime_ns
+  assert os.listdir(os.path.join(str(tmp_path), "stage_2", "ckpt"))
+  messages = []
+  summary = pretrain.run(config, strategy, log=messages.append)
+  assert os.stat(stage1).st_mtime_ns == stamp  # stage 1 not repeated
+  assert any("stage 1/3 already finished" in m for m in messages)
+  assert any("resuming stage 2 from epoch 2" in m for m in messages)
+  by_stage = {s["stage"]: s for s in summary["stages"]}
+  assert by_stage[2]["resumed_from_epoch"] == 2 and by_stage[3]["resumed_from_epoch"] == 0
+  assert all(wd.stage_done(str(tmp_path), k) for k in (1, 2, 3))
+
+
+def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
+  workdir = str(tmp_path)
+  args = [sys.executable, "-m", "psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}",
+          "--epochs=3", "--steps_per_epoch=3", f"--workdir={workdir}", "--noexport"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user sees, start-up noise included
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  stage1 = wd.stage_weights_path(workdir, 1)
+  deadline = time.time() + 240
+  while not os.path.exists(stage1) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(stage1)
+  stamp = os.stat(stage1).st_mtime_ns
+  result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "stage 1/3 already finished" in result.stdout
+  assert "== stage 1/3 [psl]: train" not in result.stdout
+  assert os.stat(stage1).st_mtime_ns == stamp
+  assert all(wd.stage_done(workdir, k) for k in (1, 2, 3))
+
+
+@pytest.fixture
+def parsed_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task=jigsaw2"], "unknown task 'jigsaw2'; known: "),
+    (["--dataset=no_such_set"], "unknown data set 'no_such_set'"),
+    (["--dataset=folder:/no/such/dir"], "folder:/no/such/dir is not a readable directory"),
+    (["--stages=1-3,5-4"], "must satisfy 1 <= first <= last <= 5"),
+    (["--backbone=resnet51"], "unknown backbone 'resnet51'"),
+    (["--epochs=2,2"], "--epochs gives 2 values for 3 stages"),
+    (["--epochs=two"], "--epochs takes whole numbers"),
+    (["--workdir=/proc/psl_tf_test"], "cannot write the work directory /proc/psl_tf_test"),
+])
+def test_user_errors_are_one_line(args, message, tmp_path, parsed_flags, capsys):
+  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  extra = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}/w"]
+  parsed_flags(extra + args)
+  with pytest.raises(SystemExit) as exit_info:
+    train.main(["psl_tf.train"])
+  assert exit_info.value.code == 2
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task=jigsaw2"], "psl_tf.train: error: unknown task 'jigsaw2'; known: "),
+    (["--mode=psl2"], "flag --mode=psl2: value should be one of <psl|sl|psl_f|e2e|greedy>"),
+])
+def test_command_line_errors_are_one_line_without_start_up_noise(args, message, tmp_path):
+  result = _cli(f"--flagfile={SMOKE}", f"--workdir={tmp_path}/w", *args)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+def test_changed_flags_on_an_existing_workdir_are_refused(smoke_run):
+  workdir, _ = smoke_run
+  result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--learning_rate=0.5")
+  assert result.returncode == 2
+  assert "holds a run with other flags (--learning_rate=0.01 -> 0.5)" in result.stderr
