@@ -85,7 +85,7 @@ class StageModel(keras.Model):
         [tf.reduce_sum(tf.square(v)) for v in variables if optim.is_decayed(v)])
 
   def train_step(self, data):
-    inputs, targets = data
+    inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
     variables = self.trained_variables()
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
@@ -102,7 +102,7 @@ class StageModel(keras.Model):
     return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
 
   def test_step(self, data):
-    inputs, targets = data
+    inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
     outputs = self(inputs, training=False)
     self.loss_tracker.update_state(self.task.loss(targets, outputs))
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
