@@ -1,0 +1,221 @@
+r"""Speed of stage-wise training, measured side by side in one process.
+
+  python scripts/bench_speed.py --backbone=resnet50 --image_size=112 --batch_size=16
+  python scripts/bench_speed.py --backbone=cifar_resnet --image_size=32 --batch_size=128 \
+      --data=folder:/tmp/cifar10 --memory
+
+Prints, on one batch and one backbone:
+* the train-step time of each PSL stage relative to an e2e step, beside the ratio the
+  blocks' FLOPs predict (frozen blocks cost one forward pass, trained blocks about three:
+  forward, gradient to the input and gradient to the weights);
+* our e2e step against a plain `keras.applications.ResNet50` compile/fit step of the same
+  size (with --backbone=resnet50);
+* each task's input pipeline in images/s beside the e2e step's consumption in images/s;
+* with --memory, the peak resident memory of a process that runs each stage, minus that of a
+  process that only builds the model (one subprocess per measurement).
+
+Steps are timed in interleaved rounds (A B C ... A B C ...) and the median per-round ratio is
+reported, so a machine shared with other jobs disturbs every variant alike.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+tf = quiet.import_tensorflow_quietly()
+tf.get_logger().setLevel("ERROR")  # the FLOPs profiler warns about its own v1 API
+
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import stages as stages_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.models import blocks as blocks_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def block_flops(backbone, image_size):
+  """Forward FLOPs of each block for one image, counted by TF's profiler on the frozen graph
+  (works for any backbone, nested layers included)."""
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  flops = []
+  shape = (1, image_size, image_size, 3)
+  options = (tf.compat.v1.profiler.ProfileOptionBuilder(
+      tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+  for block in blocks_lib.get_blocks(backbone):
+    fn = tf.function(lambda x, b=block: b(x, training=False)).get_concrete_function(
+        tf.TensorSpec(shape, tf.float32))
+    graph = convert_to_constants.convert_variables_to_constants_v2(fn).graph
+    info = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
+                                         cmd="op", options=options)
+    flops.append(info.total_float_ops)
+    shape = (1, *fn.structured_outputs.shape[1:])
+  return flops
+
+
+def predicted_ratio(stage, flops):
+  frozen = sum(flops[i - 1] for i in stage.frozen_blocks)
+  trained = sum(flops[i - 1] for i in stage.trained_blocks)
+  return (frozen + 3 * trained) / (3 * sum(flops))
+
+
+def _stage_model(backbone, task, stage, lr=0.01):
+  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  model = trainer.StageModel(backbone, task, stage, head, name=f"stage_{stage.index}")
+  model.compile(optimizer=optim.build_optimizer("sgd", lr))
+  return model
+
+
+def _batch(task, level, args):
+  source = data.load_source(args.data, "train")
+  fn = data.make_input_fn(source, task.example_fn(level, True), args.batch_size, shuffle_buffer=256)
+  return next(iter(fn()))
+
+
+def time_steps(named_models, batches, rounds, warmup=2):
+  """{name: [seconds per step for each round]} with interleaved rounds."""
+  for name, model in named_models.items():
+    for _ in range(warmup):
+      model.train_on_batch(*batches[name])
+  times = {name: [] for name in named_models}
+  for _ in range(rounds):
+    for name, model in named_models.items():
+      start = time.perf_counter()
+      model.train_on_batch(*batches[name])
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def pipeline_rate(task, level, args, batches=20):
+  source = data.load_source(args.data, "train")
+  ds = data.make_input_fn(source, task.example_fn(level, True), args.batch_size,
+                          shuffle_buffer=1000)()
+  it = iter(ds)
+  next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * args.batch_size / (time.perf_counter() - start)
+
+
+def keras_resnet50_model(args, num_classes):
+  base = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
+                                     input_shape=(args.image_size, args.image_size, 3))
+  x = keras.layers.Dense(512, use_bias=False)(base.output)
+  x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+  model = keras.Model(base.input, keras.layers.Dense(num_classes)(x))
+  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def build(args):
+  return models.build_backbone(args.backbone, **({"depth": args.depth, "width": args.width}
+                                                 if args.backbone == "cifar_resnet" else {}))
+
+
+def child_memory(args, which):
+  """Runs in a subprocess: builds the model, runs steps of stage `which` (or none)."""
+  keras.utils.set_random_seed(0)
+  backbone = build(args)
+  task = tasks.build_task("rotation", image_spec=tasks.ImageSpec(args.image_size,
+                                                                 round(args.image_size * 8 / 7)))
+  if which != "build":
+    stage_list = (stages_lib.make_stages("e2e", 3) if which == "e2e"
+                  else stages_lib.make_stages("psl", 3))
+    stage = stage_list[0] if which == "e2e" else stage_list[int(which) - 1]
+    model = _stage_model(backbone, task, stage)
+    x, y = _batch(task, stage.level, args)
+    for _ in range(3):
+      model.train_on_batch(x, y)
+  print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(args, which):
+  cmd = [sys.executable, os.path.abspath(__file__), f"--_child={which}",
+         f"--backbone={args.backbone}", f"--image_size={args.image_size}",
+         f"--batch_size={args.batch_size}", f"--depth={args.depth}", f"--width={args.width}",
+         f"--data={args.data}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--backbone", default="resnet50")
+  parser.add_argument("--depth", type=int, default=18)
+  parser.add_argument("--width", type=int, default=64)
+  parser.add_argument("--image_size", type=int, default=112)
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--rounds", type=int, default=8)
+  parser.add_argument("--data", default="demo", help="demo or folder:PATH")
+  parser.add_argument("--tasks", default=",".join(sorted(tasks.TASKS)),
+                      help="tasks whose input pipelines to time")
+  parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+  parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args._child:  # pylint: disable=protected-access
+    child_memory(args, args._child)  # pylint: disable=protected-access
+    return
+
+  print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+  print(f"backbone {args.backbone}, image {args.image_size}px, batch {args.batch_size}, "
+        f"{args.rounds} interleaved rounds, rotation task")
+  keras.utils.set_random_seed(0)
+  task = tasks.build_task("rotation", image_spec=tasks.ImageSpec(args.image_size,
+                                                                 round(args.image_size * 8 / 7)))
+  psl = stages_lib.make_stages("psl", 3)
+  e2e = stages_lib.make_stages("e2e", 3)[0]
+  named, batches = {}, {}
+  for stage in [*psl, e2e]:
+    name = "e2e" if stage is e2e else f"psl_stage{stage.index}"
+    named[name] = _stage_model(build(args), task, stage)
+    batches[name] = _batch(task, stage.level, args)
+  flops = block_flops(build(args), args.image_size)
+  if args.backbone == "resnet50":
+    named["keras_resnet50"] = keras_resnet50_model(args, 8)
+    batches["keras_resnet50"] = batches["e2e"]
+  times = time_steps(named, batches, args.rounds)
+
+  print("\nblock forward GFLOPs per image: " +
+        ", ".join(f"B{i + 1} {f / 1e9:.3f}" for i, f in enumerate(flops)))
+  print(f"\n{'step':<16}{'ms/step':>10}{'vs e2e':>10}{'FLOPs predict':>15}")
+  for name in named:
+    ratios = [t / e for t, e in zip(times[name], times["e2e"])]
+    stage = psl[int(name[-1]) - 1] if name.startswith("psl") else (e2e if name == "e2e" else None)
+    pred = f"{predicted_ratio(stage, flops):.2f}" if stage else "-"
+    print(f"{name:<16}{1000 * statistics.median(times[name]):>10.1f}"
+          f"{statistics.median(ratios):>10.2f}{pred:>15}")
+  e2e_rate = args.batch_size / statistics.median(times["e2e"])
+  print(f"\ninput pipelines ({args.data}), images/s vs the e2e step's {e2e_rate:.1f} images/s:")
+  for name in args.tasks.split(","):
+    try:
+      t = tasks.build_task(name, image_spec=tasks.ImageSpec(args.image_size,
+                                                            round(args.image_size * 8 / 7)))
+    except TypeError as e:
+      print(f"  {name:<10} skipped ({e})")
+      continue
+    rate = pipeline_rate(t, t.num_levels, args)
+    print(f"  {name:<10}{rate:>10.1f} images/s  = {rate / e2e_rate:.1f}x the step's consumption")
+  if args.memory:
+    base = peak_memory(args, "build")
+    print(f"\npeak RSS above a build-only process ({base:.0f} MB):")
+    for which in ("1", "2", "3", "e2e"):
+      print(f"  {'psl stage ' + which if which != 'e2e' else 'e2e':<12}"
+            f"{peak_memory(args, which) - base:>8.0f} MB")
+
+
+if __name__ == "__main__":
+  main()
