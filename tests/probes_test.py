@@ -119,7 +119,7 @@ def test_probe_model_trains_only_heads():
 
 
 def test_topk_accuracy_against_counting():
-  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [1, 1, 1]])
+  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [1, 1, 1]])
   labels = np.array([1, 2, 0, 0])
   assert metrics.topk_accuracy(scores, labels, 1) == 0.25
   assert metrics.topk_accuracy(scores, labels, 2) == 0.5
