@@ -123,7 +123,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   history = {}
   if initial_epoch < epochs:
     history = model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps, callbacks=callbacks,
+                        steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                         verbose=config.verbose).history
   wall = time.time() - start
   run_steps = (epochs - initial_epoch) * steps

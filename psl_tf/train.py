@@ -9,7 +9,6 @@ Every mistake a user can make in the flags or paths ends in one line on stderr, 
 import os
 import re
 import sys
-import warnings
 
 from psl_tf import quiet
 
@@ -23,6 +22,7 @@ from absl import logging
 from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import flagdefs
+from psl_tf import online_probes
 from psl_tf import pretrain
 from psl_tf import tasks
 from psl_tf import workdir as wd
@@ -120,6 +120,12 @@ def main(argv):
     values = resolved_flags(FLAGS, config)
     check_resume(config.workdir, values)
     the_plan = pretrain.plan(config)
+    callbacks = []
+    if FLAGS.online_probes:
+      callbacks.append(online_probes.for_run(
+          the_plan.source, config.dataset, config.data_dir, config.image_size, config.resize_to,
+          config.batch_size, os.path.join(config.workdir, "logs", "online_probes"),
+          config.seed, config.image_check))
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
     if config.batch_size % strategy.num_replicas_in_sync:
       raise UsageError(f"--batch_size={config.batch_size} does not split over "
@@ -133,10 +139,11 @@ def main(argv):
   except (ValueError, OSError) as e:  # DataError and UsageError are ValueErrors
     print(f"psl_tf.train: error: {e}", file=sys.stderr)
     sys.exit(2)
-  # Our datasets are shuffled by the input pipeline; Keras's reminder does not apply.
-  warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed")
   logging.info("config: %s", config)
-  summary = pretrain.run(config, strategy, the_plan=the_plan)
+  summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=callbacks)
+  if callbacks and distribute.is_chief(strategy):
+    summary = online_probes.merge_history(summary, callbacks[0].history)
+    wd.write_summary(config.workdir, summary)
   last = summary["stages"][-1] if summary.get("stages") else {}
   print(f"done: {len(summary.get('stages', []))} stage(s) in {config.workdir}; last stage "
         f"loss {last.get('final_loss')}, pretext accuracy {last.get('pretext_accuracy')}")
