@@ -152,7 +152,8 @@ def list_image_folder(path, split="train", image_check="full"):
   class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   files, labels = [], []
   for label, class_dir in enumerate(class_names or [""]):
-    for dirpath, _, names in os.walk(os.path.join(root, class_dir)):
+    # Not os.path.join(root, ""): its trailing slash would never equal `root` below.
+    for dirpath, _, names in os.walk(os.path.join(root, class_dir) if class_dir else root):
       if not class_names and dirpath != root:
         continue
       for name in sorted(names):

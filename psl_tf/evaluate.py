@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import tensorflow as tf
 
 from psl_tf import finetune as finetune_lib
 from psl_tf import knn as knn_lib
@@ -211,8 +212,8 @@ def main(argv):
     result = evaluation.run(run)
     rows.append((f"{run.name} s{run.stage}", result))
     own = os.path.join(run.workdir, "eval", f"{evaluation.key}_stage{run.stage}.json")
-    os.makedirs(os.path.dirname(own), exist_ok=True)
-    with open(own, "w") as f:
+    tf.io.gfile.makedirs(os.path.dirname(own))
+    with tf.io.gfile.GFile(own, "w") as f:
       json.dump({"settings": evaluation.settings(), "stage": run.stage, "results": result},
                 f, indent=2, sort_keys=True)
   title = f"{evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split})"

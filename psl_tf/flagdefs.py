@@ -9,7 +9,7 @@ from absl import flags
 
 # Flags that may change when a run is resumed: they do not change what is learned.
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
-                         "jigsaw_cache_dir"})
+                         "jigsaw_cache_dir", "online_probes"})
 
 
 def define_train_flags():
@@ -68,6 +68,9 @@ def define_train_flags():
   flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
   flags.DEFINE_string("workdir", "", "Work directory (empty: runs/<task>_<mode>_<dataset>).")
   flags.DEFINE_bool("export", True, "Write a SavedModel of the backbone to <workdir>/export.")
+  flags.DEFINE_bool("online_probes", False, "Train stop-gradient linear probes on every "
+                    "computed block alongside the pretext task (labelled data only); per-epoch "
+                    "accuracy to TensorBoard (logs/online_probes) and summary.json.")
   flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 "
                        "one line per epoch.")
   flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],

@@ -28,7 +28,8 @@ class OnlineProbes(keras.callbacks.Callback):
   """Trains and reports stop-gradient linear probes on every computed block.
 
   Args:
-    backbone: the backbone being pre-trained (b1..b5 contract).
+    backbone: the backbone being pre-trained (b1..b5 contract); None: taken from
+      `model.backbone` when training begins (a `StageModel`).
     last_block: the highest block the stage computes (1..5); probes go on b1..b<last_block>.
       None: taken from `model.stage.last` when training begins (a `StageModel`).
     train_source: a labelled `psl_tf.data.Source` (integer labels in [0, num_classes)).
@@ -50,8 +51,9 @@ class OnlineProbes(keras.callbacks.Callback):
       raise ValueError(f"last_block must be in 1..5, got {last_block}")
     if not num_classes or num_classes < 2:
       raise ValueError("online probes need a labelled data set (at least 2 classes)")
-    self.backbone = backbone
-    self.blocks = blocks_lib.get_blocks(backbone)
+    if last_block is not None and backbone is None:
+      raise ValueError("online probes with a fixed last_block need the backbone")
+    self.blocks = blocks_lib.get_blocks(backbone) if backbone is not None else None
     self.num_classes = num_classes
     self.train_data = iter(views.labelled_dataset(train_source, image_size, resize, batch_size,
                                                   training=True, seed=seed + 7919))
@@ -88,6 +90,8 @@ class OnlineProbes(keras.callbacks.Callback):
       self.writer = tf.summary.create_file_writer(sub)
 
   def on_train_begin(self, logs=None):
+    if self.blocks is None:
+      self.blocks = blocks_lib.get_blocks(self.model.backbone)
     stage = getattr(self.model, "stage", None)
     if stage is not None and stage.index != self.stage_index:
       self.start(stage.last, stage.index)
@@ -148,3 +152,31 @@ class OnlineProbes(keras.callbacks.Callback):
         for key, value in values.items():
           tf.summary.scalar(key, value, step=epoch + 1)
       self.writer.flush()
+
+
+def for_run(train_source, dataset, data_dir, image_size, resize, batch_size, logdir, seed=0,
+            image_check="full"):
+  """The callback for a pre-training run on `train_source`, evaluated on the data set's test
+  (or validation) split when it has one; ValueError if the data has no class labels."""
+  from psl_tf import data  # pylint: disable=g-import-not-at-top  (only this helper needs it)
+  if not train_source.num_classes or train_source.num_classes < 2:
+    raise ValueError(f"--online_probes needs class labels, and {dataset} has none (use "
+                     "class sub-folders for folder:PATH, or drop --online_probes)")
+  eval_source = None
+  for split in ("test", "validation"):
+    try:
+      eval_source = data.load_source(dataset, split, data_dir, image_check)
+      break
+    except ValueError:
+      continue
+  return OnlineProbes(None, None, train_source, train_source.num_classes, image_size, resize,
+                      batch_size, eval_source=eval_source, logdir=logdir, seed=seed)
+
+
+def merge_history(summary, history):
+  """`summary` with `history` (list of per-epoch dicts) under 'online_probes'; entries of the
+  same (stage, epoch) from an earlier, resumed session are replaced."""
+  fresh = {(h["stage"], h["epoch"]) for h in history}
+  kept = [h for h in summary.get("online_probes", []) if (h["stage"], h["epoch"]) not in fresh]
+  merged = sorted(kept + list(history), key=lambda h: (h["stage"] or 0, h["epoch"]))
+  return {**summary, "online_probes": merged}

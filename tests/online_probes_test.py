@@ -61,3 +61,46 @@ def test_one_callback_follows_the_stages_it_is_fitted_in(tmp_path):
   assert seen == [["probe_b1", "probe_b2"], ["probe_b1", "probe_b2", "probe_b3", "probe_b4"]]
   assert [h["stage"] for h in callback.history] == [1, 2]
   assert sorted(os.listdir(tmp_path / "tb")) == ["stage_1", "stage_2"]
+
+
+def test_merge_history_replaces_resumed_epochs():
+  old = {"stages": [], "online_probes": [{"stage": 1, "epoch": 1, "probe_b1": 0.1},
+                                         {"stage": 1, "epoch": 2, "probe_b1": 0.2}]}
+  new = [{"stage": 1, "epoch": 2, "probe_b1": 0.5}, {"stage": 2, "epoch": 1, "probe_b1": 0.6}]
+  merged = online_probes.merge_history(old, new)["online_probes"]
+  assert [(h["stage"], h["epoch"], h["probe_b1"]) for h in merged] == [
+      (1, 1, 0.1), (1, 2, 0.5), (2, 1, 0.6)]
+
+
+def test_for_run_needs_labels_and_finds_the_test_split(tmp_path):
+  callback = online_probes.for_run(data.load_source("demo", "train"), "demo", None, 16, 18, 8,
+                                   str(tmp_path / "tb"))
+  assert callback.eval_source is not None and callback.eval_source.num_examples == 200
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "flat"
+  images.mkdir()
+  for i in range(2):
+    Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(images / f"{i}.png")
+  unlabelled = data.load_source(f"folder:{images}", "train")
+  with pytest.raises(ValueError, match="needs class labels"):
+    online_probes.for_run(unlabelled, f"folder:{images}", None, 16, 18, 8, None)
+
+
+@pytest.mark.slow
+def test_train_cli_with_online_probes_writes_summary(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "psl_tf.train", "--task=rotation", "--epochs=1",
+       "--steps_per_epoch=2", "--image_size=32", "--depth=10", "--width=8", "--batch_size=16",
+       "--export=false", "--verbose=0", "--online_probes", f"--workdir={run}"],
+      capture_output=True, text=True, cwd=root, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(run / "summary.json") as f:
+    history = json.load(f)["online_probes"]
+  assert [(h["stage"], h["epoch"]) for h in history] == [(1, 1), (2, 1), (3, 1)]
+  assert "probe_b3" in history[0] and "probe_b4" not in history[0] and "val_probe_b5" in history[2]
+  assert sorted(os.listdir(run / "logs" / "online_probes")) == ["stage_1", "stage_2", "stage_3"]
