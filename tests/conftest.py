@@ -10,8 +10,27 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+_collective_key_bases = iter(range(10_000, 10**9, 10_000))
+
+
+@pytest.fixture
+def two_replica_strategy():
+  """A fresh `MirroredStrategy(["/cpu:0", "/cpu:1"])` whose collective keys are its own.
+
+  Every MirroredStrategy numbers its collective groups from the same start, and the runtime
+  remembers a (group, instance) key's op across strategies, so a second strategy in the same
+  process whose collectives come in another order (an all_gather where the first had an
+  all_reduce) fails with "Collective instance N expected type ...". Each strategy from this
+  fixture starts at its own key base.
+  """
+  class _Mirrored(tf.distribute.MirroredStrategy):
+    _collective_key_base = next(_collective_key_bases)
+  return _Mirrored(["/cpu:0", "/cpu:1"])

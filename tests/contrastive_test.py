@@ -153,8 +153,8 @@ def test_enqueue_is_a_ring_buffer():
   assert int(ptr.numpy()) == 1
 
 
-def test_enqueue_under_mirrored_strategy_gathers_every_replica():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_enqueue_under_mirrored_strategy_gathers_every_replica(two_replica_strategy):
+  strategy = two_replica_strategy
   with strategy.scope():
     queue = tf.Variable(np.zeros((6, 1), np.float32), trainable=False)
     ptr = tf.Variable(tf.constant(1, tf.int64), trainable=False)
@@ -173,6 +173,31 @@ def test_enqueue_under_mirrored_strategy_gathers_every_replica():
     np.testing.assert_array_equal(local.numpy()[:, 0], [0, 10, 10, 20, 20, 0])
   for local in strategy.experimental_local_results(ptr):
     assert int(local.numpy()) == 5
+
+
+def test_moco_step_under_mirrored_strategy(two_replica_strategy):
+  """A real fit step on two replicas: EMA exact, 8 keys (4 per replica) enqueued, and every
+  replica's copy of queue, pointer and key encoder identical."""
+  strategy = two_replica_strategy
+  task = _moco()
+  x, y = _batch(task, 2)
+  with strategy.scope():
+    model, _ = _model(task, 2)
+  pairs = mocov2.ema_pairs(model)
+  key_before = _numpy([k for k, _ in pairs])
+  queue0 = model.moco_queue.numpy().copy()
+  _step(model, x, y)
+  for (k, q), old in zip(pairs, key_before):
+    np.testing.assert_allclose(k.numpy(), 0.9 * old + 0.1 * q.numpy(), rtol=1e-5, atol=1e-6)
+  ptrs = [int(v.numpy()) for v in strategy.experimental_local_results(model.moco_queue_ptr)]
+  assert ptrs == [BATCH, BATCH]
+  queues = [v.numpy() for v in strategy.experimental_local_results(model.moco_queue)]
+  np.testing.assert_array_equal(queues[0], queues[1])
+  assert not np.allclose(queues[0][:BATCH], queue0[:BATCH])
+  np.testing.assert_array_equal(queues[0][BATCH:], queue0[BATCH:])
+  for k, _ in pairs[:3]:
+    local = [v.numpy() for v in strategy.experimental_local_results(k.value)]
+    np.testing.assert_array_equal(local[0], local[1])
 
 
 def test_moco_checkpoint_round_trip_restores_queue_and_key_encoder(tmp_path):

@@ -62,7 +62,7 @@ def test_rejects_non_positive_temperature():
     losses.nt_xent(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), 0.0)
 
 
-def test_mirrored_equals_single_device_loss_and_gradient():
+def test_mirrored_equals_single_device_loss_and_gradient(two_replica_strategy):
   """Two replicas with 4 images each vs one device with all 8: the per-replica losses
   divided by the replica count sum to the global loss, and the summed gradients of a shared
   projection equal the single-device gradient (the gather passes gradients across)."""
@@ -78,7 +78,7 @@ def test_mirrored_equals_single_device_loss_and_gradient():
   single_grad = tape.gradient(single, w).numpy()
   np.testing.assert_allclose(float(single), numpy_nt_xent(x_a @ w0, x_b @ w0, t), rtol=1e-4)
 
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = two_replica_strategy
   replicas = strategy.num_replicas_in_sync
   assert replicas == 2
   with strategy.scope():

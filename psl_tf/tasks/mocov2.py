@@ -22,6 +22,8 @@ key view B. Not implemented: MoCo's shuffle BN across GPUs; the key encoder norm
 replica's key batch with its own statistics.
 """
 
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -119,7 +121,9 @@ class MoCoV2Task(base.Task):
     self.key_momentum = float(key_momentum)
     self.proj_dim = int(proj_dim)
     self.augment_options = simclr.augment_options(**augment_kwargs)
-    self._pending_keys = None
+    # Keys of the step being traced, per thread: MirroredStrategy traces each replica's step
+    # in its own thread, and forward and after_update of one replica share it.
+    self._pending = threading.local()
 
   @classmethod
   def from_config(cls, config):
@@ -183,15 +187,16 @@ class MoCoV2Task(base.Task):
     negatives = tf.matmul(q, tf.stop_gradient(tf.convert_to_tensor(ctx.moco_queue)),
                           transpose_b=True)
     if training:
-      # after_update (same train step, same trace) enqueues these keys.
-      self._pending_keys = k
+      # after_update (same train step, same trace, same replica thread) enqueues these keys.
+      self._pending.keys = k
     return tf.concat([positive, negatives], axis=1) / self.temperature
 
   def after_update(self, ctx):
     """EMA of the key encoder, then FIFO enqueue of this step's keys from every replica."""
-    if self._pending_keys is None:
+    keys = getattr(self._pending, "keys", None)
+    if keys is None:
       raise ValueError("mocov2: after_update needs a training forward pass first")
-    keys, self._pending_keys = self._pending_keys, None
+    self._pending.keys = None
     m = self.key_momentum
     update_synced([(k, lambda var, value: var.assign(m * var + (1.0 - m) * value),
                     (keras.ops.convert_to_tensor(q),))
