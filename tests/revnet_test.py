@@ -142,7 +142,7 @@ def _assert_moving_averages_moved_once(plain, memory_saving, initial):
 @pytest.mark.parametrize("use_function", [
     False, pytest.param(True, marks=pytest.mark.slow)])
 def test_recompute_gives_the_same_backbone_gradients(monkeypatch, use_function):
-  """In float64, where the reversible backward pass must agree with ordinary backprop to
+  """In float64, where the reversible backward pass must agree with ordinary backprop up to
   rounding. (In float32 this tiny backbone amplifies rounding: at 16 px b5 is 1x1 and its
   BatchNorm sees 4 values; the well-conditioned float32 check is the stage test below.)"""
   calls = _count_reversible_backward(monkeypatch)
@@ -162,7 +162,9 @@ def test_recompute_gives_the_same_backbone_gradients(monkeypatch, use_function):
     keras.config.set_dtype_policy(previous)
   assert len(calls) == 4  # the reversible backward pass ran once per stage (b2..b5)
   names = [v.path for v in plain.trainable_variables] + ["input"]
-  _assert_close_gradients(names, expected, got, 1e-8)
+  # 1e-6 of the largest entry: rounding in float64 (graph-mode kernels sum in other orders),
+  # and six orders below what a wrong term in the backward pass gives.
+  _assert_close_gradients(names, expected, got, 1e-6)
   _assert_moving_averages_moved_once(plain, memory_saving, initial)
 
 

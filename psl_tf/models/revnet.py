@@ -139,6 +139,23 @@ class ReversibleUnit(layers.Layer):
     return {**super().get_config(), "channels": self.channels}
 
 
+def _after(x, dependency):
+  """`x`, computable only once `dependency` is.
+
+  In a graph the executor runs an op as soon as its inputs exist. The reconstruction chain
+  needs only the stage output and the weights, so without this it would run, for every unit,
+  right after the forward pass and hold all the recomputed activations until the gradients
+  arrive: the memory saving would be lost. A data dependency (adding zero derived from the
+  incoming gradient, NaN-preserving so no optimiser folds it) defers each unit's
+  recomputation until the backward pass reaches it. `tf.recompute_grad` does the same.
+  """
+  if tf.executing_eagerly():
+    return x
+  first = tf.reshape(dependency, [-1])[:1]
+  zero = tf.where(tf.reduce_all(tf.equal(first, first)), 0.0, float("nan"))
+  return x + tf.cast(zero, x.dtype)
+
+
 def _reversible_backward(units, y, dy, variables):
   """Backpropagates `dy` through `units` given only their final output `y`.
 
@@ -150,6 +167,7 @@ def _reversible_backward(units, y, dy, variables):
   for unit in reversed(units):
     x2, y1 = tf.split(y, 2, axis=-1)
     g2, g1 = tf.split(dy, 2, axis=-1)
+    x2 = _after(x2, g1)
     with tf.GradientTape() as tape:
       tape.watch(x2)
       fx2 = unit.residual(x2, training=True, update_stats=False)
