@@ -188,11 +188,19 @@ def folder_source(path, split="train", image_check="full"):
 
 # ---- TFDS --------------------------------------------------------------------------------
 
-def tfds_source(name, split, data_dir=None):
+def check_tfds_name(name):
+  """Raises DataError unless `name` ('cifar10', 'voc/2007', 'imagenet2012:5.1.0') names a
+  TFDS builder. Looks only at the installed catalogue, never the network."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-  if name not in tfds.list_builders(with_community_datasets=False):
+  base = name.split("/")[0].split(":")[0]
+  if base not in tfds.list_builders(with_community_datasets=False):
     raise DataError(f"unknown data set {name!r}: not 'demo', not 'folder:PATH', and not a "
                     "TFDS name (see tfds.list_builders())")
+
+
+def tfds_source(name, split, data_dir=None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  check_tfds_name(name)
   try:
     dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True,
                               shuffle_files=True)

@@ -114,7 +114,7 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   Weight decay is applied by the optimizer to kernels only (never to biases or BatchNorm).
   """
   model = build_classifier(backbone, image_size, num_classes)
-  schedule = probes.make_schedule(lr_schedule, learning_rate, epochs * steps_per_epoch,
+  schedule = optim.make_schedule(lr_schedule, learning_rate, epochs * steps_per_epoch,
                                   lr_step_split, lr_decay)
   optimizer = keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None)
   if weight_decay:

@@ -45,6 +45,8 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
           warmup_steps=warmup_steps)
     return keras.optimizers.schedules.CosineDecay(float(base_lr), total_steps)
   pieces = parse_split(step_split)
+  if len(pieces) == 1:  # one piece: nothing to drop
+    return float(base_lr)
   cumulative, boundaries = 0.0, []
   for piece in pieces[:-1]:
     cumulative += piece

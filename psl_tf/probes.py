@@ -54,13 +54,6 @@ def build_probe_model(backbone, image_size, num_classes, block_names=blocks_lib.
   return keras.Model(image, outputs, name="linear_probes"), poolings
 
 
-def make_schedule(kind, learning_rate, total_steps, lr_step_split, lr_decay):
-  """`optim.make_schedule`, with a one-piece step split meaning a constant rate."""
-  if kind == "step" and len(optim.parse_split(lr_step_split)) == 1:
-    kind = "constant"
-  return optim.make_schedule(kind, learning_rate, total_steps, lr_step_split, lr_decay)
-
-
 def _per_block_targets(block_names):
   def fn(images, labels):
     return images, {name: labels for name in block_names}
@@ -82,7 +75,7 @@ def train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate=0.
     verbose: Keras fit verbosity.
   """
   names = list(model.output.keys()) if isinstance(model.output, dict) else list(model.output_names)
-  schedule = make_schedule("step", learning_rate, epochs * steps_per_epoch, lr_step_split,
+  schedule = optim.make_schedule("step", learning_rate, epochs * steps_per_epoch, lr_step_split,
                            lr_decay)
   if multi_label:
     loss = keras.losses.BinaryCrossentropy(from_logits=True)

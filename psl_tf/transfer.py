@@ -12,16 +12,9 @@ For VOC every object's class counts as present, "difficult" objects included.
 from psl_tf import data
 
 
-def _tfds_base_name(name):
-  """'voc/2007:5.0.0' -> 'voc' (TFDS lists builders without config and version)."""
-  return name.split("/")[0].split(":")[0]
-
-
 def _tfds_load(name, split, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-  if _tfds_base_name(name) not in tfds.list_builders():
-    raise data.DataError(f"unknown data set {name!r}: not 'demo', not 'folder:PATH', and not a "
-                         "TFDS name (see tfds.list_builders())")
+  data.check_tfds_name(name)
   try:
     return tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
   except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
