@@ -115,7 +115,7 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   """
   model = build_classifier(backbone, image_size, num_classes)
   schedule = optim.make_schedule(lr_schedule, learning_rate, epochs * steps_per_epoch,
-                                  lr_step_split, lr_decay)
+                                 lr_step_split, lr_decay)
   optimizer = keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None)
   if weight_decay:
     optimizer.exclude_from_weight_decay(
