@@ -237,3 +237,26 @@ def test_rotation_psl_smoke_run_with_revnet(tmp_path):
   served = tf.saved_model.load(os.path.join(workdir, "export")).signatures["serving_default"]
   features = served(images=tf.zeros([1, 32, 32, 3], tf.uint8))
   assert features["b5"].shape == (1, 1, 1, 512) and features["b5_pool"].shape == (1, 512)
+
+
+def test_keras_file_round_trip_and_seeded_initialisation(tmp_path):
+  keras.utils.set_random_seed(3)
+  a = revnet.revnet50(filters_factor=1)
+  keras.utils.set_random_seed(3)
+  b = revnet.revnet50(filters_factor=1)
+  keras.utils.set_random_seed(4)
+  c = revnet.revnet50(filters_factor=1)
+  kernels = lambda m: [v.numpy() for v in m.weights if "kernel" in v.path]
+  assert all(np.array_equal(x, y) for x, y in zip(kernels(a), kernels(b)))
+  assert not np.array_equal(kernels(a)[1], kernels(c)[1])
+  # Same-shaped convolutions must not start from identical weights.
+  shapes = {}
+  for kernel in kernels(a):
+    shapes.setdefault(kernel.shape, []).append(kernel)
+  assert all(not np.array_equal(group[0], group[1]) for group in shapes.values() if len(group) > 1)
+  path = str(tmp_path / "revnet.keras")
+  a.save(path)
+  loaded = keras.models.load_model(path)
+  x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+  np.testing.assert_allclose(loaded(x, training=False)["b5"], a(x, training=False)["b5"],
+                             rtol=1e-5, atol=1e-5)

@@ -54,14 +54,17 @@ from psl_tf.models import blocks
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 UNITS = (3, 4, 6, 3)
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
 
 
 def _conv(filters, kernel, strides=1, name=None):
+  # A fresh initializer per layer (as in resnet.py): a shared unseeded Keras 3 initializer
+  # would give same-shaped convolutions identical weights and ignore set_random_seed.
+  init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
   return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                       kernel_initializer=_CONV_INIT, name=name)
+                       kernel_initializer=init, name=name)
 
 
+@keras.saving.register_keras_serializable(package="psl_tf")
 class BatchNorm(layers.BatchNormalization):
   """BatchNormalization that can use batch statistics without updating its moving averages.
 
@@ -90,6 +93,7 @@ def _bn(name):
   return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
+@keras.saving.register_keras_serializable(package="psl_tf")
 class PreactBottleneck(layers.Layer):
   """The residual function F: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, no shortcut.
 
@@ -113,6 +117,7 @@ class PreactBottleneck(layers.Layer):
     return {**super().get_config(), "channels": self.channels}
 
 
+@keras.saving.register_keras_serializable(package="psl_tf")
 class ReversibleUnit(layers.Layer):
   """``[x1, x2] -> [x2, x1 + F(x2)]`` on ``channels`` channels, with its exact inverse."""
 
@@ -200,6 +205,7 @@ def run_reversible(units, x):
   return forward(x)
 
 
+@keras.saving.register_keras_serializable(package="psl_tf")
 class ReversibleStage(layers.Layer):
   """A sequence of `ReversibleUnit`s at one resolution; optionally memory-saving in training.
 
@@ -229,6 +235,7 @@ class ReversibleStage(layers.Layer):
             "recompute": self.recompute}
 
 
+@keras.saving.register_keras_serializable(package="psl_tf")
 class Transition(layers.Layer):
   """Halves the resolution (2x2 average pool) and doubles the channels (zero padding)."""
 
