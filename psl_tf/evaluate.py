@@ -16,6 +16,11 @@ import os
 import re
 import sys
 
+from psl_tf import quiet
+
+quiet.import_tensorflow_quietly()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -196,6 +201,7 @@ class Evaluation:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet.warnings_only_unless_asked()
   try:
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
@@ -225,4 +231,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.evaluate"))

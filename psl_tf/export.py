@@ -16,6 +16,10 @@ model `backbone.keras` for fine-tuning in Keras (`keras.models.load_model` after
 import os
 import sys
 
+if __name__ == "__main__":
+  from psl_tf import quiet  # pylint: disable=g-import-not-at-top
+  quiet.import_tensorflow_quietly()
+
 from absl import app
 from absl import flags
 import keras
@@ -75,6 +79,7 @@ def export_run(workdir, stage=None, output=None):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet.warnings_only_unless_asked()
   try:
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
@@ -94,4 +99,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "Output directory (default: <workdir>/export, or "
                       "<workdir>/export_stage_<k> for an earlier stage).")
   FLAGS = flags.FLAGS
-  app.run(main)
+  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.export"))

@@ -27,3 +27,25 @@ def import_tensorflow_quietly():
     os.close(saved)
     os.close(devnull)
   return tf
+
+
+def one_line_flags_parser(program):
+  """An `app.run(flags_parser=...)` that reports a bad flag in one line and exits with 2."""
+  def parse(argv):
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      print(f"{program}: error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return parse
+
+
+def warnings_only_unless_asked():
+  """absl logging at WARNING unless the user passed --verbosity: the output of our entry
+  points is their progress bars and result lines, not library INFO logs."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

@@ -112,9 +112,7 @@ def check_resume(workdir, values):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    # Progress bars and stage headers are the output; INFO logs only with --verbosity=0.
-    logging.set_verbosity(logging.WARNING)
+  quiet.warnings_only_unless_asked()
   try:
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
@@ -149,14 +147,5 @@ def main(argv):
         f"loss {last.get('final_loss')}, pretext accuracy {last.get('pretext_accuracy')}")
 
 
-def parse_flags(argv):
-  """absl's parser, with a bad flag reported in one line (exit 2) like every other error."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"psl_tf.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.train"))
