@@ -11,7 +11,8 @@ script is started again; finished runs are skipped). Then every run's frozen blo
 probed with linear classifiers (`python -m psl_tf.evaluate`, trained on the labelled train
 split, scored on the test split), and the script writes into `<root>/<task>/`:
 
-* `results.md`: top-1 per block, mean ± sample standard deviation over seeds (one row per
+* `results.md`: top-1 per block (with a `random` row: the untrained initialisation of each
+  seed, probed the same way, to show what pre-training added), mean ± sample standard deviation over seeds (one row per
   mode), the per-seed rows, and the wall time of each mode;
 * `results.json`: the same numbers, the settings, and the exact commands;
 * `results.png`: top-1 per block, one line per mode (seed means).
@@ -39,6 +40,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 MODES = ("psl", "sl", "psl_f", "e2e", "greedy")
+# Not a training mode: the untrained backbone (the very initialisation every run of the same
+# seed starts from), probed the same way, so the table shows what pre-training added at all.
+RANDOM = "random"
 BLOCKS = ("b1", "b2", "b3", "b4", "b5")
 
 # Budgets for CIFAR-10-sized images on a 2-core CPU. `small` trains each of the 5 modes for
@@ -60,7 +64,7 @@ COMMON_TRAIN_FLAGS = ("--backbone=cifar_resnet", "--optimizer=sgd", "--learning_
                       "--momentum=0.9", "--weight_decay=5e-4", "--lr_schedule=step",
                       "--lr_step_split=20,20,10,10", "--image_check=none", "--export=false",
                       "--verbose=2")
-STAGES_PER_MODE = {"psl": 3, "sl": 3, "psl_f": 3, "greedy": 3, "e2e": 1}
+STAGES_PER_MODE = {"psl": 3, "sl": 3, "psl_f": 3, "greedy": 3, "e2e": 1, RANDOM: 1}
 
 
 def parse_args(argv=None):
@@ -77,6 +81,8 @@ def parse_args(argv=None):
     parser.add_argument(f"--{name}", type=int, default=None,
                         help="overrides the budget preset")
   parser.add_argument("--probe_learning_rate", type=float, default=0.05)
+  parser.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=True,
+                      help="also probe the untrained backbone of each seed (row 'random')")
   parser.add_argument("--extra", action="append", default=[],
                       help="extra psl_tf.train flag for every run, e.g. "
                       "--extra=--frozen_bn=batch_stats (repeatable); changes the run names")
@@ -176,6 +182,28 @@ def _find_probe_json(workdir, mode):
   return os.path.join(eval_dir, hits[-1]) if hits else None
 
 
+def write_random_run(args, seed):
+  """A work directory holding the untrained backbone of `seed` as its finished stage 1.
+
+  pretrain.run seeds Keras with the run's seed right before building the backbone, so this is
+  bit for bit the initialisation the seed's pre-training runs start from.
+  """
+  import keras  # pylint: disable=g-import-not-at-top  (TensorFlow only where needed)
+  from psl_tf import models  # pylint: disable=g-import-not-at-top
+  from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  workdir = run_dir(args, RANDOM, seed)
+  keras.utils.set_random_seed(seed)
+  backbone = models.build_backbone("cifar_resnet", depth=args.depth, width=args.width)
+  wd.write_flags(workdir, {"task": args.task, "mode": "e2e", "backbone": "cifar_resnet",
+                           "depth": args.depth, "width": args.width,
+                           "image_size": args.image_size, "image_check": "none",
+                           "dataset": f"folder:{os.path.abspath(args.data)}", "seed": seed,
+                           "workdir": workdir})
+  wd.write_summary(workdir, {"mode": RANDOM, "stages": [
+      {"stage": 1, "wall_time_s": 0.0, "pretext_accuracy": None}]})
+  wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, 1))
+
+
 def run_one(args, mode, seed, log=print):
   """Pre-trains (or resumes/skips) and probes one run; returns its record."""
   workdir = run_dir(args, mode, seed)
@@ -187,9 +215,13 @@ def run_one(args, mode, seed, log=print):
     with open(record_path) as f:
       record = json.load(f)
   record.update({"mode": mode, "seed": seed, "workdir": workdir,
-                 "train_command": shlex.join(train_command(args, mode, seed)),
+                 "train_command": ("(untrained initialisation)" if mode == RANDOM
+                                   else shlex.join(train_command(args, mode, seed))),
                  "eval_command": shlex.join(eval_command(args, mode, seed))})
-  if not _finished(workdir, mode):
+  if mode == RANDOM:
+    if not _finished(workdir, mode):
+      write_random_run(args, seed)
+  elif not _finished(workdir, mode):
     log(f"-- pre-training {args.task} {mode} seed {seed} ({workdir})")
     record["train_process_s"] = round(_run(train_command(args, mode, seed), log_path), 1)
   else:
@@ -234,7 +266,8 @@ def aggregate(records):
   for r in records:
     by_mode.setdefault(r["mode"], []).append(r)
   out = {}
-  for mode in [m for m in MODES if m in by_mode] + [m for m in by_mode if m not in MODES]:
+  order = MODES + (RANDOM,)
+  for mode in [m for m in order if m in by_mode] + [m for m in by_mode if m not in order]:
     rs = by_mode[mode]
     row = {b: mean_spread([r["probes"].get(b, {}).get("top1") for r in rs]) for b in BLOCKS}
     row["train_wall_s"] = mean_spread([r.get("train_wall_s") for r in rs])
@@ -304,7 +337,7 @@ def main(argv=None):
   start = time.time()
   records = []
   for seed in args.seeds:  # seed-major: a partial run still has every mode of seed 0
-    for mode in args.modes:
+    for mode in args.modes + ([RANDOM] if args.random_baseline else []):
       records.append(run_one(args, mode, seed))
   text = write_results(args, records)
   print(text)

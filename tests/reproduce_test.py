@@ -59,6 +59,26 @@ def test_bad_data_folder_and_mode_are_one_line_errors(tmp_path, capsys):
   assert "unknown mode(s) bogus" in capsys.readouterr().err
 
 
+def test_random_baseline_is_the_seeds_initialisation(tmp_path):
+  from psl_tf import models  # pylint: disable=g-import-not-at-top
+  from psl_tf import runs  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  data = _image_folder(tmp_path / "data")
+  args = reproduce.parse_args(["--data", data, "--budget=tiny", "--root", str(tmp_path / "r")])
+  for seed in (0, 1):
+    reproduce.write_random_run(args, seed)
+  keras.utils.set_random_seed(1)
+  fresh = models.build_backbone("cifar_resnet", depth=args.depth, width=args.width)
+  loaded = {s: runs.load_run(reproduce.run_dir(args, reproduce.RANDOM, s)).build_backbone()
+            for s in (0, 1)}
+  same = [np.array_equal(a.numpy(), b.numpy())
+          for a, b in zip(fresh.weights, loaded[1].weights)]
+  assert all(same)
+  kernels = [(a.numpy(), b.numpy()) for a, b in zip(loaded[0].weights, loaded[1].weights)
+             if "kernel" in a.path]
+  assert kernels and not any(np.array_equal(a, b) for a, b in kernels)
+
+
 def test_aggregate_gives_mean_and_sample_sd_over_seeds():
   records = [
       {"mode": "e2e", "seed": 0, "probes": {"b1": {"top1": 10.0}, "b5": {"top1": 30.0}},
@@ -87,7 +107,8 @@ def test_all_five_modes_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
   out = os.path.join(root, "rotation")
   with open(os.path.join(out, "results.json")) as f:
     results = json.load(f)
-  assert sorted(r["mode"] for r in results["records"]) == sorted(reproduce.MODES)
+  assert (sorted(r["mode"] for r in results["records"]) ==
+          sorted(reproduce.MODES + (reproduce.RANDOM,)))
   for record in results["records"]:
     assert set(record["probes"]) == set(reproduce.BLOCKS)
     assert all(0.0 <= v["top1"] <= 100.0 for v in record["probes"].values())
