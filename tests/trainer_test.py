@@ -121,11 +121,11 @@ def _one_step_under(strategy, x, y, init_weights=None):
   return history["loss"][0], before, [v.numpy() for v in variables]
 
 
-def test_mirrored_step_equals_one_device_step():
+def test_mirrored_step_equals_one_device_step(two_replica_strategy):
   _, x, y = _batch(level=2, seed=3)
   one = tf.distribute.OneDeviceStrategy("/cpu:0")
   loss_one, init, weights_one = _one_step_under(one, x, y)
-  mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  mirrored = two_replica_strategy
   assert mirrored.num_replicas_in_sync == 2
   loss_two, _, weights_two = _one_step_under(mirrored, x, y, init)
   assert loss_two == pytest.approx(loss_one, rel=1e-4)
