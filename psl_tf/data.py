@@ -181,7 +181,13 @@ def _decode_file(path, label):
 
 def folder_source(path, split="train", image_check="full"):
   files, labels, class_names, skipped = list_image_folder(path, split, image_check)
-  elements = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64)))
+  # The listing is sorted by class, and the input pipeline's shuffle is a window of
+  # --shuffle_buffer elements: without this fixed interleaving, a run shorter than one pass
+  # (or a probe, or each PSL stage) would only ever see the first classes of the tree.
+  order = np.random.default_rng(0).permutation(len(files))
+  files = [files[i] for i in order]
+  labels = np.asarray(labels, np.int64)[order]
+  elements = tf.data.Dataset.from_tensor_slices((files, labels))
   return Source(f"folder:{path}", elements, _decode_file, len(files),
                 len(class_names) or None, skipped)
 

@@ -83,3 +83,22 @@ def test_input_fn_batches_per_replica_and_is_reproducible():
   a = [b[1].numpy() for b in make()().take(3)]
   b = [b[1].numpy() for b in make()().take(3)]
   np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
+
+
+def test_folder_source_interleaves_classes_before_the_windowed_shuffle(tmp_path):
+  # The listing is class-sorted; a shuffle buffer smaller than the data must still mix classes.
+  for cls in ("a", "b", "c"):
+    os.makedirs(tmp_path / "train" / cls)
+    for i in range(20):
+      Image.fromarray(np.full((4, 4, 3), 80 * "abc".index(cls), np.uint8)).save(
+          tmp_path / "train" / cls / f"{i}.png")
+  source = data.load_source(f"folder:{tmp_path}", "train", image_check="none")
+  pairs = list(source.elements.as_numpy_iterator())
+  assert sorted(p[1] for p in pairs) == [0] * 20 + [1] * 20 + [2] * 20
+  assert {p[1] for p in pairs[:10]} == {0, 1, 2}
+  for path, label in pairs:  # every file keeps its own folder's label
+    assert os.path.basename(os.path.dirname(path.decode())) == "abc"[label]
+  batch = data.make_input_fn(source, lambda image, label, seed: (image, label), 12, seed=0,
+                             shuffle_buffer=4)(None)
+  _, labels = next(iter(batch))
+  assert len(set(labels.numpy())) > 1
