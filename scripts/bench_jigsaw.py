@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import benchmark
 from psl_tf import data
 from psl_tf import optim
 from psl_tf import stages as stages_lib
@@ -56,19 +57,6 @@ def time_cold_build(size):
   return elapsed, cpu, average, minimum
 
 
-def pipeline_rate(task, source, batch_size, batches):
-  input_fn = data.make_input_fn(source, task.example_fn(3, training=True), batch_size, seed=1,
-                                training=True, shuffle_buffer=1000)
-  iterator = iter(input_fn())
-  for _ in range(3):
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(batches):
-    x, _ = next(iterator)
-  x.numpy()
-  return batches * batch_size / (time.perf_counter() - start), tuple(x.shape)
-
-
 def step_rate(task, stage, batch_size, steps):
   keras.utils.set_random_seed(0)
   kwargs = {"depth": FLAGS.depth, "width": FLAGS.width} if FLAGS.backbone == "cifar_resnet" else {}
@@ -79,11 +67,7 @@ def step_rate(task, stage, batch_size, steps):
   rng = np.random.default_rng(0)
   x = tf.constant(rng.uniform(size=(batch_size, 9, task.tile, task.tile, 3)), tf.float32)
   y = tf.constant(rng.integers(0, task.num_classes(stage.level), batch_size), tf.int32)
-  dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
-  model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # traces the step
-  start = time.perf_counter()
-  model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-  return steps * batch_size / (time.perf_counter() - start)
+  return benchmark.fit_rate(model, x, y, steps)
 
 
 def main(argv):
@@ -102,7 +86,9 @@ def main(argv):
   print(f"geometry: resize {task.resize}, crop {task.crop}, cell {task.cell}, tile {task.tile}; "
         f"batch {FLAGS.batch_size} puzzles = {9 * FLAGS.batch_size} tiles")
   source = data.load_source(FLAGS.dataset)
-  pipe, shape = pipeline_rate(task, source, FLAGS.batch_size, FLAGS.pipeline_batches)
+  pipe, batch = benchmark.pipeline_rate(source, task.example_fn(3, training=True),
+                                        FLAGS.batch_size, FLAGS.pipeline_batches)
+  shape = tuple(batch.shape)
   print(f"tile pipeline ({FLAGS.dataset}): {pipe:.1f} images/s, batches of {shape}")
   for index in (int(s) for s in FLAGS.stages):
     stage = stages_lib.make_stages("psl", 3)[index - 1]

@@ -16,7 +16,6 @@ Stages run one after another, pipeline then step, so both numbers of a row see t
 """
 
 import os
-import time
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import benchmark
 from psl_tf import data
 from psl_tf import optim
 from psl_tf import stages as stages_lib
@@ -45,20 +45,6 @@ flags.DEFINE_integer("pipeline_batches", 20, "Timed pipeline batches (after 3 wa
 flags.DEFINE_integer("steps", 10, "Timed train steps per stage (after 2 warm-up).")
 
 
-def pipeline_rate(task, source, level, batch_size, batches):
-  """Images (pairs of views) per second out of the real input_fn."""
-  input_fn = data.make_input_fn(source, task.example_fn(level, training=True), batch_size,
-                                seed=1, training=True, shuffle_buffer=1000)
-  iterator = iter(input_fn())
-  for _ in range(3):
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(batches):
-    x, _ = next(iterator)
-  x.numpy()
-  return batches * batch_size / (time.perf_counter() - start), x
-
-
 def step_rate(task, stage, batch, steps):
   """Images per second of the stage's train step on a batch held in memory."""
   keras.utils.set_random_seed(0)
@@ -68,12 +54,7 @@ def step_rate(task, stage, batch, steps):
   optimizer = optim.build_optimizer("lars", 0.3, 0.9, weight_decay=1e-6)
   model = trainer.StageModel(backbone, task, stage, head, weight_decay=0.0)
   model.compile(optimizer=optimizer)
-  targets = tf.zeros([batch.shape[0]], tf.int32)
-  dataset = tf.data.Dataset.from_tensors((batch, targets)).repeat()
-  model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # traces the step
-  start = time.perf_counter()
-  model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-  return steps * batch.shape[0] / (time.perf_counter() - start)
+  return benchmark.fit_rate(model, batch, tf.zeros([batch.shape[0]], tf.int32), steps)
 
 
 def main(argv):
@@ -87,8 +68,8 @@ def main(argv):
   source = data.load_source(FLAGS.dataset)
   for index in (int(s) for s in FLAGS.stages):
     stage = stages_lib.make_stages("psl", 3)[index - 1]
-    pipe, batch = pipeline_rate(task, source, stage.level, FLAGS.batch_size,
-                                FLAGS.pipeline_batches)
+    pipe, batch = benchmark.pipeline_rate(source, task.example_fn(stage.level, training=True),
+                                          FLAGS.batch_size, FLAGS.pipeline_batches)
     step = step_rate(task, stage, batch, FLAGS.steps)
     print(f"stage {index} (train B{stage.first}-B{stage.last}, {task.describe_level(stage.level)}): "
           f"pipeline {pipe:.1f} images/s, train step {step:.1f} images/s, "

@@ -37,6 +37,7 @@ tf.get_logger().setLevel("ERROR")  # the FLOPs profiler warns about its own v1 A
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from psl_tf import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -96,18 +97,6 @@ def time_steps(named_models, batches, rounds, warmup=2):
       model.train_on_batch(*batches[name])
       times[name].append(time.perf_counter() - start)
   return times
-
-
-def pipeline_rate(task, level, args, batches=20):
-  source = data.load_source(args.data, "train")
-  ds = data.make_input_fn(source, task.example_fn(level, True), args.batch_size,
-                          shuffle_buffer=1000)()
-  it = iter(ds)
-  next(it)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  return batches * args.batch_size / (time.perf_counter() - start)
 
 
 def keras_resnet50_model(args, num_classes):
@@ -207,7 +196,8 @@ def main():
     except TypeError as e:
       print(f"  {name:<10} skipped ({e})")
       continue
-    rate = pipeline_rate(t, t.num_levels, args)
+    rate, _ = benchmark.pipeline_rate(data.load_source(args.data, "train"),
+                                      t.example_fn(t.num_levels, True), args.batch_size)
     print(f"  {name:<10}{rate:>10.1f} images/s  = {rate / e2e_rate:.1f}x the step's consumption")
   if args.memory:
     base = peak_memory(args, "build")
