@@ -23,12 +23,10 @@ def train_view_fn(size, resize):
 
 
 def eval_view_fn(size, resize):
-  """The tasks' evaluation view (`Task.eval_image_fn`): shorter side to `resize`, centre crop."""
-  centre = base.Task(base.ImageSpec(size, resize)).eval_image_fn()
-
+  """Shorter side to `resize`, then the central `size` x `size` crop."""
   def fn(image, label, seed):
     del seed
-    return centre(image, label)
+    return base.center_crop_resize(base.to_float(image), resize, size), label
   return fn
 
 

@@ -77,17 +77,6 @@ class Task:
   def example_fn(self, level, training):
     raise NotImplementedError
 
-  def eval_image_fn(self):
-    """Per-example map `(image_uint8, label) -> (float image [size, size, 3], label)`.
-
-    The plain centre-crop view used by probes and export. Shared by all tasks.
-    """
-    spec = self.image_spec
-
-    def fn(image, label):
-      return center_crop_resize(to_float(image), spec.resize, spec.size), label
-    return fn
-
   # ---- model -------------------------------------------------------------------------
   def num_classes(self, level):
     raise NotImplementedError
