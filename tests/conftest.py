@@ -11,7 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from psl_tf import quiet  # pylint: disable=g-import-not-at-top
+
+# TensorFlow's C++ start-up lines would otherwise land after pytest's closing summary.
+tf = quiet.import_tensorflow_quietly()
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
