@@ -16,6 +16,8 @@ class Config:
   dataset: str = "demo"
   data_dir: str | None = None
   train_split: str = "train"
+  heldout_split: str = "auto"
+  heldout_examples: int = 10_000
   image_size: int = 64
   resize: int = 0
   image_check: str = "full"

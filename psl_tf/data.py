@@ -109,6 +109,27 @@ def demo_source(split):
                 len(DEMO_PHOTOS))
 
 
+def load_heldout_source(dataset, split="auto", data_dir=None, image_check="full",
+                        train_split="train"):
+  """The split a run's pretext accuracy is measured on, or None if there is none.
+
+  split: 'auto' (the first of test / validation the data set has, other than the training
+  split), 'none', or a split name (which must exist).
+  """
+  if split == "none":
+    return None
+  if split != "auto":
+    return load_source(dataset, split, data_dir, image_check)
+  for name in ("test", "validation"):
+    if name == train_split:
+      continue
+    try:
+      return load_source(dataset, name, data_dir, image_check)
+    except ValueError:  # DataError: the data set has no such split
+      continue
+  return None
+
+
 # ---- image folders -----------------------------------------------------------------------
 
 def _check_image(path, mode):

@@ -9,7 +9,8 @@ from absl import flags
 
 # Flags that may change when a run is resumed: they do not change what is learned.
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
-                         "jigsaw_cache_dir", "online_probes"})
+                         "jigsaw_cache_dir", "online_probes", "heldout_split",
+                         "heldout_examples"})
 
 
 def define_train_flags():
@@ -31,6 +32,11 @@ def define_train_flags():
                       "(class sub-folders give labels) or a TFDS name such as cifar10.")
   flags.DEFINE_string("data_dir", None, "TFDS data directory.")
   flags.DEFINE_string("train_split", "train", "Split to pre-train on.")
+  flags.DEFINE_string("heldout_split", "auto", "Split each stage's pretext accuracy is "
+                      "measured on after training (auto: test or validation when the data set "
+                      "has one; none: skip).")
+  flags.DEFINE_integer("heldout_examples", 10_000, "At most this many held-out images per "
+                       "stage (0: the whole split).")
   flags.DEFINE_integer("image_size", 64, "Side of the square crop the backbone sees.")
   flags.DEFINE_integer("resize", 0, "Shorter side before cropping (0: image_size * 256/224).")
   flags.DEFINE_enum("image_check", "full", ["full", "header", "none"],

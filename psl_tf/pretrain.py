@@ -4,6 +4,7 @@ then `fit`, then the stage's backbone weights on disk. Resumable at every epoch.
 import dataclasses
 import os
 import time
+import warnings
 
 from absl import logging
 import keras
@@ -29,6 +30,7 @@ class Plan:
   epochs: list
   steps_per_epoch: int
   source: data.Source
+  heldout: data.Source | None = None
 
 
 def plan(config):
@@ -47,7 +49,9 @@ def plan(config):
     if steps < 1:
       raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
                        f"batch of {config.batch_size}; lower --batch_size")
-  return Plan(task, stage_list, epochs, steps, source)
+  heldout = data.load_heldout_source(config.dataset, config.heldout_split, config.data_dir,
+                                     config.image_check, config.train_split)
+  return Plan(task, stage_list, epochs, steps, source, heldout)
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -72,6 +76,32 @@ def _stage_header(config, stage, num_stages, task, epochs, steps):
   return (f"== stage {stage.index}/{num_stages} [{config.mode}]: train {trained}{frozen} | "
           f"{task.name} level {stage.level}: {task.describe_level(stage.level)} | "
           f"{epochs} epochs x {steps} steps = {epochs * steps} steps, batch {config.batch_size}")
+
+
+def heldout_metrics(config, the_plan, stage, model, strategy):
+  """{'heldout_loss', 'heldout_pretext_accuracy', 'heldout_images'} of the trained stage on
+  the held-out split at the stage's level (the evaluation view of the task: centre crops, no
+  random flips), or {} when the run has no held-out split."""
+  source = the_plan.heldout
+  if source is None:
+    return {}
+  task = the_plan.task
+  limit = config.heldout_examples or source.num_examples
+  if source.num_examples:
+    limit = min(limit, source.num_examples) if limit else source.num_examples
+  elements = source.elements.take(limit) if limit else source.elements
+  capped = dataclasses.replace(source, elements=elements)
+  input_fn = data.make_input_fn(capped, task.example_fn(stage.level, training=False),
+                                config.batch_size, seed=config.seed * 100 + stage.index,
+                                training=False)
+  dataset = strategy.distribute_datasets_from_function(input_fn)
+  with warnings.catch_warnings():
+    # A distributed data set has no known length, so Keras warns when the one pass ends.
+    warnings.filterwarnings("ignore", message=".*ran out of data")
+    result = model.evaluate(dataset, verbose=0, return_dict=True)
+  return {"heldout_loss": float(result["loss"]),
+          "heldout_pretext_accuracy": float(result["accuracy"]),
+          "heldout_images": int(limit) if limit else None}
 
 
 def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print, callbacks=()):
@@ -126,6 +156,11 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
                         steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                         verbose=config.verbose).history
   wall = time.time() - start
+  heldout = heldout_metrics(config, the_plan, stage, model, strategy)
+  if heldout:
+    log(f"   stage {stage.index} held-out pretext accuracy "
+        f"{100 * heldout['heldout_pretext_accuracy']:.1f} % on {heldout['heldout_images']} "
+        f"images (chance {100 * task.chance(stage.level, config.batch_size):.1f} %)")
   run_steps = (epochs - initial_epoch) * steps
   summary = {
       "stage": stage.index, "blocks": [stage.first, stage.last],
@@ -135,6 +170,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "learning_rate": base_lr,
       "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
       "pretext_accuracy": float(history["accuracy"][-1]) if history.get("accuracy") else None,
+      **heldout,
       "wall_time_s": round(wall, 3),
       "images_per_second": round(run_steps * config.batch_size / wall, 2) if wall > 0 else None,
       **task.level_summary(stage.level),

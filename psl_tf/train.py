@@ -59,6 +59,8 @@ def config_from_flags(flag_values):
     raise UsageError(f"--epochs takes whole numbers, got {','.join(v.epochs)}") from None
   if not epochs or min(epochs) < 1:
     raise UsageError("--epochs must be at least 1 per stage")
+  if v.heldout_examples < 0:
+    raise UsageError(f"--heldout_examples must be 0 (all) or positive, got {v.heldout_examples}")
   for name in ("batch_size", "image_size"):
     if v[name].value < 1:
       raise UsageError(f"--{name} must be positive, got {v[name].value}")
@@ -69,6 +71,7 @@ def config_from_flags(flag_values):
       task=v.task, mode=v.mode, stages=v.stages, levels=v.levels,
       task_options=task_options(task_cls, v),
       dataset=v.dataset, data_dir=v.data_dir, train_split=v.train_split,
+      heldout_split=v.heldout_split, heldout_examples=v.heldout_examples,
       image_size=v.image_size, resize=v.resize, image_check=v.image_check,
       shuffle_buffer=v.shuffle_buffer, backbone=v.backbone, depth=v.depth, width=v.width,
       filters_factor=v.filters_factor, recompute=v.recompute, head_hidden=v.head_hidden,

@@ -102,3 +102,18 @@ def test_folder_source_interleaves_classes_before_the_windowed_shuffle(tmp_path)
                              shuffle_buffer=4)(None)
   _, labels = next(iter(batch))
   assert len(set(labels.numpy())) > 1
+
+
+def test_heldout_source_is_the_test_split_when_there_is_one(tmp_path):
+  assert data.load_heldout_source("demo").num_examples == 200
+  assert data.load_heldout_source("demo", "none") is None
+  for split in ("train", "test"):
+    (tmp_path / "with" / split / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "with" / split / "cat" / "a.png")
+  (tmp_path / "without" / "cat").mkdir(parents=True)
+  Image.new("RGB", (8, 8)).save(tmp_path / "without" / "cat" / "a.png")
+  heldout = data.load_heldout_source(f"folder:{tmp_path / 'with'}")
+  assert heldout.num_examples == 1 and heldout.name == f"folder:{tmp_path / 'with'}"
+  assert data.load_heldout_source(f"folder:{tmp_path / 'without'}") is None
+  with pytest.raises(data.DataError, match="no 'holdout' sub-folder"):
+    data.load_heldout_source(f"folder:{tmp_path / 'without'}", "holdout")

@@ -54,6 +54,10 @@ def test_work_directory_layout(smoke_run):
   for s in summary["stages"]:
     assert s["steps"] == 2 and np.isfinite(s["final_loss"]) and 0 <= s["pretext_accuracy"] <= 1
     assert s["wall_time_s"] > 0 and s["images_per_second"] > 0
+    # Measured after the stage on the demo set's 200 held-out images, at the stage's level.
+    assert s["heldout_images"] == 200 and 0 <= s["heldout_pretext_accuracy"] <= 1
+    assert np.isfinite(s["heldout_loss"])
+  assert "stage 3 held-out pretext accuracy" in result.stdout and "(chance 12.5 %)" in result.stdout
   # The header says which blocks train at which level; the end says where the export went.
   assert "stage 2/3 [psl]: train B2-B4, B1 frozen" in result.stdout
   assert f"exported the backbone (stage 3) to {workdir}/export" in result.stdout

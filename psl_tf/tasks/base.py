@@ -77,6 +77,11 @@ class Task:
   def example_fn(self, level, training):
     raise NotImplementedError
 
+  def chance(self, level, batch_size):
+    """Pretext accuracy of guessing, for the logs. Default: one class of `num_classes`."""
+    del batch_size
+    return 1.0 / self.num_classes(level)
+
   # ---- model -------------------------------------------------------------------------
   def num_classes(self, level):
     raise NotImplementedError

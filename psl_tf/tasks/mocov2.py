@@ -150,6 +150,11 @@ class MoCoV2Task(base.Task):
   def num_classes(self, level):
     return self.proj_dim
 
+  def chance(self, level, batch_size):
+    """The positive key among itself and the queue's negatives."""
+    del level, batch_size
+    return 1.0 / (self.queue_size + 1)
+
   def build_head(self, feature_shape, level):
     return simclr.build_projection_head(feature_shape, self.head_hidden, self.proj_dim,
                                         f"head_{self.name}_l{level}")

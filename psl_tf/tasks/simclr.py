@@ -119,6 +119,11 @@ class SimCLRTask(base.Task):
   def num_classes(self, level):
     return self.proj_dim
 
+  def chance(self, level, batch_size):
+    """Each view picks its partner among the other 2N - 1 views of the batch."""
+    del level
+    return 1.0 / max(1, 2 * batch_size - 1)
+
   def build_head(self, feature_shape, level):
     return build_projection_head(feature_shape, self.head_hidden, self.proj_dim,
                                  f"head_{self.name}_l{level}")
