@@ -333,7 +333,7 @@ def run_one(args, row, seed, log=print):
             "train_command": ("(untrained initialisation)" if row == RANDOM
                               else shlex.join(train_command(args, row, seed))),
             "eval_command": shlex.join(eval_command(args, row, seed)),
-            "training_tflops": round(training_tflops(args, row, epochs), 2)}
+            "training_tflops": training_tflops(args, row, epochs)}
   if row == RANDOM:
     if not _finished(workdir, row):
       write_random_run(args, seed)
