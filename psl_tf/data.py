@@ -251,7 +251,7 @@ def tfds_source(name, split, data_dir=None):
 # ---- input pipelines ---------------------------------------------------------------------
 
 def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
-                  shuffle_buffer=10_000):
+                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0):
   """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
 
   Args:
@@ -261,6 +261,10 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     seed: base seed of the shuffle and of every augmentation.
     training: shuffle and repeat forever (the trainer counts steps) if True.
     shuffle_buffer: elements in the shuffle buffer.
+    steps_per_epoch: with `training`, make every epoch its own pipeline of exactly this many
+      batches, shuffled and augmented from (seed, pipeline, epoch) alone, so a run resumed at
+      epoch `first_epoch` sees the very batches an uninterrupted run sees from there on.
+    first_epoch: the epoch the returned data set starts at (with `steps_per_epoch`).
 
   Returns:
     `input_fn(tf.distribute.InputContext | None) -> tf.data.Dataset`.
@@ -274,6 +278,13 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
       batch_size = context.get_per_replica_batch_size(global_batch_size)
       if context.num_input_pipelines > 1:
         ds = ds.shard(context.num_input_pipelines, pipeline_id)
+    if training and steps_per_epoch:
+      ds = _epoch_seeded(ds, source.decode, example_fn, steps_per_epoch * batch_size,
+                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer)
+      ds = ds.batch(batch_size, drop_remainder=True)
+      options = tf.data.Options()
+      options.experimental_optimization.map_parallelization = True
+      return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     if training:
       ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + pipeline_id,
                       reshuffle_each_iteration=True).repeat()
@@ -289,3 +300,25 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
   return input_fn
+
+
+def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_epoch,
+                  shuffle_buffer):
+  """Examples of epochs first_epoch, first_epoch + 1, ... (forever), `per_epoch` each.
+
+  Epoch e is shuffled with seed (stream_seed, e) and its examples are augmented with the
+  counters e * per_epoch + i, so its content depends on nothing but (seed, pipeline, e): the
+  position of the input pipeline is the epoch number the checkpoint already holds.
+  """
+  stream_seed = tf.constant(stream_seed, tf.int64)
+
+  def one_epoch(epoch):
+    ds = elements.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
+                          reshuffle_each_iteration=True).repeat()
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
+    ds = ds.take(per_epoch).enumerate(start=epoch * per_epoch)
+    return ds.map(lambda i, pair: example_fn(pair[0], pair[1], tf.stack([stream_seed, i])),
+                  num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order
+
+  return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
