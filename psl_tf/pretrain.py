@@ -232,11 +232,12 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
   summary.setdefault("stages", [])
   done = set(wd.finished_stages(workdir))
   listed = {s["stage"] for s in summary["stages"]}
-  for index in sorted(done - listed):  # finished, but killed before summary.json said so
-    entry = wd.read_stage_summary(workdir, index)
-    if entry is not None:
-      summary["stages"].append(entry)
-  summary["stages"].sort(key=lambda s: s["stage"])
+  recovered = [wd.read_stage_summary(workdir, index) for index in sorted(done - listed)]
+  recovered = [entry for entry in recovered if entry is not None]
+  if recovered:  # finished, but killed before summary.json said so
+    summary["stages"] = sorted(summary["stages"] + recovered, key=lambda s: s["stage"])
+    if chief:
+      wd.write_summary(workdir, summary)
   previous = None  # the last finished stage
   in_memory = None  # the stage whose weights the backbone holds now
   for stage in the_plan.stages:
