@@ -64,15 +64,14 @@ def stage_weights_path(workdir, index):
 
 def stage_done(workdir, index):
   """True when stage `index` finished: its DONE marker is there (written after its summary
-  and weights). A work directory from before the marker counts a stage as finished when its
-  weights are there and summary.json lists it."""
+  and weights). Weights without a stage_summary.json come from before the marker (or from
+  `save_backbone_weights` alone) and count as finished too; weights with a stage_summary.json
+  but no marker are a stage killed while finishing, which is not."""
   if tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), DONE_FILE)):
     return True
   if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
     return False
-  if tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE)):
-    return False  # written by a run with markers, killed before the marker
-  return any(s.get("stage") == index for s in read_summary(workdir).get("stages", []))
+  return not tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE))
 
 
 def read_stage_summary(workdir, index):

@@ -361,11 +361,10 @@ def test_stage_completion_is_atomic_and_temporary_files_are_cleaned(tmp_path):
   wd.finish_stage(workdir, 1, backbone, {"stage": 1, "final_loss": 1.5})
   assert wd.stage_done(workdir, 1) and wd.finished_stages(workdir) == [1]
   assert wd.read_stage_summary(workdir, 1)["final_loss"] == 1.5
-  # A work directory from before the marker: weights listed in summary.json count.
+  # A work directory from before the marker (weights, no stage summary) still counts.
   os.remove(os.path.join(wd.stage_dir(workdir, 1), wd.DONE_FILE))
-  os.remove(os.path.join(wd.stage_dir(workdir, 1), wd.STAGE_SUMMARY_FILE))
   assert not wd.stage_done(workdir, 1)
-  wd.write_summary(workdir, {"stages": [{"stage": 1}]})
+  os.remove(os.path.join(wd.stage_dir(workdir, 1), wd.STAGE_SUMMARY_FILE))
   assert wd.stage_done(workdir, 1)
   # Orphans of a kill during a write are removed.
   orphans = [os.path.join(wd.stage_dir(workdir, 1), "tmpabc.h5"),
