@@ -8,11 +8,11 @@ Every run uses --deterministic (tf.config.experimental.enable_op_determinism). M
   mid_epoch        a timer: a random delay after a stage's first epoch checkpoint appears
   weights_write    half-way through a stage's weights write (temporary file written, not
                    renamed), via PSL_TF_CRASH_AT=weights_tmp_written:<stage>
-  before_marker    a stage's weights renamed into place, its DONE marker not yet written
   between_stages   a stage finished and summary.json written, the next stage not started
   export           the SavedModel written to export.partial, not yet renamed
+  before_marker    a stage's weights renamed into place, its DONE marker not yet written
 
-The first five moments cover each kind once; later ones are drawn at random. For each, the
+The first five moments cover each kind once, in this order; later ones are drawn at random. For each, the
 killed process must have died by SIGKILL, the restart (same command) must exit 0, every
 stage's weights must equal the reference bit for bit, summary.json must list every stage, the
 export must be complete, and no temporary file may be left. Exit code 1 if any check fails.
@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("mid_epoch", "weights_write", "before_marker", "between_stages", "export")
+KINDS = ("mid_epoch", "weights_write", "between_stages", "export", "before_marker")
 STAGES = 3
 CRASH_POINTS = {"weights_write": "weights_tmp_written", "before_marker": "stage_weights_written",
                 "between_stages": "stage_finished", "export": "export_written"}
