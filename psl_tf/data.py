@@ -276,7 +276,7 @@ def tfds_source(name, split, data_dir=None):
 # ---- input pipelines ---------------------------------------------------------------------
 
 def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
-                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0):
+                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0, num_epochs=None):
   """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
 
   Args:
@@ -290,6 +290,7 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
       batches, shuffled and augmented from (seed, pipeline, epoch) alone, so a run resumed at
       epoch `first_epoch` sees the very batches an uninterrupted run sees from there on.
     first_epoch: the epoch the returned data set starts at (with `steps_per_epoch`).
+    num_epochs: with `steps_per_epoch`, the epoch the data set ends before.
 
   Returns:
     `input_fn(tf.distribute.InputContext | None) -> tf.data.Dataset`.
@@ -305,7 +306,7 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
         ds = ds.shard(context.num_input_pipelines, pipeline_id)
     if training and steps_per_epoch:
       ds = _epoch_seeded(ds, source.decode, example_fn, steps_per_epoch * batch_size,
-                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer)
+                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer, num_epochs)
       ds = ds.batch(batch_size, drop_remainder=True)
       options = tf.data.Options()
       options.experimental_optimization.map_parallelization = True
@@ -328,22 +329,32 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
 
 
 def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_epoch,
-                  shuffle_buffer):
-  """Examples of epochs first_epoch, first_epoch + 1, ... (forever), `per_epoch` each.
+                  shuffle_buffer, num_epochs):
+  """Examples of epochs first_epoch .. num_epochs - 1, `per_epoch` each.
 
   Epoch e is shuffled with seed (stream_seed, e) and its examples are augmented with the
   counters e * per_epoch + i, so its content depends on nothing but (seed, pipeline, e): the
   position of the input pipeline is the epoch number the checkpoint already holds.
+
+  Each epoch is its own pipeline built here with Python-int seeds, and the epochs are
+  concatenated: a shuffle seed computed from a tensor epoch (inside `flat_map`) fails to trace
+  when the global seed is 0 (TF compares the seed pair with (0, 0) in Python).
   """
-  stream_seed = tf.constant(stream_seed, tf.int64)
+  if num_epochs is None or num_epochs <= first_epoch:
+    raise ValueError(f"an epoch-seeded pipeline needs num_epochs > first_epoch, got "
+                     f"{num_epochs} and {first_epoch}")
 
   def one_epoch(epoch):
-    ds = elements.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
-                          reshuffle_each_iteration=True).repeat()
+    ds = elements.shuffle(shuffle_buffer, seed=(stream_seed * 1_000_003 + epoch) % 2**62,
+                          reshuffle_each_iteration=False).repeat()
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
     ds = ds.take(per_epoch).enumerate(start=epoch * per_epoch)
-    return ds.map(lambda i, pair: example_fn(pair[0], pair[1], tf.stack([stream_seed, i])),
+    return ds.map(lambda i, pair: example_fn(pair[0], pair[1],
+                                             tf.stack([tf.constant(stream_seed, tf.int64), i])),
                   num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order
 
-  return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+  ds = one_epoch(first_epoch)
+  for epoch in range(first_epoch + 1, num_epochs):
+    ds = ds.concatenate(one_epoch(epoch))
+  return ds

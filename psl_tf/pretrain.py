@@ -146,7 +146,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
                                 config.batch_size, seed=config.seed * 100 + stage.index,
                                 training=True, shuffle_buffer=config.shuffle_buffer,
-                                steps_per_epoch=steps, first_epoch=initial_epoch)
+                                steps_per_epoch=steps, first_epoch=initial_epoch,
+                                num_epochs=max(epochs, initial_epoch + 1))
   dataset = strategy.distribute_datasets_from_function(input_fn)
   callbacks = [guards.NonFiniteGuard(stage.index, steps),
                _EpochCheckpoint(manager, epoch_var),
