@@ -18,6 +18,7 @@ from psl_tf import progress as progress_lib
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
+from psl_tf import visualize
 from psl_tf import workdir as wd
 from psl_tf import models
 from psl_tf.models import blocks as blocks_lib
@@ -144,6 +145,9 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
 
+  if distribute.is_chief(strategy) and initial_epoch == 0:  # what this stage is fed
+    visualize.log_stage_inputs(os.path.join(workdir, "logs", f"stage_{stage.index}", "inputs"), task,
+                               stage.level, the_plan.source, seed=config.seed)
   input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
                                 config.batch_size, seed=config.seed * 100 + stage.index,
                                 training=True, shuffle_buffer=config.shuffle_buffer)
