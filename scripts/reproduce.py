@@ -323,10 +323,13 @@ def write_results(args, records):
   with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
     json.dump({"settings": {k: v for k, v in vars(args).items()}, "records": records,
                "table": table}, f, indent=2, sort_keys=True)
-  rows = [(f"{mode} (n={len(row['seeds'])})",
-           {b: {"top1": row[b][0]} for b in BLOCKS if row[b][0] is not None})
-          for mode, row in table.items()]
-  report.plot(rows, os.path.join(out_dir, f"{stem}.png"),
+  def cells(row):
+    return {b: {"top1": row[b][0], **({"top1_sd": row[b][1]} if row[b][1] is not None else {})}
+            for b in BLOCKS if row[b][0] is not None}
+  rows = [(f"{mode} (n={len(row['seeds'])})", cells(row))
+          for mode, row in table.items() if mode != RANDOM]
+  floor = (RANDOM, cells(table[RANDOM])) if RANDOM in table else None
+  report.plot(rows, os.path.join(out_dir, f"{stem}.png"), floor=floor,
               title=f"{args.task}: linear probes per block (seed means)")
   return text
 
