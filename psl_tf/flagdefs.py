@@ -37,7 +37,7 @@ def define_train_flags():
                       "has one; none: skip).")
   flags.DEFINE_integer("heldout_examples", 10_000, "At most this many held-out images per "
                        "stage (0: the whole split).")
-  flags.DEFINE_integer("image_size", 64, "Side of the square crop the backbone sees.")
+  flags.DEFINE_integer("image_size", 32, "Side of the square crop the backbone sees.")
   flags.DEFINE_integer("resize", 0, "Shorter side before cropping (0: image_size * 256/224).")
   flags.DEFINE_enum("image_check", "full", ["full", "header", "none"],
                     "How folder images are checked before training; unreadable ones are "
@@ -45,8 +45,8 @@ def define_train_flags():
   flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer, in images.")
   # Model.
   flags.DEFINE_string("backbone", "cifar_resnet", "resnet50, cifar_resnet or revnet50.")
-  flags.DEFINE_integer("depth", 18, "cifar_resnet depth: 10, 18, 34 or 50.")
-  flags.DEFINE_integer("width", 32, "cifar_resnet width of b1/b2 (doubled per block after).")
+  flags.DEFINE_integer("depth", 10, "cifar_resnet depth: 10, 18, 34 or 50.")
+  flags.DEFINE_integer("width", 16, "cifar_resnet width of b1/b2 (doubled per block after).")
   flags.DEFINE_integer("filters_factor", 4, "revnet50 width multiplier.")
   flags.DEFINE_bool("recompute", False, "revnet50: recompute activations in the backward pass.")
   flags.DEFINE_integer("head_hidden", 512, "Hidden width of the task heads (0: linear head).")
@@ -57,14 +57,14 @@ def define_train_flags():
                     "BN) instead of per replica.")
   # Optimisation (per stage).
   flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
-  flags.DEFINE_list("epochs", ["2"], "Epochs per stage: one value, or one per stage.")
+  flags.DEFINE_list("epochs", ["20"], "Epochs per stage: one value, or one per stage.")
   flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: images // batch_size).")
-  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "lars"],
+  flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "lars"],
                     "Optimizer, rebuilt for every stage (lars applies --weight_decay itself).")
-  flags.DEFINE_float("learning_rate", 0.01, "Peak learning rate of every stage.")
+  flags.DEFINE_float("learning_rate", 0.003, "Peak learning rate of every stage.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
   flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on kernels (not biases, not BN).")
-  flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
+  flags.DEFINE_enum("lr_schedule", "cosine", ["step", "cosine", "constant"],
                     "Learning-rate schedule within a stage.")
   flags.DEFINE_string("lr_step_split", "20,20,10,10", "Step schedule: relative lengths of "
                       "the constant pieces (the paper's 20/20/10/10 epochs).")

@@ -61,8 +61,10 @@ class RunProgress:
     clock: time source (tests pass a fake).
   """
 
-  def __init__(self, stage_steps, batch_size, log=print, verbose=1, clock=time.monotonic):
+  def __init__(self, stage_steps, batch_size, log=print, verbose=1, clock=time.monotonic,
+               accuracy_name="pretext acc"):
     self.stage_steps = dict(stage_steps)
+    self.accuracy_name = accuracy_name
     self.batch_size = batch_size
     self.log = log
     self.verbose = verbose
@@ -85,31 +87,38 @@ class RunProgress:
       return None
     return (self.total_steps - self.done_steps) * self.timed_seconds / self.timed_steps
 
-  def epoch_line(self, stage, num_stages, epoch, epochs, logs, seconds, steps):
+  def epoch_line(self, label, epoch, epochs, logs, seconds, steps):
     rate = steps * self.batch_size / seconds if seconds > 0 else 0.0
-    parts = [f"[stage {stage}/{num_stages}] epoch {epoch}/{epochs}"]
+    parts = [f"[{label}] epoch {epoch}/{epochs}"]
     if logs and "loss" in logs:
       parts.append(f"loss {float(logs['loss']):.4f}")
     if logs and "accuracy" in logs:
-      parts.append(f"pretext acc {percent(float(logs['accuracy']))}")
+      parts.append(f"{self.accuracy_name} {percent(float(logs['accuracy']))}")
     parts.append(f"{rate:.0f} img/s")
     eta = self.eta()
     run_done = 100.0 * self.done_steps / max(1, self.total_steps)
     parts.append(f"run {run_done:.0f} % done, ETA {format_duration(eta) if eta is not None else '?'}")
     return " | ".join(parts)
 
-  def callback(self, stage, num_stages, epochs, steps_per_epoch):
-    """A Keras callback for one stage's `fit` that prints the epoch lines."""
-    return _EpochProgress(self, stage, num_stages, epochs, steps_per_epoch)
+  def callback(self, stage, num_stages, epochs, steps_per_epoch, label=None):
+    """A Keras callback for one stage's `fit` that prints the epoch lines, each starting
+    with `[label]` (default: `[stage k/n]`)."""
+    return _EpochProgress(self, label or f"stage {stage}/{num_stages}", epochs, steps_per_epoch)
+
+
+def fit_progress(label, epochs, steps_per_epoch, batch_size, log=print):
+  """A Keras callback printing `[label] epoch e/E | loss | img/s | ETA` lines for one `fit`
+  (linear probes, fine-tuning)."""
+  run = RunProgress({1: epochs * steps_per_epoch}, batch_size, log, accuracy_name="acc")
+  return run.callback(1, 1, epochs, steps_per_epoch, label=label)
 
 
 class _EpochProgress(keras.callbacks.Callback):
 
-  def __init__(self, run, stage, num_stages, epochs, steps_per_epoch):
+  def __init__(self, run, label, epochs, steps_per_epoch):
     super().__init__()
     self.run = run
-    self.stage = stage
-    self.num_stages = num_stages
+    self.label = label
     self.epochs = epochs
     self.steps = steps_per_epoch
     self._start = None
@@ -124,8 +133,7 @@ class _EpochProgress(keras.callbacks.Callback):
     run.timed_steps += self.steps
     run.timed_seconds += seconds
     if run.verbose:
-      run.log(run.epoch_line(self.stage, self.num_stages, epoch + 1, self.epochs, logs,
-                             seconds, self.steps))
+      run.log(run.epoch_line(self.label, epoch + 1, self.epochs, logs, seconds, self.steps))
       sys.stdout.flush()  # a log file behind a pipe gets each line when it happens
 
 

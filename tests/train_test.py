@@ -217,4 +217,4 @@ def test_changed_flags_on_an_existing_workdir_are_refused(smoke_run):
   workdir, _ = smoke_run
   result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--learning_rate=0.5")
   assert result.returncode == 2
-  assert "holds a run with other flags (--learning_rate=0.01 -> 0.5)" in result.stderr
+  assert "holds a run with other flags (--learning_rate=0.003 -> 0.5)" in result.stderr
