@@ -7,7 +7,7 @@ import dataclasses
 class Config:
   """Everything a pre-training run needs; see `psl_tf/flagdefs.py` for each field's meaning.
 
-  The defaults are the offline demo's (small ResNet, 32 px, Adam, 20 epochs per stage: a run
+  The defaults are the offline demo's (small ResNet, 32 px, Adam, 30 epochs per stage: a run
   that learns in minutes on a CPU); the paper's settings are in `flags/*.flags`."""
   # What to learn.
   task: str = "rotation"
@@ -36,7 +36,7 @@ class Config:
   sync_bn: bool = False
   # Optimisation, per stage.
   batch_size: int = 64
-  epochs: tuple = (20,)
+  epochs: tuple = (30,)
   steps_per_epoch: int = 0
   optimizer: str = "adam"
   learning_rate: float = 0.003

@@ -57,7 +57,7 @@ def define_train_flags():
                     "BN) instead of per replica.")
   # Optimisation (per stage).
   flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
-  flags.DEFINE_list("epochs", ["20"], "Epochs per stage: one value, or one per stage.")
+  flags.DEFINE_list("epochs", ["30"], "Epochs per stage: one value, or one per stage.")
   flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: images // batch_size).")
   flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "lars"],
                     "Optimizer, rebuilt for every stage (lars applies --weight_decay itself).")
