@@ -47,7 +47,12 @@ def format_duration(seconds):
 
 
 def percent(value):
-  return "–" if value is None else f"{100 * value:.1f} %"
+  """0.853 -> '85.3 %'; chances below 1 % keep two significant digits (1/2000 -> '0.05 %')."""
+  if value is None:
+    return "–"
+  if 0 < 100 * value < 1:
+    return f"{100 * value:.2g} %"
+  return f"{100 * value:.1f} %"
 
 
 class RunProgress:

@@ -77,3 +77,9 @@ def test_summary_warns_at_chance_and_when_loss_rose():
 def test_training_accuracy_is_judged_without_a_heldout_split():
   stage = {"stage": 1, "chance": 0.5, "pretext_accuracy": 0.55, "heldout_pretext_accuracy": None}
   assert "training pretext accuracy" in progress.stage_warnings(stage)[0]
+
+
+def test_percent_keeps_small_chances_readable():
+  assert progress.percent(0.853) == "85.3 %" and progress.percent(0.0) == "0.0 %"
+  assert progress.percent(1 / 2000) == "0.05 %" and progress.percent(1 / 65537) == "0.0015 %"
+  assert progress.percent(None) == "–"
