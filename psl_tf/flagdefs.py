@@ -126,6 +126,10 @@ def define_train_flags():
                     "batch / 256 (lr 0.3 gives SimCLR's 0.3 x batch / 256), sqrt = lr x "
                     "sqrt(batch), none = as given.")
   flags.DEFINE_float("mocov2_temperature", 0.2, "MoCo v2: InfoNCE temperature.")
-  flags.DEFINE_integer("mocov2_queue_size", 65536, "MoCo v2: negatives in the queue.")
-  flags.DEFINE_float("mocov2_key_momentum", 0.999, "MoCo v2: EMA momentum m of the key "
-                     "encoder.")
+  # Demo defaults: a queue smaller than one epoch of the 1,000 demo images (a longer one would
+  # hold stale keys of the very images it should tell apart) and a key encoder fast enough for
+  # a few hundred steps; the paper-scale values (65,536 and 0.999) are in the flagfiles.
+  flags.DEFINE_integer("mocov2_queue_size", 512, "MoCo v2: negatives in the queue (MoCo v2 "
+                       "on ImageNet: 65536).")
+  flags.DEFINE_float("mocov2_key_momentum", 0.99, "MoCo v2: EMA momentum m of the key "
+                     "encoder (MoCo v2 on ImageNet: 0.999).")
