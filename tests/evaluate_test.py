@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,16 @@ def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   assert result.returncode == 0, result.stderr[-3000:]
   _check_outputs(result.stdout, os.path.join(fake_run, "eval"), ["rot_psl s2"])
   assert os.path.exists(os.path.join(fake_run, "eval", "linear_demo_stage2.json"))
-  # Progress while it works, as plain lines (stdout is a pipe): the phase, then each epoch.
+  # Progress while it works, as plain lines (stdout is a pipe): each probe epoch.
+  assert re.search(r"probe.* epoch 1/1", result.stdout), result.stdout
+  assert "\x1b" not in result.stdout and "\r" not in result.stdout
+
+
+def test_evaluate_cli_on_images_prints_probe_epochs(fake_run):
+  result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
+                 "--steps_per_epoch=2", "--batch_size=32", "--probe_inputs=images",
+                 f"--output={fake_run}/eval_images"])
+  assert result.returncode == 0, result.stderr[-3000:]
   assert "training linear probes on b1, b2, b3, b4, b5: 1 epochs x 2 steps" in result.stdout
   assert "[probes] epoch 1/1 | loss " in result.stdout and "img/s" in result.stdout
   assert "\x1b" not in result.stdout and "\r" not in result.stdout
