@@ -5,7 +5,10 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a pre-training run needs; see `psl_tf/flagdefs.py` for each field's meaning."""
+  """Everything a pre-training run needs; see `psl_tf/flagdefs.py` for each field's meaning.
+
+  The defaults are the offline demo's (small ResNet, 32 px, Adam, 30 epochs per stage: a run
+  that learns in minutes on a CPU); the paper's settings are in `flags/*.flags`."""
   # What to learn.
   task: str = "rotation"
   mode: str = "psl"
@@ -18,14 +21,14 @@ class Config:
   train_split: str = "train"
   heldout_split: str = "auto"
   heldout_examples: int = 10_000
-  image_size: int = 64
+  image_size: int = 32
   resize: int = 0
   image_check: str = "full"
   shuffle_buffer: int = 10_000
   # Model.
   backbone: str = "cifar_resnet"
-  depth: int = 18
-  width: int = 32
+  depth: int = 10
+  width: int = 16
   filters_factor: int = 4
   recompute: bool = False
   head_hidden: int = 512
@@ -33,13 +36,13 @@ class Config:
   sync_bn: bool = False
   # Optimisation, per stage.
   batch_size: int = 64
-  epochs: tuple = (2,)
+  epochs: tuple = (30,)
   steps_per_epoch: int = 0
-  optimizer: str = "sgd"
-  learning_rate: float = 0.01
+  optimizer: str = "adam"
+  learning_rate: float = 0.003
   momentum: float = 0.9
   weight_decay: float = 1e-4
-  lr_schedule: str = "step"
+  lr_schedule: str = "cosine"
   lr_step_split: str = "20,20,10,10"
   lr_decay: float = 0.1
   warmup_epochs: float = 0.0

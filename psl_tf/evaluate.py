@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import time
 
 from psl_tf import quiet
 
@@ -31,6 +32,7 @@ import tensorflow as tf
 from psl_tf import finetune as finetune_lib
 from psl_tf import knn as knn_lib
 from psl_tf import probes
+from psl_tf import progress
 from psl_tf import report
 from psl_tf import runs as runs_lib
 from psl_tf import transfer
@@ -83,7 +85,8 @@ flags.DEFINE_string("label_file", None, "finetune: file of image ids (one per li
 flags.DEFINE_integer("seed", 0, "Seed of the subsets, shuffling, augmentation and heads.")
 flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
                     "<workdir>/eval).")
-flags.DEFINE_integer("verbose", 0, "Keras fit verbosity.")
+flags.DEFINE_integer("verbose", 1, "0: quiet; 1: a line per probe / fine-tuning epoch (a "
+                     "Keras progress bar on a terminal); 2: a line per epoch.")
 FLAGS = flags.FLAGS
 
 
@@ -176,6 +179,19 @@ class Evaluation:
             **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
                 "lr_schedule": v.lr_schedule} if self.protocol == "finetune" else {})}
 
+  def _callbacks(self, label, steps):
+    """Epoch lines for a probe / fine-tuning fit (none with --verbose=0)."""
+    if not self.v.verbose:
+      return []
+    return [progress.fit_progress(label, self.v.epochs, steps, self.v.batch_size)]
+
+  def _fit_verbose(self):
+    return progress.fit_verbose(self.v.verbose)
+
+  def _say(self, text):
+    if self.v.verbose:
+      print(f"   {text}", flush=True)
+
   def run(self, run):
     """{column: metrics} of one run under this evaluation."""
     v = self.v
@@ -196,17 +212,23 @@ class Evaluation:
           v.seed, log=lambda line: print(line, flush=True))
     elif self.protocol in ("linear", "transfer"):
       steps = _steps(self.train_source.num_examples, v.batch_size, v.steps_per_epoch)
+      self._say(f"training linear probes on {', '.join(v.blocks)}: {v.epochs} epochs x {steps} "
+                f"steps of {v.batch_size} {self.dataset} {v.train_split} images, then scoring "
+                f"the {self.eval_split} split")
       results, poolings = probes.linear_probe(
           backbone, self.dataset_of(self.train_source, True),
           self.dataset_of(self.eval_source, False), self.num_classes, self.image_size,
           v.epochs, steps, tuple(v.blocks), v.learning_rate, v.momentum, v.weight_decay,
-          v.lr_step_split, v.lr_decay, self.multi_label, v.verbose)
+          v.lr_step_split, v.lr_decay, self.multi_label, self._fit_verbose(),
+          self._callbacks("probes", steps))
     if self.protocol in ("linear", "transfer"):
       for name, p in poolings.items():
         results[name]["pooling"] = {"kernel": p.kernel, "stride": p.stride,
                                     "padding": p.padding}
       return results
     if self.protocol == "knn":
+      self._say(f"extracting features of the {v.train_split} and {self.eval_split} splits "
+                f"(blocks {', '.join(v.blocks)}), then voting with k={v.knn_k}")
       return knn_lib.knn_evaluate(
           backbone, self.dataset_of(self.train_source, False),
           self.dataset_of(self.eval_source, False), self.num_classes, tuple(v.blocks),
@@ -233,10 +255,13 @@ class Evaluation:
       backbone = run.build_backbone()  # fresh weights for every subset
       subset = finetune_lib.subset_source(self.train_source, indices)
       steps = _steps(len(indices), v.batch_size, v.steps_per_epoch)
+      self._say(f"fine-tuning on {column} of the labels ({len(indices)} images): {v.epochs} "
+                f"epochs x {steps} steps")
       results[column] = finetune_lib.finetune(
           backbone, self.dataset_of(subset, True), self.dataset_of(self.eval_source, False),
           self.num_classes, self.image_size, v.epochs, steps, v.learning_rate, v.momentum,
-          v.weight_decay, v.lr_schedule, v.lr_step_split, v.lr_decay, v.verbose)
+          v.weight_decay, v.lr_schedule, v.lr_step_split, v.lr_decay, self._fit_verbose(),
+          self._callbacks(f"fine-tune {column}", steps))
       results[column]["labelled_images"] = int(len(indices))
     return results
 
@@ -258,7 +283,10 @@ def main(argv):
   for run in the_runs:
     print(f"== {evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split}): "
           f"{run.workdir} stage {run.stage}", flush=True)
+    started = time.monotonic()
     result = evaluation.run(run)
+    print(f"   {run.workdir} evaluated in "
+          f"{progress.format_duration(time.monotonic() - started)}", flush=True)
     rows.append((f"{run.name} s{run.stage}", result))
     own = os.path.join(run.workdir, "eval", f"{evaluation.key}_stage{run.stage}.json")
     tf.io.gfile.makedirs(os.path.dirname(own))

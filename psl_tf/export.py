@@ -56,7 +56,7 @@ def export_backbone(backbone, path, image_size):
   return path
 
 
-def export_run(workdir, stage=None, output=None):
+def export_run(workdir, stage=None, output=None, log=lambda text: None):
   """Exports a finished stage of the run in `workdir`; returns (SavedModel dir, .keras path).
 
   Args:
@@ -64,6 +64,7 @@ def export_run(workdir, stage=None, output=None):
     stage: the finished stage to export (default: the last one).
     output: target directory (default: `<workdir>/export` for the last stage,
       `<workdir>/export_stage_<k>` for an earlier one).
+    log: where progress lines go (the entry point prints them).
   """
   run = runs_lib.load_run(workdir, stage)
   if output is not None and os.path.exists(output) and not os.path.isdir(output):
@@ -72,9 +73,12 @@ def export_run(workdir, stage=None, output=None):
   if output is None:
     last = wd.finished_stages(workdir)[-1]
     output = os.path.join(workdir, "export" if run.stage == last else f"export_stage_{run.stage}")
+  log(f"   building {run.config.backbone} and loading stage {run.stage} of {workdir}")
   backbone = run.build_backbone()
+  log(f"   tracing and writing the SavedModel to {output}")
   export_backbone(backbone, output, run.config.image_size)
   keras_path = os.path.join(output, KERAS_FILE)
+  log(f"   writing the Keras model {keras_path}")
   backbone.save(keras_path)
   return output, keras_path, run
 
@@ -86,7 +90,8 @@ def main(argv):
   try:
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
-    path, keras_path, run = export_run(FLAGS.workdir, FLAGS.stage, FLAGS.output)
+    path, keras_path, run = export_run(FLAGS.workdir, FLAGS.stage, FLAGS.output,
+                                       log=lambda text: print(text, flush=True))
   except (ValueError, OSError) as e:
     print(f"psl_tf.export: error: {e}", file=sys.stderr)
     sys.exit(2)

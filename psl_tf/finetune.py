@@ -108,7 +108,8 @@ def build_classifier(backbone, image_size, num_classes):
 
 def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epochs,
              steps_per_epoch, learning_rate=0.01, momentum=0.9, weight_decay=1e-4,
-             lr_schedule="step", lr_step_split="10,10,8", lr_decay=0.1, verbose=0):
+             lr_schedule="step", lr_step_split="10,10,8", lr_decay=0.1, verbose=0,
+             callbacks=()):
   """Fine-tunes backbone + linear classifier; returns {'top1', 'top5'} in percent.
 
   Weight decay is applied by the optimizer to kernels only (never to biases or BatchNorm).
@@ -123,6 +124,6 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   model.compile(optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-            shuffle=False)
+            shuffle=False, callbacks=list(callbacks))
   scores, labels = probes.predict_blocks(model, eval_dataset)
   return probes.score(scores["out"], labels)

@@ -39,7 +39,7 @@ def define_train_flags():
                       "has one; none: skip).")
   flags.DEFINE_integer("heldout_examples", 10_000, "At most this many held-out images per "
                        "stage (0: the whole split).")
-  flags.DEFINE_integer("image_size", 64, "Side of the square crop the backbone sees.")
+  flags.DEFINE_integer("image_size", 32, "Side of the square crop the backbone sees.")
   flags.DEFINE_integer("resize", 0, "Shorter side before cropping (0: image_size * 256/224).")
   flags.DEFINE_enum("image_check", "full", ["full", "header", "none"],
                     "How folder images are checked before training; unreadable ones are "
@@ -47,8 +47,8 @@ def define_train_flags():
   flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer, in images.")
   # Model.
   flags.DEFINE_string("backbone", "cifar_resnet", "resnet50, cifar_resnet or revnet50.")
-  flags.DEFINE_integer("depth", 18, "cifar_resnet depth: 10, 18, 34 or 50.")
-  flags.DEFINE_integer("width", 32, "cifar_resnet width of b1/b2 (doubled per block after).")
+  flags.DEFINE_integer("depth", 10, "cifar_resnet depth: 10, 18, 34 or 50.")
+  flags.DEFINE_integer("width", 16, "cifar_resnet width of b1/b2 (doubled per block after).")
   flags.DEFINE_integer("filters_factor", 4, "revnet50 width multiplier.")
   flags.DEFINE_bool("recompute", False, "revnet50: recompute activations in the backward pass.")
   flags.DEFINE_integer("head_hidden", 512, "Hidden width of the task heads (0: linear head).")
@@ -59,14 +59,14 @@ def define_train_flags():
                     "BN) instead of per replica.")
   # Optimisation (per stage).
   flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
-  flags.DEFINE_list("epochs", ["2"], "Epochs per stage: one value, or one per stage.")
+  flags.DEFINE_list("epochs", ["30"], "Epochs per stage: one value, or one per stage.")
   flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: images // batch_size).")
-  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "lars"],
+  flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "lars"],
                     "Optimizer, rebuilt for every stage (lars applies --weight_decay itself).")
-  flags.DEFINE_float("learning_rate", 0.01, "Peak learning rate of every stage.")
+  flags.DEFINE_float("learning_rate", 0.003, "Peak learning rate of every stage.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
   flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on kernels (not biases, not BN).")
-  flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
+  flags.DEFINE_enum("lr_schedule", "cosine", ["step", "cosine", "constant"],
                     "Learning-rate schedule within a stage.")
   flags.DEFINE_string("lr_step_split", "20,20,10,10", "Step schedule: relative lengths of "
                       "the constant pieces (the paper's 20/20/10/10 epochs).")
@@ -95,8 +95,10 @@ def define_train_flags():
                     "each angle's largest crop (leaks a zoom cue).")
   # Jigsaw (psl_tf/tasks/jigsaw.py); tile sizes are the task's own, --image_size is the
   # whole-image size of evaluation and export.
-  flags.DEFINE_list("jigsaw_sizes", ["500", "1000", "2000"],
-                    "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy sequence).")
+  flags.DEFINE_list("jigsaw_sizes", ["24", "48", "96"],
+                    "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy "
+                    "sequence). The default is the demo's, small enough to learn in minutes; "
+                    "the paper's 500,1000,2000 are in flags/jigsaw_*.flags.")
   flags.DEFINE_enum("jigsaw_criterion", "average", ["average", "maxmin"],
                     "Greedy permutation selection: maximise the average Hamming distance "
                     "(Noroozi & Favaro) or the minimum one.")
@@ -131,9 +133,13 @@ def define_train_flags():
                     "batch / 256 (lr 0.3 gives SimCLR's 0.3 x batch / 256), sqrt = lr x "
                     "sqrt(batch), none = as given.")
   flags.DEFINE_float("mocov2_temperature", 0.2, "MoCo v2: InfoNCE temperature.")
-  flags.DEFINE_integer("mocov2_queue_size", 65536, "MoCo v2: negatives in the queue.")
-  flags.DEFINE_float("mocov2_key_momentum", 0.999, "MoCo v2: EMA momentum m of the key "
-                     "encoder.")
+  # Demo defaults: a queue smaller than one epoch of the 1,000 demo images (a longer one would
+  # hold stale keys of the very images it should tell apart) and a key encoder fast enough for
+  # a few hundred steps; the paper-scale values (65,536 and 0.999) are in the flagfiles.
+  flags.DEFINE_integer("mocov2_queue_size", 512, "MoCo v2: negatives in the queue (MoCo v2 "
+                       "on ImageNet: 65536).")
+  flags.DEFINE_float("mocov2_key_momentum", 0.99, "MoCo v2: EMA momentum m of the key "
+                     "encoder (MoCo v2 on ImageNet: 0.999).")
 
 
 _INT_MAX = 2**31 - 1

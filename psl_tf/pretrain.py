@@ -15,9 +15,11 @@ from psl_tf import distribute
 from psl_tf import export as export_lib
 from psl_tf import guards
 from psl_tf import optim
+from psl_tf import progress as progress_lib
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
+from psl_tf import visualize
 from psl_tf import workdir as wd
 from psl_tf import models
 from psl_tf.models import blocks as blocks_lib
@@ -105,8 +107,11 @@ def heldout_metrics(config, the_plan, stage, model, strategy):
           "heldout_images": int(limit) if limit else None}
 
 
-def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print, callbacks=()):
-  """Trains one stage (resuming from its last epoch checkpoint) and returns its summary."""
+def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print, callbacks=(),
+                progress=None):
+  """Trains one stage (resuming from its last epoch checkpoint) and returns its summary.
+
+  `progress`, a `psl_tf.progress.RunProgress`, prints the run-level epoch lines."""
   task, steps = the_plan.task, the_plan.steps_per_epoch
   epochs = the_plan.epochs[stage.index - 1]
   total_steps = epochs * steps
@@ -143,6 +148,10 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
 
+  if distribute.is_chief(strategy) and initial_epoch == 0:  # what this stage is fed
+    visualize.log_stage_inputs(
+        os.path.join(workdir, "logs", f"stage_{stage.index}", "inputs"), task, stage.level,
+        the_plan.source, seed=config.seed)
   input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
                                 config.batch_size, seed=config.seed * 100 + stage.index,
                                 training=True, shuffle_buffer=config.shuffle_buffer,
@@ -155,12 +164,15 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
                    distribute.writable_dir(os.path.join(workdir, "logs", f"stage_{stage.index}"),
                                            strategy)),
                *callbacks]
+  if progress is not None:
+    progress.skip(initial_epoch * steps)
+    callbacks.append(progress.callback(stage.index, len(the_plan.stages), epochs, steps))
   start = time.time()
   history = {}
   if initial_epoch < epochs:
     history = model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
                         steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                        verbose=config.verbose).history
+                        verbose=progress_lib.fit_verbose(config.verbose)).history
   wall = time.time() - start
   heldout = heldout_metrics(config, the_plan, stage, model, strategy)
   if heldout:
@@ -176,6 +188,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "learning_rate": base_lr,
       "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
       "pretext_accuracy": float(history["accuracy"][-1]) if history.get("accuracy") else None,
+      "epoch_losses": [round(float(l), 5) for l in history.get("loss", [])],
+      "chance": task.chance(stage.level, config.batch_size),
       **heldout,
       "wall_time_s": round(wall, 3),
       "images_per_second": round(run_steps * config.batch_size / wall, 2) if wall > 0 else None,
@@ -239,6 +253,9 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     summary["stages"] = sorted(summary["stages"] + recovered, key=lambda s: s["stage"])
     if chief:
       wd.write_summary(workdir, summary)
+  progress = progress_lib.RunProgress(
+      {s.index: the_plan.epochs[s.index - 1] * the_plan.steps_per_epoch for s in the_plan.stages},
+      config.batch_size, log, config.verbose)
   previous = None  # the last finished stage
   in_memory = None  # the stage whose weights the backbone holds now
   for stage in the_plan.stages:
@@ -246,11 +263,12 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
       log(f"== stage {stage.index}/{len(the_plan.stages)} already finished; "
           f"using {wd.stage_weights_path(workdir, stage.index)}")
       previous = stage.index
+      progress.skip(progress.stage_steps[stage.index])
       continue
     if previous is not None and in_memory != previous:
       wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, previous))
     stage_summary = train_stage(config, the_plan, stage, backbone, strategy, workdir, log,
-                                callbacks)
+                                callbacks, progress)
     summary["stages"] = [s for s in summary["stages"] if s["stage"] != stage.index]
     summary["stages"].append(stage_summary)
     summary["stages"].sort(key=lambda s: s["stage"])

@@ -75,7 +75,7 @@ def _per_block_targets(block_names):
 
 def train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate=0.01,
                  momentum=0.9, lr_step_split="10,10,8", lr_decay=0.1, multi_label=False,
-                 verbose=0):
+                 verbose=0, callbacks=()):
   """Trains every head of a `build_probe_model` model; returns the Keras history dict.
 
   Args:
@@ -86,6 +86,7 @@ def train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate=0.
     lr_step_split, lr_decay: step schedule (relative piece lengths, factor between pieces).
     multi_label: labels are multi-hot (sigmoid cross-entropy) instead of class indices.
     verbose: Keras fit verbosity.
+    callbacks: Keras callbacks for the fit (e.g. `psl_tf.progress.fit_progress`).
   """
   names = list(model.output.keys()) if isinstance(model.output, dict) else list(model.output_names)
   schedule = optim.make_schedule("step", learning_rate, epochs * steps_per_epoch, lr_step_split,
@@ -98,7 +99,7 @@ def train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate=0.
                 loss={name: loss for name in names})
   history = model.fit(train_dataset.map(_per_block_targets(names)), epochs=epochs,
                       steps_per_epoch=steps_per_epoch, verbose=verbose,
-                      shuffle=False)
+                      shuffle=False, callbacks=list(callbacks))
   return history.history
 
 
@@ -134,12 +135,12 @@ def evaluate_probes(model, eval_dataset, multi_label=False):
 def linear_probe(backbone, train_dataset, eval_dataset, num_classes, image_size, epochs,
                  steps_per_epoch, block_names=blocks_lib.BLOCK_NAMES, learning_rate=0.01,
                  momentum=0.9, weight_decay=5e-4, lr_step_split="10,10,8", lr_decay=0.1,
-                 multi_label=False, verbose=0):
+                 multi_label=False, verbose=0, callbacks=()):
   """Builds, trains and evaluates the probes; returns ({block: metrics}, {block: Pooling})."""
   model, poolings = build_probe_model(backbone, image_size, num_classes, block_names,
                                       weight_decay)
   train_probes(model, train_dataset, epochs, steps_per_epoch, learning_rate, momentum,
-               lr_step_split, lr_decay, multi_label, verbose)
+               lr_step_split, lr_decay, multi_label, verbose, callbacks)
   return evaluate_probes(model, eval_dataset, multi_label), poolings
 
 

@@ -47,30 +47,57 @@ def markdown_table(rows, metric=None, title=""):
   return "\n".join(lines) + "\n"
 
 
-def plot(rows, path, metric=None, title=""):
-  """A PNG line plot: x = blocks (or subsets), y = `metric`, one line per run."""
+def plot(rows, path, metric=None, title="", floor=None):
+  """A PNG line plot: x = blocks (or subsets), y = `metric`, one line per run.
+
+  Args:
+    rows: list of (run name, result). A cell holding `<metric>_sd` next to `<metric>` (a
+      mean over seeds) gets an error bar of plus or minus that standard deviation.
+    path: the PNG to write.
+    metric: what to plot (default: `main_metric(rows)`).
+    title: the plot's title.
+    floor: optional (name, result) of the untrained network (random initialisation), drawn
+      as a dashed grey line: what the probes reach with no pre-training at all.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top  (only the report needs it)
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  metric = metric or main_metric(rows)
-  columns = columns_of(rows)
   figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-  for name, result in rows:
-    xs = [i for i, c in enumerate(columns) if metric in result.get(c, {})]
-    ys = [result[columns[i]][metric] for i in xs]
-    axes.plot(xs, ys, marker="o", label=name)
-  axes.set_xticks(range(len(columns)))
-  axes.set_xticklabels([COLUMN_TITLES.get(c, c) for c in columns])
-  axes.set_ylabel(f"{metric} (%)")
-  axes.set_title(title)
-  axes.grid(alpha=0.3)
-  axes.legend(fontsize="small")
+  draw(axes, rows, metric, title, floor)
   figure.tight_layout()
   tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   with tf.io.gfile.GFile(path, "wb") as f:
     figure.savefig(f, format="png")
   plt.close(figure)
   return path
+
+
+def draw(axes, rows, metric=None, title="", floor=None):
+  """Draws `plot`'s lines, error bars, floor and labels on matplotlib `axes`."""
+  metric = metric or main_metric(rows + ([floor] if floor else []))
+  columns = columns_of(rows + ([floor] if floor else []))
+  for name, result in rows:
+    xs = [i for i, c in enumerate(columns) if metric in result.get(c, {})]
+    ys = [result[columns[i]][metric] for i in xs]
+    errors = [result[columns[i]].get(f"{metric}_sd") for i in xs]
+    if any(e is not None for e in errors):
+      axes.errorbar(xs, ys, yerr=[e or 0.0 for e in errors], marker="o", capsize=3,
+                    label=f"{name} (mean ± sd)")
+    else:
+      axes.plot(xs, ys, marker="o", label=name)
+  if floor:
+    name, result = floor
+    xs = [i for i, c in enumerate(columns) if metric in result.get(c, {})]
+    axes.plot(xs, [result[columns[i]][metric] for i in xs], linestyle="--", color="0.5",
+              marker=".", label=f"{name} (untrained floor)")
+  axes.set_xticks(range(len(columns)))
+  axes.set_xticklabels([COLUMN_TITLES.get(c, c) for c in columns])
+  is_blocks = all(c in COLUMN_TITLES for c in columns)
+  axes.set_xlabel("block of the frozen backbone" if is_blocks else "labelled subset")
+  axes.set_ylabel(f"{metric} (%)")
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize="small")
 
 
 def write_report(out_dir, key, rows, settings=None, title=""):

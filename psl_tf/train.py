@@ -25,6 +25,7 @@ from psl_tf import flagdefs
 from psl_tf import guards
 from psl_tf import online_probes
 from psl_tf import pretrain
+from psl_tf import progress
 from psl_tf import tasks
 from psl_tf import workdir as wd
 
@@ -154,9 +155,8 @@ def main(argv):
   if callbacks and distribute.is_chief(strategy):
     summary = online_probes.merge_history(summary, callbacks[0].history)
     wd.write_summary(config.workdir, summary)
-  last = summary["stages"][-1] if summary.get("stages") else {}
-  print(f"done: {len(summary.get('stages', []))} stage(s) in {config.workdir}; last stage "
-        f"loss {last.get('final_loss')}, pretext accuracy {last.get('pretext_accuracy')}")
+  if distribute.is_chief(strategy):
+    print(progress.summary_table(summary, config.workdir, summary.get("export")), flush=True)
 
 
 if __name__ == "__main__":

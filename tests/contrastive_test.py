@@ -236,7 +236,8 @@ def test_moco_queue_smaller_than_batch_is_a_usage_error():
 
 SMOKE_RUNS = {
     "simclr": ["--optimizer=lars", "--lr_schedule=cosine", "--learning_rate=0.3"],
-    "mocov2": ["--mocov2_queue_size=48", "--lr_schedule=cosine", "--learning_rate=0.03"],
+    "mocov2": ["--mocov2_queue_size=48", "--optimizer=sgd", "--lr_schedule=cosine",
+               "--learning_rate=0.03"],
 }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,19 @@ def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   assert result.returncode == 0, result.stderr[-3000:]
   _check_outputs(result.stdout, os.path.join(fake_run, "eval"), ["rot_psl s2"])
   assert os.path.exists(os.path.join(fake_run, "eval", "linear_demo_stage2.json"))
+  # Progress while it works, as plain lines (stdout is a pipe): each probe epoch.
+  assert re.search(r"probe.* epoch 1/1", result.stdout), result.stdout
+  assert "\x1b" not in result.stdout and "\r" not in result.stdout
+
+
+def test_evaluate_cli_on_images_prints_probe_epochs(fake_run):
+  result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
+                 "--steps_per_epoch=2", "--batch_size=32", "--probe_inputs=images",
+                 f"--output={fake_run}/eval_images"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "training linear probes on b1, b2, b3, b4, b5: 1 epochs x 2 steps" in result.stdout
+  assert "[probes] epoch 1/1 | loss " in result.stdout and "img/s" in result.stdout
+  assert "\x1b" not in result.stdout and "\r" not in result.stdout
 
 
 @pytest.mark.slow
@@ -165,3 +179,23 @@ def test_voc2007_transfer_is_multi_label_and_scored_by_map():
   with tfds.testing.mock_data(num_examples=4):
     _, multi = transfer.load_labelled("cifar10", "train")
   assert not multi
+
+
+def test_report_plot_draws_untrained_floor_and_seed_error_bars():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [("psl (n=3)", {f"b{i}": {"top1": 10.0 * i, "top1_sd": 0.5 * i} for i in range(1, 6)}),
+          ("e2e (n=1)", {f"b{i}": {"top1": 9.0 * i} for i in range(1, 6)})]
+  floor = ("random", {f"b{i}": {"top1": 3.0 * i} for i in range(1, 6)})
+  figure, axes = plt.subplots()
+  report.draw(axes, rows, floor=floor)
+  bars = axes.containers
+  assert len(bars) == 1 and bars[0].get_label() == "psl (n=3) (mean ± sd)"
+  segments = bars[0].lines[2][0].get_segments()  # the vertical error bars
+  np.testing.assert_allclose([s[1][1] - s[0][1] for s in segments], [1.0, 2.0, 3.0, 4.0, 5.0])
+  floor_line = [l for l in axes.get_lines() if l.get_label() == "random (untrained floor)"]
+  assert floor_line and floor_line[0].get_linestyle() == "--"
+  np.testing.assert_allclose(floor_line[0].get_ydata(), [3.0, 6.0, 9.0, 12.0, 15.0])
+  assert axes.get_xlabel() == "block of the frozen backbone" and axes.get_ylabel() == "top1 (%)"
+  plt.close(figure)

@@ -80,6 +80,7 @@ def test_cli_exports_last_stage_by_default(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "exported stage 2" in result.stdout
+  assert "tracing and writing the SavedModel" in result.stdout  # progress before the result
   assert os.path.exists(run / "export" / "saved_model.pb")
   assert os.path.exists(run / "export" / export.KERAS_FILE)
   # The entry point prints a ValueError as one line (exit 2); this is the one it would get.

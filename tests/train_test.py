@@ -34,9 +34,30 @@ def _cli(*args, timeout=300):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("smoke"))
-  result = _cli("--task=rotation", f"--flagfile={SMOKE}", f"--workdir={workdir}")
+  # --verbose=1 (the default) with stdout piped: what a log file of a real run gets.
+  result = _cli("--task=rotation", f"--flagfile={SMOKE}", f"--workdir={workdir}", "--verbose=1")
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result
+
+
+def test_log_is_plain_lines_with_run_progress_and_summary(smoke_run):
+  workdir, result = smoke_run
+  for stream in (result.stdout, result.stderr):
+    assert "\x1b" not in stream and "\r" not in stream  # no progress bar, no colour codes
+  lines = result.stdout.splitlines()
+  epoch_lines = [l for l in lines if l.startswith("[stage ")]
+  assert [l.split(" epoch")[0] for l in epoch_lines] == [
+      "[stage 1/3]", "[stage 2/3]", "[stage 3/3]"]
+  assert all("img/s" in l and "ETA" in l and "pretext acc" in l for l in epoch_lines)
+  assert "run 100 % done" in epoch_lines[-1]
+  table = result.stdout[result.stdout.index("== summary"):]
+  header = table.splitlines()[1].split()
+  assert header[:4] == ["stage", "blocks", "level", "steps"] and "chance" in header
+  rows = [l.split() for l in table.splitlines()[3:6]]
+  assert [r[:3] for r in rows] == [["1", "B1-B3", "1"], ["2", "B2-B4", "2"], ["3", "B3-B5", "3"]]
+  assert "50.0 %" in table.splitlines()[3] and "12.5 %" in table.splitlines()[5]  # chance
+  assert f"python -m psl_tf.evaluate --workdir={workdir}" in table
+  assert f"python -m psl_tf.export --workdir={workdir}" in table
 
 
 def test_work_directory_layout(smoke_run):
@@ -196,4 +217,4 @@ def test_changed_flags_on_an_existing_workdir_are_refused(smoke_run):
   workdir, _ = smoke_run
   result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--learning_rate=0.5")
   assert result.returncode == 2
-  assert "holds a run with other flags (--learning_rate=0.01 -> 0.5)" in result.stderr
+  assert "holds a run with other flags (--learning_rate=0.003 -> 0.5)" in result.stderr
