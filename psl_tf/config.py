@@ -31,6 +31,7 @@ class Config:
   head_hidden: int = 512
   frozen_bn: str = "inference"
   sync_bn: bool = False
+  precision: str = "float32"
   # Optimisation, per stage.
   batch_size: int = 64
   epochs: tuple = (2,)

@@ -102,7 +102,7 @@ def build_classifier(backbone, image_size, num_classes):
   backbone.trainable = True
   image = keras.Input((image_size, image_size, 3), name="image")
   features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(image)["b5"])
-  logits = keras.layers.Dense(num_classes, name="classifier")(features)
+  logits = keras.layers.Dense(num_classes, name="classifier", dtype="float32")(features)
   return keras.Model(image, logits, name="finetune")
 
 

@@ -53,6 +53,10 @@ def define_train_flags():
   flags.DEFINE_enum("frozen_bn", "inference", ["inference", "batch_stats"],
                     "BatchNorm of frozen blocks: inference (moving statistics, kept) or "
                     "batch_stats (batch statistics, moving averages keep updating).")
+  flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                    "Keras mixed-precision policy: variables, BatchNorm statistics, logits and "
+                    "losses stay float32; mixed_float16 adds dynamic loss scaling; auto picks "
+                    "mixed_bfloat16 on TPUs and CPUs with AVX512_BF16/AMX, else float32.")
   flags.DEFINE_bool("sync_bn", False, "BatchNorm statistics over all replicas (cross-replica "
                     "BN) instead of per replica.")
   # Optimisation (per stage).

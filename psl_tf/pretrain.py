@@ -14,6 +14,7 @@ from psl_tf import data
 from psl_tf import distribute
 from psl_tf import export as export_lib
 from psl_tf import optim
+from psl_tf import precision
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
@@ -126,6 +127,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
         weight_decay=0.0 if getattr(optimizer, "handles_weight_decay", False)
         else config.weight_decay,
         frozen_bn=config.frozen_bn, name=f"stage_{stage.index}")
+    optimizer = precision.wrap_optimizer(optimizer)  # loss scaling under mixed_float16
     model.compile(optimizer=optimizer)
     optimizer.build(model.trained_variables())
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -181,6 +183,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   return summary
 
 
+@precision.with_config_precision
 def run(config, strategy, log=print, the_plan=None, callbacks=()):
   """Runs (or resumes) every stage of `config` and exports the backbone.
 
@@ -211,6 +214,7 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
                   "backbone": config.backbone, "image_size": config.image_size,
                   "batch_size": config.batch_size, "replicas": strategy.num_replicas_in_sync,
                   "skipped_images": the_plan.source.skipped})
+  summary["precision"] = precision.current()
   summary.setdefault("stages", [])
   done = set(wd.finished_stages(workdir))
   previous = None  # the last finished stage

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from psl_tf import optim
+from psl_tf import precision
 from psl_tf.models import blocks as blocks_lib
 
 FROZEN_BN_MODES = ("inference", "batch_stats")
@@ -89,11 +90,15 @@ class StageModel(keras.Model):
     variables = self.trained_variables()
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      outputs = self(inputs, training=True)
+      # Losses and metrics in float32 whatever the layers compute in (--precision).
+      outputs = precision.to_float32(self(inputs, training=True))
       task_loss = self.task.loss(targets, outputs)
       total = task_loss + self.regularization(variables)
       # Gradients are summed over replicas, so each replica's mean loss is scaled once.
       scaled = total / replicas
+      # Under mixed_float16 the optimizer is a LossScaleOptimizer: the loss is multiplied by
+      # its dynamic scale here and `apply` divides the gradients by it (identity otherwise).
+      scaled = self.optimizer.scale_loss(scaled)
     gradients = tape.gradient(scaled, variables)
     self.optimizer.apply(gradients, variables)
     self.task.after_update(self)
@@ -103,7 +108,7 @@ class StageModel(keras.Model):
 
   def test_step(self, data):
     inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
-    outputs = self(inputs, training=False)
+    outputs = precision.to_float32(self(inputs, training=False))
     self.loss_tracker.update_state(self.task.loss(targets, outputs))
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
     return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}

@@ -94,7 +94,8 @@ class Task:
       x = keras.layers.Dense(self.head_hidden, use_bias=False)(x)
       x = keras.layers.BatchNormalization(momentum=0.9)(x)
       x = keras.layers.ReLU()(x)
-    logits = keras.layers.Dense(self.num_classes(level), name="logits")(x)
+    # float32 logits under a mixed-precision policy (softmax and loss stay float32).
+    logits = keras.layers.Dense(self.num_classes(level), name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name=f"head_{self.name}_l{level}")
 
   def build_stage_state(self, ctx):

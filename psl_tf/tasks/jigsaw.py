@@ -255,7 +255,7 @@ class JigsawTask(base.Task):
       x = keras.layers.Dense(self.head_hidden, use_bias=False, name="joint")(x)
       x = keras.layers.BatchNormalization(momentum=0.9)(x)
       x = keras.layers.ReLU()(x)
-    logits = keras.layers.Dense(self.num_classes(level), name="logits")(x)
+    logits = keras.layers.Dense(self.num_classes(level), name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name=f"head_{self.name}_l{level}")
 
   def forward(self, ctx, inputs, training):
