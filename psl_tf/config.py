@@ -22,6 +22,7 @@ class Config:
   resize: int = 0
   image_check: str = "full"
   shuffle_buffer: int = 10_000
+  cache: str = "auto"
   # Model.
   backbone: str = "cifar_resnet"
   depth: int = 18

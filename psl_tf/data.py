@@ -43,6 +43,7 @@ class Source:
   num_examples: int | None
   num_classes: int | None
   skipped: int = 0
+  in_memory: bool = False  # elements are decoded uint8 images (decode is the identity)
 
   def images(self):
     """The decoded (image, label) dataset in source order, for evaluation."""
@@ -106,7 +107,7 @@ def demo_source(split):
   images, labels = demo_arrays(split)
   elements = tf.data.Dataset.from_tensor_slices((images, labels))
   return Source("demo", elements, lambda image, label: (image, label), len(labels),
-                len(DEMO_PHOTOS))
+                len(DEMO_PHOTOS), in_memory=True)
 
 
 def load_heldout_source(dataset, split="auto", data_dir=None, image_check="full",
@@ -246,6 +247,65 @@ def tfds_source(name, split, data_dir=None):
   except Exception:  # pylint: disable=broad-except  (split arithmetic like 'train[:10%]')
     num_examples = None
   return Source(name, dataset, decode, num_examples, num_classes)
+
+
+# ---- decode once: small data sets held in memory -------------------------------------------
+
+CACHE_MODES = ("auto", "always", "never")
+# `--cache=auto` keeps a data set in memory when its decoded images are estimated below this
+# (CIFAR-10 train: 50,000 x 32 x 32 x 3 = 147 MiB; ImageNet would be ~100x the limit).
+CACHE_AUTO_MAX_BYTES = 2 * 1024**3
+
+
+def estimated_decoded_bytes(source, sample=8):
+  """uint8 bytes of the whole split decoded, from the mean size of its first images, or None
+  when the split's size is unknown."""
+  if not source.num_examples:
+    return None
+  pixels = [int(np.prod(image.shape))
+            for image, _ in source.images().take(sample).ignore_errors()]
+  if not pixels:
+    return None
+  return int(np.mean(pixels) * source.num_examples)
+
+
+def cache_in_memory(source, mode="auto", max_bytes=CACHE_AUTO_MAX_BYTES):
+  """`source` decoded once into uint8 arrays in memory (elements = decoded pairs, decode =
+  identity), so no epoch and no stage decodes a file again; or `source` itself.
+
+  mode: 'never'; 'always'; or 'auto', which caches when the decoded split is estimated below
+  `max_bytes` and the source is not already in memory (demo). Images of unequal sizes cannot
+  be stacked into one array; such a source is returned as it is.
+
+  The element order is the source's, so shuffling gives the same sequence as without the
+  cache.
+  """
+  if mode not in CACHE_MODES:
+    raise DataError(f"cache must be one of {CACHE_MODES}, got {mode!r}")
+  if mode == "never" or getattr(source, "in_memory", False):
+    return source
+  if mode == "auto":
+    size = estimated_decoded_bytes(source)
+    if size is None or size > max_bytes:
+      return source
+  try:
+    images, labels = [], []
+    for image, label in source.images().ignore_errors().batch(4096).as_numpy_iterator():
+      images.append(image)
+      labels.append(label)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+  except (tf.errors.InvalidArgumentError, ValueError):  # images of different sizes
+    logging.info("%s: images differ in size, not cached as one array", source.name)
+    return source
+  logging.info("%s: %d images decoded once and kept in memory (%.0f MiB)", source.name,
+               len(labels), images.nbytes / 2**20)
+  return dataclasses.replace(
+      source, elements=tf.data.Dataset.from_tensor_slices((images, labels)),
+      decode=_identity, num_examples=len(labels), in_memory=True)
+
+
+def _identity(image, label):
+  return image, label
 
 
 # ---- input pipelines ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from absl import flags
 # Flags that may change when a run is resumed: they do not change what is learned.
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
                          "jigsaw_cache_dir", "online_probes", "heldout_split",
-                         "heldout_examples"})
+                         "heldout_examples", "cache"})
 
 
 def define_train_flags():
@@ -43,6 +43,9 @@ def define_train_flags():
                     "How folder images are checked before training; unreadable ones are "
                     "skipped and counted.")
   flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer, in images.")
+  flags.DEFINE_enum("cache", "auto", ["auto", "always", "never"],
+                    "Decode the training images once and keep them in memory as uint8 "
+                    "(auto: when the decoded split is under 2 GiB). Same images, same order.")
   # Model.
   flags.DEFINE_string("backbone", "cifar_resnet", "resnet50, cifar_resnet or revnet50.")
   flags.DEFINE_integer("depth", 18, "cifar_resnet depth: 10, 18, 34 or 50.")

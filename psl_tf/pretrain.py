@@ -50,6 +50,8 @@ def plan(config):
     if steps < 1:
       raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
                        f"batch of {config.batch_size}; lower --batch_size")
+  # Small data sets are decoded once here, not in every epoch of every stage (--cache).
+  source = data.cache_in_memory(source, config.cache)
   heldout = data.load_heldout_source(config.dataset, config.heldout_split, config.data_dir,
                                      config.image_check, config.train_split)
   return Plan(task, stage_list, epochs, steps, source, heldout)
