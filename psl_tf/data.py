@@ -311,7 +311,7 @@ def _identity(image, label):
 # ---- input pipelines ---------------------------------------------------------------------
 
 def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
-                  shuffle_buffer=10_000):
+                  shuffle_buffer=10_000, batch_fn=None):
   """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
 
   Args:
@@ -321,6 +321,9 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     seed: base seed of the shuffle and of every augmentation.
     training: shuffle and repeat forever (the trainer counts steps) if True.
     shuffle_buffer: elements in the shuffle buffer.
+    batch_fn: the task's batched form of `example_fn` (`Task.batch_fn`), used instead of it
+      when the source is held in memory (images of one size): the same batches, with the
+      image ops run once per batch, which leaves more of the cores to the training step.
 
   Returns:
     `input_fn(tf.distribute.InputContext | None) -> tf.data.Dataset`.
@@ -337,14 +340,21 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     if training:
       ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + pipeline_id,
                       reshuffle_each_iteration=True).repeat()
-    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
-    # Counter after repeat, so every epoch draws fresh augmentations.
-    ds = ds.enumerate().map(
-        lambda i, pair: example_fn(pair[0], pair[1],
-                                   tf.stack([tf.constant(seed * 1009 + pipeline_id, tf.int64), i])),
-        num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order: reproducible runs
-    ds = ds.batch(batch_size, drop_remainder=training)
+    base_seed = tf.constant(seed * 1009 + pipeline_id, tf.int64)
+    if batch_fn is not None and source.in_memory:
+      # Decoded images of one size: batch first, augment the batch (same seeds per example).
+      ds = ds.enumerate().batch(batch_size, drop_remainder=training).map(
+          lambda i, pair: batch_fn(pair[0], pair[1],
+                                   tf.stack([tf.fill(tf.shape(i), base_seed), i], axis=1)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
+      # Counter after repeat, so every epoch draws fresh augmentations.
+      ds = ds.enumerate().map(
+          lambda i, pair: example_fn(pair[0], pair[1], tf.stack([base_seed, i])),
+          num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order: reproducible runs
+      ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

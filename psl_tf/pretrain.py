@@ -146,7 +146,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
 
   input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
                                 config.batch_size, seed=config.seed * 100 + stage.index,
-                                training=True, shuffle_buffer=config.shuffle_buffer)
+                                training=True, shuffle_buffer=config.shuffle_buffer,
+                                batch_fn=task.batch_fn(stage.level, training=True))
   dataset = strategy.distribute_datasets_from_function(input_fn)
   callbacks = [_EpochCheckpoint(manager, epoch_var),
                keras.callbacks.TensorBoard(

@@ -125,7 +125,9 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
       model = _stage_model(build(args), task, e2e)
       input_fn = data.make_input_fn(_source(args), task.example_fn(e2e.level, True),
                                     args.batch_size, seed=1,
-                                    shuffle_buffer=args.shuffle_buffer)
+                                    shuffle_buffer=args.shuffle_buffer,
+                                    batch_fn=None if args.no_batch_fn
+                                    else task.batch_fn(e2e.level, True))
       iterator = iter(input_fn())
       batch = next(iterator)
       for _ in range(2):  # trace, and let the pipeline fill its buffers
@@ -270,8 +272,9 @@ def step_table(args, policies):
     except TypeError as e:
       print(f"  {name:<10} skipped ({e})")
       continue
-    rate, _ = benchmark.pipeline_rate(_source(args), t.example_fn(t.num_levels, True),
-                                      args.batch_size)
+    rate, _ = benchmark.pipeline_rate(
+        _source(args), t.example_fn(t.num_levels, True), args.batch_size,
+        batch_fn=None if args.no_batch_fn else t.batch_fn(t.num_levels, True))
     print(f"  {name:<10}{rate:>10.1f} images/s  = {rate / e2e_rate:.1f}x the step's consumption")
 
 
@@ -298,6 +301,8 @@ def main():
   parser.add_argument("--shuffle_buffer", type=int, default=10_000)
   parser.add_argument("--cache", default="auto", choices=data.CACHE_MODES,
                       help="decode the source into memory first (as --cache in training)")
+  parser.add_argument("--no_batch_fn", action="store_true",
+                      help="per-example task maps even where a task has a batched form")
   parser.add_argument("--skip_steps", action="store_true",
                       help="skip the per-stage step table and the pipeline rates")
   parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
