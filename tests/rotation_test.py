@@ -157,3 +157,16 @@ def test_batched_pipeline_gives_the_per_example_pipelines_batches():
   for (xb, yb), (xp, yp) in zip(batched, per_example):
     np.testing.assert_array_equal(yb, yp)
     np.testing.assert_allclose(xb, xp, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape, size", [((32, 32), 37), ((40, 52), 18), ((20, 30), 20)])
+def test_resize_shorter_side_equals_the_antialiased_resize(shape, size):
+  image = tf.constant(_image(*shape), tf.float32) / 255.0
+  out = base.resize_shorter_side(image, size)
+  batch = base.resize_shorter_side_batch(image[None], size)[0]
+  h, w = shape
+  scale = size / min(h, w)
+  expected = tf.image.resize(image, [max(round(h * scale), size), max(round(w * scale), size)],
+                             antialias=True)
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+  np.testing.assert_allclose(batch.numpy(), expected.numpy(), atol=1e-5)

@@ -155,8 +155,16 @@ def resize_shorter_side(image, size):
   scale = tf.cast(size, tf.float32) / tf.minimum(h, w)
   new_h = tf.cast(tf.round(h * scale), tf.int32)
   new_w = tf.cast(tf.round(w * scale), tf.int32)
-  return tf.image.resize(image, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]),
-                         antialias=True)
+  return _resize(image, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]), scale)
+
+
+def _resize(images, new_size, scale):
+  """Bilinear resize, antialiased when it shrinks. Enlarging, the antialiasing (triangle)
+  kernel is plain bilinear interpolation (equal to 2e-7) at about 10x the CPU time of
+  `ResizeBilinear`, so that kernel is only run to shrink."""
+  return tf.cond(scale < 1.0,
+                 lambda: tf.image.resize(images, new_size, antialias=True),
+                 lambda: tf.image.resize(images, new_size, antialias=False))
 
 
 def resize_shorter_side_batch(images, size):
@@ -166,8 +174,7 @@ def resize_shorter_side_batch(images, size):
   scale = tf.cast(size, tf.float32) / tf.minimum(h, w)
   new_h = tf.cast(tf.round(h * scale), tf.int32)
   new_w = tf.cast(tf.round(w * scale), tf.int32)
-  return tf.image.resize(images, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]),
-                         antialias=True)
+  return _resize(images, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]), scale)
 
 
 def random_crop_offset(shape, side, seed):

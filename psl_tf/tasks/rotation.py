@@ -119,7 +119,7 @@ class RotationTask(base.Task):
 
   def batch_fn(self, level, training):
     """`example_fn` for a batch of equal-sized images, in two image ops per batch: one
-    antialiased resize, and one bilinear warp whose per-image transform composes the random
+    resize, and one bilinear warp whose per-image transform composes the random
     crop, the flip, the rotation, the centre crop and the resize. Equal to stacking
     `example_fn` to float rounding (the warp samples only inside each crop, so the rest of
     the image never enters). The per-image random draws are `example_fn`'s own. Training
