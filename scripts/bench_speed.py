@@ -115,41 +115,69 @@ def _task(name, args):
 
 
 def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
-  """{task: (real images/s, in-memory images/s, [per-round ratios])} of the e2e step."""
+  """{(task, pipeline): (real images/s, in-memory images/s, [per-round ratios],
+  pipeline CPU share)} of the e2e step.
+
+  Pipelines: 'as configured' (--cache, the task's batched map unless --no_batch_fn) and,
+  with --compare_pipelines, also 'per-example, decoded per epoch' (the pipeline before
+  --cache and batched maps). The CPU share is (CPU time per image with the real pipeline -
+  CPU time per image with the in-memory batch) / CPU time per image with the real pipeline:
+  the part of the cores the pipeline took. CPU time is less disturbed by other jobs on the
+  machine than wall time.
+  """
   e2e = stages_lib.make_stages("e2e", 3)[0]
+  variants = [("configured", _source(args), not args.no_batch_fn)]
+  if args.compare_pipelines:
+    variants.append(("per-example+decode", data.load_source(args.data, "train"), False))
   arms = {}
   with precision_lib.policy_scope(policy):
     for name in task_names:
       task = _task(name, args)
       keras.utils.set_random_seed(0)
       model = _stage_model(build(args), task, e2e)
-      input_fn = data.make_input_fn(_source(args), task.example_fn(e2e.level, True),
-                                    args.batch_size, seed=1,
-                                    shuffle_buffer=args.shuffle_buffer,
-                                    batch_fn=None if args.no_batch_fn
-                                    else task.batch_fn(e2e.level, True))
-      iterator = iter(input_fn())
-      batch = next(iterator)
-      for _ in range(2):  # trace, and let the pipeline fill its buffers
+      iterators = {}
+      for label, source, batched in variants:
+        input_fn = data.make_input_fn(
+            source, task.example_fn(e2e.level, True), args.batch_size, seed=1,
+            shuffle_buffer=args.shuffle_buffer,
+            batch_fn=task.batch_fn(e2e.level, True) if batched else None)
+        iterators[label] = iter(input_fn())
+      batch = next(iterators["configured"])
+      for _ in range(2):  # trace, and let the pipelines fill their buffers
         model.train_on_batch(*batch)
-        model.train_on_batch(*next(iterator))
-      arms[name] = (model, iterator, batch)
-  times = {name: ([], []) for name in arms}
-  for _ in range(rounds):
-    for name, (model, iterator, batch) in arms.items():
-      start = time.perf_counter()
-      for _ in range(steps_per_round):
-        model.train_on_batch(*next(iterator))
-      real = time.perf_counter() - start
-      start = time.perf_counter()
+        for iterator in iterators.values():
+          model.train_on_batch(*next(iterator))
+      arms[name] = (model, iterators, batch)
+  wall = {(n, l): [] for n in arms for l, _, _ in variants}
+  cpu = {(n, l): 0.0 for n in arms for l, _, _ in variants}
+  wall_mem = {n: [] for n in arms}
+  cpu_mem = {n: 0.0 for n in arms}
+  for round_index in range(rounds + 1):  # round 0 warms every arm up and is not counted
+    keep = round_index > 0
+    for name, (model, iterators, batch) in arms.items():
+      for label, iterator in iterators.items():
+        start, cpu0 = time.perf_counter(), time.process_time()
+        for _ in range(steps_per_round):
+          model.train_on_batch(*next(iterator))
+        if keep:
+          wall[(name, label)].append(time.perf_counter() - start)
+          cpu[(name, label)] += time.process_time() - cpu0
+      start, cpu0 = time.perf_counter(), time.process_time()
       for _ in range(steps_per_round):
         model.train_on_batch(*batch)
-      times[name][0].append(real)
-      times[name][1].append(time.perf_counter() - start)
+      if keep:
+        wall_mem[name].append(time.perf_counter() - start)
+        cpu_mem[name] += time.process_time() - cpu0
   images = steps_per_round * args.batch_size
-  return {name: (images / statistics.median(real), images / statistics.median(memory),
-                 [m / r for r, m in zip(real, memory)])
-          for name, (real, memory) in times.items()}
+  results = {}
+  for (name, label), times in wall.items():
+    memory = wall_mem[name]
+    # Each round's memory arm is paired with the same round's real arm.
+    ratios = [m / r for r, m in zip(times, memory)]
+    share = (cpu[(name, label)] - cpu_mem[name]) / cpu[(name, label)]
+    results[(name, label)] = (images / statistics.median(times),
+                              images / statistics.median(memory), ratios, share)
+  return results
 
 
 def time_steps(named_models, batches, rounds, warmup=2):
@@ -301,6 +329,9 @@ def main():
   parser.add_argument("--shuffle_buffer", type=int, default=10_000)
   parser.add_argument("--cache", default="auto", choices=data.CACHE_MODES,
                       help="decode the source into memory first (as --cache in training)")
+  parser.add_argument("--compare_pipelines", action="store_true",
+                      help="--real_vs_memory also with the per-example pipeline that decodes "
+                           "every epoch (no cache, no batched map)")
   parser.add_argument("--no_batch_fn", action="store_true",
                       help="per-example task maps even where a task has a batched form")
   parser.add_argument("--skip_steps", action="store_true",
@@ -324,13 +355,14 @@ def main():
     print(f"\nreal pipeline vs in-memory batch, e2e step at {policy}, data {args.data} "
           f"(--cache={args.cache}: {'in memory' if _source(args).in_memory else 'decoded per epoch'})"
           f", {args.rounds} rounds x {args.steps_per_round} steps:")
-    print(f"  {'task':<10}{'real img/s':>12}{'memory img/s':>14}{'real/memory':>13}"
-          f"{'min..max':>14}")
+    print(f"  {'task':<10}{'pipeline':<20}{'real img/s':>11}{'memory img/s':>13}"
+          f"{'real/memory':>12}{'min..max':>12}{'pipeline CPU share':>20}")
     results = real_vs_memory(args, args.tasks.split(","), policy, args.rounds,
                              args.steps_per_round)
-    for name, (real, memory, ratios) in results.items():
-      print(f"  {name:<10}{real:>12.1f}{memory:>14.1f}{statistics.median(ratios):>13.2f}"
-            f"{min(ratios):>8.2f}..{max(ratios):.2f}")
+    for (name, label), (real, memory, ratios, share) in results.items():
+      print(f"  {name:<10}{label:<20}{real:>11.1f}{memory:>13.1f}"
+            f"{statistics.median(ratios):>12.2f}{min(ratios):>7.2f}..{max(ratios):<5.2f}"
+            f"{100 * share:>17.1f} %")
   if args.memory:
     base = peak_memory(args, "build")
     print(f"\npeak RSS above a build-only process ({base:.0f} MB):")
