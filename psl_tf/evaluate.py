@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from psl_tf import finetune as finetune_lib
@@ -65,6 +66,13 @@ flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
 flags.DEFINE_string("lr_step_split", "10,10,8", "Step schedule: relative lengths of the "
                     "constant pieces (Goyal et al.: 28 epochs, drops after 10 and 20).")
 flags.DEFINE_float("lr_decay", 0.1, "Step schedule: factor between pieces.")
+flags.DEFINE_enum("probe_inputs", "auto", ["auto", "features", "images"],
+                  "linear/transfer: train the heads on pooled features extracted once from "
+                  "centre crops (features: no augmentation, fast), on augmented images "
+                  "through the backbone at every step (images), or features when they fit in "
+                  "--feature_memory_gb (auto).")
+flags.DEFINE_float("feature_memory_gb", 8.0, "--probe_inputs=auto: most memory the stored "
+                   "features may take (float16).")
 flags.DEFINE_integer("knn_k", 200, "kNN: neighbours.")
 flags.DEFINE_float("knn_temperature", 0.07, "kNN: temperature of the exp(s/T) vote weights.")
 flags.DEFINE_enum("knn_pooling", "global", list(knn_lib.POOLINGS),
@@ -128,6 +136,25 @@ class Evaluation:
     if self.multi_label and v.protocol in ("knn", "finetune"):
       raise ValueError(f"{self.dataset} is multi-label; use --protocol=linear or transfer")
     self.key = _slug(f"{v.protocol}_{self.dataset}")
+    self.probe_inputs = v.probe_inputs
+
+  def resolve_probe_inputs(self, backbone):
+    """'features' or 'images' for this backbone (auto: features when they fit in memory)."""
+    if self.probe_inputs != "auto":
+      return self.probe_inputs
+    count = (self.train_source.num_examples or 0) + (self.eval_source.num_examples or 0)
+    if not count:
+      return "images"
+    sizes = probes.feature_sizes(backbone, self.image_size, tuple(self.v.blocks))
+    gigabytes = count * sum(sizes.values()) * np.dtype(probes.FEATURE_DTYPE).itemsize / 2**30
+    return "features" if gigabytes <= self.v.feature_memory_gb else "images"
+
+  def title(self):
+    text = f"{self.protocol} on {self.dataset} ({self.eval_split})"
+    if self.protocol in ("linear", "transfer"):
+      text += (", heads on stored centre-crop features (no augmentation)"
+               if self.probe_inputs == "features" else ", heads on augmented images")
+    return text
 
   def dataset_of(self, source, training):
     return views.labelled_dataset(source, self.image_size, self.resize, self.v.batch_size,
@@ -142,6 +169,8 @@ class Evaluation:
             "steps_per_epoch": v.steps_per_epoch, "learning_rate": v.learning_rate,
             "momentum": v.momentum, "weight_decay": v.weight_decay,
             "lr_step_split": v.lr_step_split, "lr_decay": v.lr_decay, "seed": v.seed,
+            **({"probe_inputs": self.probe_inputs}
+               if self.protocol in ("linear", "transfer") else {}),
             **({"knn_k": v.knn_k, "knn_temperature": v.knn_temperature,
                 "knn_pooling": v.knn_pooling} if self.protocol == "knn" else {}),
             **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
@@ -153,12 +182,26 @@ class Evaluation:
     keras.utils.set_random_seed(v.seed)
     backbone = run.build_backbone()
     if self.protocol in ("linear", "transfer"):
+      self.probe_inputs = self.resolve_probe_inputs(backbone)
+    if self.protocol in ("linear", "transfer") and self.probe_inputs == "features":
+      extract_batch = max(v.batch_size, 256)
+      results, poolings = probes.linear_probe_on_features(
+          backbone, views.labelled_dataset(self.train_source, self.image_size, self.resize,
+                                           extract_batch, training=False),
+          views.labelled_dataset(self.eval_source, self.image_size, self.resize,
+                                 extract_batch, training=False),
+          self.num_classes, self.image_size, v.epochs, v.batch_size, tuple(v.blocks),
+          v.learning_rate, v.momentum, v.weight_decay, v.lr_step_split, v.lr_decay,
+          self.multi_label, self.train_source.num_examples, self.eval_source.num_examples,
+          v.seed, log=lambda line: print(line, flush=True))
+    elif self.protocol in ("linear", "transfer"):
       steps = _steps(self.train_source.num_examples, v.batch_size, v.steps_per_epoch)
       results, poolings = probes.linear_probe(
           backbone, self.dataset_of(self.train_source, True),
           self.dataset_of(self.eval_source, False), self.num_classes, self.image_size,
           v.epochs, steps, tuple(v.blocks), v.learning_rate, v.momentum, v.weight_decay,
           v.lr_step_split, v.lr_decay, self.multi_label, v.verbose)
+    if self.protocol in ("linear", "transfer"):
       for name, p in poolings.items():
         results[name]["pooling"] = {"kernel": p.kernel, "stride": p.stride,
                                     "padding": p.padding}
@@ -222,7 +265,7 @@ def main(argv):
     with tf.io.gfile.GFile(own, "w") as f:
       json.dump({"settings": evaluation.settings(), "stage": run.stage, "results": result},
                 f, indent=2, sort_keys=True)
-  title = f"{evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split})"
+  title = evaluation.title()
   out_dir = FLAGS.output or os.path.join(FLAGS.workdir, "eval")
   paths = report.write_report(out_dir, evaluation.key, rows, evaluation.settings(), title)
   print(report.markdown_table(rows, title=title))

@@ -6,7 +6,20 @@ scale and shift, and classified by one linear layer. Every head gets its own los
 minimised by SGD with momentum, a step schedule and L2 weight decay on the linear kernels.
 The backbone runs in inference mode and is not trainable, so its weights (BatchNorm moving
 statistics included) are left exactly as they were.
+
+Two ways to feed the heads:
+
+* **images** (`linear_probe`): every step runs the backbone on a fresh augmented batch
+  (random crop + flip), as Goyal et al. do;
+* **stored features** (`linear_probe_on_features`): one compiled pass through the frozen
+  backbone extracts every block's pooled features of every training and test image once
+  (centre view, float16 in memory), and the heads are trained on those arrays. No
+  augmentation then, but an epoch costs a few matrix products instead of a backbone pass,
+  so the heads can be trained on the whole training split until they plateau.
 """
+
+import math
+import time
 
 import keras
 import numpy as np
@@ -141,3 +154,202 @@ def tf_dataset_from_arrays(images, labels, batch_size, repeat):
   if repeat:
     ds = ds.shuffle(len(labels), seed=0).repeat()
   return ds.batch(batch_size)
+
+
+# ---- probes on stored features -------------------------------------------------------------
+
+FEATURE_DTYPE = np.float16
+
+
+def feature_extractor(backbone, image_size, block_names=blocks_lib.BLOCK_NAMES,
+                      target_values=pooling.TARGET_VALUES):
+  """(compiled fn images -> {block: pooled [N, D]}, {block: Pooling}) for a frozen backbone."""
+  unknown = [b for b in block_names if b not in blocks_lib.BLOCK_NAMES]
+  if unknown or not block_names:
+    raise ValueError(f"probe blocks must be among {', '.join(blocks_lib.BLOCK_NAMES)}, got "
+                     f"{', '.join(block_names) or 'none'}")
+  image = keras.Input((image_size, image_size, 3), name="image")
+  maps = backbone(image, training=False)
+  outputs, poolings = {}, {}
+  for name in block_names:
+    poolings[name], stack = pooling.pooling_layers(tuple(maps[name].shape[1:]), target_values,
+                                                   name=f"{name}_pool")
+    x = maps[name]
+    for layer in stack:
+      x = layer(x)
+    outputs[name] = x
+  model = keras.Model(image, outputs, name="pooled_features")
+  fn = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+  return fn, poolings
+
+
+def feature_sizes(backbone, image_size, block_names=blocks_lib.BLOCK_NAMES,
+                  target_values=pooling.TARGET_VALUES):
+  """{block: pooled feature length} without running the backbone on data."""
+  maps = backbone(keras.Input((image_size, image_size, 3)), training=False)
+  return {name: pooling.pooled_size(
+      tuple(maps[name].shape[1:]),
+      pooling.derive_pooling(min(maps[name].shape[1:3]), maps[name].shape[3], target_values))
+          for name in block_names}
+
+
+def extract_features(extract, dataset, num_examples=None, log=None, what="features"):
+  """({block: [N, D] float16}, labels) over one pass of a dataset of (images, labels).
+
+  Args:
+    extract: from `feature_extractor`.
+    dataset: one pass of (images, labels) batches.
+    num_examples: the pass's size if known (the arrays are then allocated once).
+    log: called with a progress line about every 10 % of the pass.
+    what: name of the pass in the progress lines.
+
+  Raises:
+    ValueError: if the pass is empty or any feature is not finite (a diverged backbone).
+  """
+  features, labels, filled = {}, [], 0
+  start, next_report = time.time(), 0.1
+  for images, batch_labels in dataset:
+    out = extract(images)
+    n = int(batch_labels.shape[0])
+    for name, value in out.items():
+      value = value.numpy()
+      if not np.all(np.isfinite(value)):
+        raise ValueError(f"the backbone gives non-finite {name} features; its weights are "
+                         "broken (a diverged run?)")
+      if num_examples:
+        if name not in features:
+          features[name] = np.empty((num_examples, value.shape[1]), FEATURE_DTYPE)
+        features[name][filled:filled + n] = value
+      else:
+        features.setdefault(name, []).append(value.astype(FEATURE_DTYPE))
+    labels.append(np.asarray(batch_labels))
+    filled += n
+    if log and num_examples and filled / num_examples >= next_report:
+      log(f"   {what}: {filled}/{num_examples} images, {time.time() - start:.0f} s")
+      next_report += 0.1
+  if not labels:
+    raise ValueError("an evaluation split is empty")
+  if num_examples:
+    features = {k: v[:filled] for k, v in features.items()}
+  else:
+    features = {k: np.concatenate(v) for k, v in features.items()}
+  return features, np.concatenate(labels)
+
+
+def build_feature_heads(sizes, num_classes, weight_decay=5e-4):
+  """One BatchNorm-without-affine + linear head per block, on pooled feature vectors."""
+  regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  inputs, outputs = {}, {}
+  for name, size in sizes.items():
+    inputs[name] = keras.Input((size,), name=name)
+    x = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_bn")(
+        inputs[name])
+    outputs[name] = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
+                                       name=f"{name}_linear")(x)
+  return keras.Model(inputs, outputs, name="linear_probes_on_features")
+
+
+def train_feature_heads(model, features, labels, epochs, batch_size, learning_rate=0.01,
+                        momentum=0.9, lr_step_split="10,10,8", lr_decay=0.1, multi_label=False,
+                        seed=0, log=None):
+  """Trains every head on stored features; returns {block: [train top-1 % per epoch]} (or
+  mAP-free loss-only history for multi-label data: {block: [mean loss per epoch]}).
+
+  Each epoch visits every training example once in a fresh random order (the last partial
+  batch included); the step schedule runs over all epochs' steps.
+  """
+  names = list(features)
+  n = len(labels)
+  steps_per_epoch = max(1, math.ceil(n / batch_size))
+  schedule = optim.make_schedule("step", learning_rate, epochs * steps_per_epoch,
+                                 lr_step_split, lr_decay)
+  optimizer = keras.optimizers.SGD(schedule, momentum=momentum)
+  if multi_label:
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+  else:
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  variables = model.trainable_variables
+  optimizer.build(variables)
+
+  # The features stay in memory as float16 tensors and each step gathers its rows inside the
+  # compiled function (passed as arguments, so they are never copied into a graph constant).
+  stored = {k: tf.convert_to_tensor(features[k]) for k in names}
+  stored_labels = tf.convert_to_tensor(labels)
+
+  @tf.function(reduce_retracing=True)
+  def step(stored, stored_labels, idx):
+    xs = {k: tf.cast(tf.gather(stored[k], idx), tf.float32) for k in names}
+    y = tf.gather(stored_labels, idx)
+    with tf.GradientTape() as tape:
+      out = model(xs, training=True)
+      losses = {k: loss_fn(y, out[k]) for k in names}
+      total = tf.add_n(list(losses.values()) + list(model.losses))
+    optimizer.apply(tape.gradient(total, variables), variables)
+    if multi_label:
+      return {k: v * tf.cast(tf.shape(idx)[0], tf.float32) for k, v in losses.items()}
+    return {k: tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out[k], axis=1, output_type=tf.int64),
+                                              tf.cast(y, tf.int64)), tf.float32))
+            for k in names}
+
+  rng = np.random.default_rng(seed)
+  history = {k: [] for k in names}
+  start = time.time()
+  for epoch in range(epochs):
+    order = rng.permutation(n)
+    sums = {k: tf.constant(0.0) for k in names}
+    for i in range(steps_per_epoch):
+      out = step(stored, stored_labels, tf.constant(order[i * batch_size:(i + 1) * batch_size]))
+      sums = {k: sums[k] + out[k] for k in names}
+    sums = {k: float(v) for k, v in sums.items()}
+    for k in names:
+      history[k].append(sums[k] / n if multi_label else 100.0 * sums[k] / n)
+    if log:
+      shown = " ".join(f"{k} {history[k][-1]:.1f}" for k in names)
+      log(f"   probe epoch {epoch + 1}/{epochs} ({time.time() - start:.0f} s): train "
+          f"{'top-1 %' if not multi_label else 'loss'} {shown}")
+  return history
+
+
+def predict_features(model, features, batch_size=1024):
+  """{block: scores [N, C]} of the heads on stored features."""
+  names = list(features)
+  n = len(next(iter(features.values())))
+  scores = {k: [] for k in names}
+  for start in range(0, n, batch_size):
+    out = model({k: tf.convert_to_tensor(features[k][start:start + batch_size], tf.float32)
+                 for k in names}, training=False)
+    for k in names:
+      scores[k].append(np.asarray(out[k]))
+  return {k: np.concatenate(v) for k, v in scores.items()}
+
+
+def linear_probe_on_features(backbone, train_dataset, eval_dataset, num_classes, image_size,
+                             epochs, batch_size, block_names=blocks_lib.BLOCK_NAMES,
+                             learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
+                             lr_step_split="10,10,8", lr_decay=0.1, multi_label=False,
+                             num_train=None, num_eval=None, seed=0, log=None):
+  """Extracts pooled features once, trains the heads on them, scores the test features.
+
+  Args:
+    train_dataset, eval_dataset: one pass each of (centre-view images, labels) batches.
+    num_train, num_eval: their sizes if known (arrays allocated once).
+    Others as `linear_probe`; `epochs` are passes over the stored training features.
+
+  Returns:
+    ({block: metrics, with 'train_top1' per epoch for class labels}, {block: Pooling}).
+  """
+  backbone.trainable = False
+  extract, poolings = feature_extractor(backbone, image_size, block_names)
+  train, train_labels = extract_features(extract, train_dataset, num_train, log, "train features")
+  test, test_labels = extract_features(extract, eval_dataset, num_eval, log, "test features")
+  model = build_feature_heads({k: v.shape[1] for k, v in train.items()}, num_classes,
+                              weight_decay)
+  history = train_feature_heads(model, train, train_labels, epochs, batch_size, learning_rate,
+                                momentum, lr_step_split, lr_decay, multi_label, seed, log)
+  scores = predict_features(model, test)
+  results = {}
+  for name in block_names:
+    results[name] = score(scores[name], test_labels, multi_label)
+    results[name]["train_curve" if not multi_label else "train_loss_curve"] = [
+        round(v, 3) for v in history[name]]
+  return results, poolings

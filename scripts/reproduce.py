@@ -1,36 +1,40 @@
-r"""Reproduces the paper's PSL-vs-baselines comparison (Tables 5/6 layout) on an image folder.
+r"""The PSL-vs-baselines experiment on an image folder (the paper's Tables 5/6 layout).
 
-  python scripts/reproduce.py --task=rotation --data=/tmp/cifar10 --seeds=0,1
-  python scripts/reproduce.py --task=jigsaw --data=/tmp/cifar10 --budget=small \
-      --root=/tmp/repro --extra=--frozen_bn=batch_stats
+  python scripts/reproduce.py --preset=cifar10 --task=rotation --data=/tmp/cifar10 \
+      --root=/tmp/campaign --results=docs/results/cifar10 --rows=psl,e2e --seeds=0,1,2
+  python scripts/reproduce.py --preset=cifar10 --task=rotation --results=docs/results/cifar10 \
+      --phase=table                      # tables and plot from the stored results only
 
-For one task, pre-trains every mode (`psl`, `sl`, `psl_f`, `e2e`, `greedy`) and every seed
-with a small `cifar_resnet`, each as its own `python -m psl_tf.train` process (memory is
-returned between runs, and a run interrupted by a kill resumes from its work directory when the
-script is started again; finished runs are skipped). Then every run's frozen blocks B1..B5 are
-probed with linear classifiers (`python -m psl_tf.evaluate`, trained on the labelled train
-split, scored on the test split), and the script writes into `<root>/<task>/`:
+For one task, pre-trains every requested row and seed with a small `cifar_resnet`, each as its
+own `python -m psl_tf.train` process, probes its frozen blocks B1..B5 with linear classifiers
+(`python -m psl_tf.evaluate --protocol=linear`, trained on the labelled train split, scored on
+the test split) and keeps the small result files of every finished run in
+`<results>/<task>/<run>/` (`record.json`, `summary.json`, `probes.json`; never weights), so a
+campaign spread over several sessions resumes from what is stored: a run whose record is there
+is never run again, a run interrupted mid-training resumes from its work directory under
+`--root` when that still exists. Tables are always built from the stored records.
 
-* `results.md`: top-1 per block (with a `random` row: the untrained initialisation of each
-  seed, probed the same way, to show what pre-training added), mean ± sample standard deviation over seeds (one row per
-  mode), the per-seed rows, and the wall time of each mode;
-* `results.json`: the same numbers, the settings, and the exact commands;
-* `results.png`: top-1 per block, one line per mode (seed means).
+Rows (one pre-training recipe each; `--stage_epochs` E is the budget unit):
 
-Equal epochs: every PSL-style stage (psl, sl, psl_f and greedy have three) gets
-`--stage_epochs` epochs, and `e2e` gets three times that in its single stage, so every mode sees
-the same number of training images (the paper's "equal epochs" for a three-stage method against
-an end-to-end one). Each stage, and the e2e stage, has its own step learning-rate schedule
-over its own length (the paper's 20/20/10/10 split).
+* equal images seen: `psl`, `sl`, `psl_f`, `greedy` train E epochs per stage, `e2e` 3E epochs
+  in its single stage, so every row sees the same images;
+* the paper's protocol: `psl_paper` trains 3E epochs per stage (each stage as long as e2e, as
+  the paper's 60 epochs per stage), and `e2e_matched` is e2e trained for as many epochs as
+  cost the same training FLOPs as `psl_paper` (frozen blocks cost one forward pass, trained
+  blocks three; block FLOPs counted by TensorFlow's profiler);
+* `random`: the untrained initialisation of each seed, probed the same way (the floor).
 
 The data folder needs `train/<class>/*.jpg` and `test/<class>/*.jpg` (or .png).
 """
 
 import argparse
+import glob
 import json
+import math
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,121 +44,216 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 MODES = ("psl", "sl", "psl_f", "e2e", "greedy")
-# Not a training mode: the untrained backbone (the very initialisation every run of the same
-# seed starts from), probed the same way, so the table shows what pre-training added at all.
 RANDOM = "random"
+# row -> (training mode, protocol); the table lists rows in this order.
+ROWS = {"psl": ("psl", "equal"), "sl": ("sl", "equal"), "psl_f": ("psl_f", "equal"),
+        "e2e": ("e2e", "equal"), "greedy": ("greedy", "equal"),
+        "psl_paper": ("psl", "paper"), "e2e_matched": ("e2e", "matched"),
+        RANDOM: (None, "none")}
 BLOCKS = ("b1", "b2", "b3", "b4", "b5")
+STAGES_PER_MODE = {"psl": 3, "sl": 3, "psl_f": 3, "greedy": 3, "e2e": 1, None: 1}
 
-# Budgets for CIFAR-10-sized images on a 2-core CPU. `small` trains each of the 5 modes for
-# 600 steps of 128 images (about 1.5 passes over CIFAR-10 train in all); about 25 minutes per
-# seed for all five modes of rotation, probes included, on a quiet machine.
-BUDGETS = {
+# Budgets for CIFAR-10-sized images on a 2-core CPU.
+PRESETS = {
+    # Seconds: the pipeline end to end (tests).
     "tiny": {"depth": 10, "width": 8, "image_size": 32, "batch_size": 16, "stage_epochs": 1,
-             "steps_per_epoch": 2, "probe_epochs": 1, "probe_steps": 2, "probe_batch_size": 16},
-    "small": {"depth": 10, "width": 16, "image_size": 32, "batch_size": 128, "stage_epochs": 2,
-              "steps_per_epoch": 100, "probe_epochs": 2, "probe_steps": 150,
-              "probe_batch_size": 128},
-    "medium": {"depth": 10, "width": 16, "image_size": 32, "batch_size": 128,
-               "stage_epochs": 4, "steps_per_epoch": 100, "probe_epochs": 3,
-               "probe_steps": 200, "probe_batch_size": 128},
+             "steps_per_epoch": 2, "probe_epochs": 2, "probe_batch_size": 16,
+             "probe_learning_rate": 0.05, "probe_inputs": "features"},
+    # The first version's budget: 200 steps per stage, probes on 38,400 augmented images.
+    "small": {"depth": 10, "width": 16, "image_size": 32, "batch_size": 128,
+              "stage_epochs": 2, "steps_per_epoch": 100, "probe_epochs": 2,
+              "probe_steps": 150, "probe_batch_size": 128, "probe_learning_rate": 0.05,
+              "probe_inputs": "images"},
+    # The campaign: e2e sees 15 passes over CIFAR-10 train (5 per stage for three-stage rows),
+    # probes train on the pooled features of all 50,000 train images until they plateau.
+    "cifar10": {"depth": 10, "width": 16, "image_size": 32, "batch_size": 128,
+                "stage_epochs": 5, "steps_per_epoch": 390, "probe_epochs": 15,
+                "probe_batch_size": 256, "probe_learning_rate": 0.01,
+                "probe_inputs": "features"},
 }
+SETTINGS = ("depth", "width", "image_size", "batch_size", "stage_epochs", "steps_per_epoch",
+            "probe_epochs", "probe_steps", "probe_batch_size", "probe_learning_rate",
+            "probe_inputs")
 
-# Pre-training settings shared by every mode (the CIFAR-10 flagfiles' optimiser).
+# Pre-training settings shared by every row (the CIFAR-10 flagfiles' optimiser).
 COMMON_TRAIN_FLAGS = ("--backbone=cifar_resnet", "--optimizer=sgd", "--learning_rate=0.1",
                       "--momentum=0.9", "--weight_decay=5e-4", "--lr_schedule=step",
                       "--lr_step_split=20,20,10,10", "--image_check=none", "--export=false",
                       "--verbose=2")
-STAGES_PER_MODE = {"psl": 3, "sl": 3, "psl_f": 3, "greedy": 3, "e2e": 1, RANDOM: 1}
 
 
 def parse_args(argv=None):
-  """The command line, with a budget preset filled in where no explicit flag was given."""
+  """The command line, with the preset filled in where no explicit flag was given."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--task", default="rotation", help="rotation, jigsaw or simclr")
-  parser.add_argument("--data", required=True, help="image-folder tree with train/ and test/")
-  parser.add_argument("--root", default="runs/reproduce", help="where runs and results go")
-  parser.add_argument("--modes", default=",".join(MODES))
+  parser.add_argument("--data", default=None,
+                      help="image-folder tree with train/ and test/ (not needed for "
+                      "--phase=table)")
+  parser.add_argument("--root", default="runs/reproduce", help="where run directories go")
+  parser.add_argument("--results", default=None,
+                      help="where each finished run's small result files and the tables go "
+                      "(default: the --root folder)")
+  parser.add_argument("--rows", "--modes", dest="rows", default="psl,sl,psl_f,e2e,greedy",
+                      help=f"comma-separated rows among {','.join(r for r in ROWS if r != RANDOM)}")
   parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
-  parser.add_argument("--budget", default="small", choices=sorted(BUDGETS))
-  for name in ("depth", "width", "image_size", "batch_size", "stage_epochs",
-               "steps_per_epoch", "probe_epochs", "probe_steps", "probe_batch_size"):
-    parser.add_argument(f"--{name}", type=int, default=None,
-                        help="overrides the budget preset")
-  parser.add_argument("--probe_learning_rate", type=float, default=0.05)
+  parser.add_argument("--preset", "--budget", dest="preset", default="small",
+                      choices=sorted(PRESETS))
+  for name in SETTINGS:
+    kind = {"probe_learning_rate": float, "probe_inputs": str}.get(name, int)
+    parser.add_argument(f"--{name}", type=kind, default=None, help="overrides the preset")
+  parser.add_argument("--phase", default="all", choices=("all", "table"),
+                      help="all: run what is missing, then the tables; table: tables only")
   parser.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=True,
                       help="also probe the untrained backbone of each seed (row 'random')")
   parser.add_argument("--extra", action="append", default=[],
                       help="extra psl_tf.train flag for every run, e.g. "
                       "--extra=--frozen_bn=batch_stats (repeatable); changes the run names")
-  parser.add_argument("--tag", default="", help="suffix of the run directories (variants)")
+  parser.add_argument("--tag", default="", help="suffix of the run names (variants)")
   args = parser.parse_args(argv)
-  for name, value in BUDGETS[args.budget].items():
+  for name, value in PRESETS[args.preset].items():
     if getattr(args, name) is None:
       setattr(args, name, value)
   if args.extra and not args.tag:
     # Other learning flags need other work directories (a run resumes only with its flags).
     args.tag = "_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", e) for e in args.extra)
-  args.modes = [m for m in args.modes.split(",") if m]
-  bad = [m for m in args.modes if m not in MODES]
+  args.results = args.results or args.root
+  args.rows = [r for r in args.rows.split(",") if r]
+  bad = [r for r in args.rows if r not in ROWS or r == RANDOM]
   if bad:
-    parser.error(f"unknown mode(s) {','.join(bad)}; known: {','.join(MODES)}")
+    parser.error(f"unknown row(s) {','.join(bad)}; known: "
+                 f"{','.join(r for r in ROWS if r != RANDOM)}")
   try:
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
   except ValueError:
     parser.error(f"--seeds takes whole numbers like 0,1, got {args.seeds}")
   if not args.seeds:
     parser.error("--seeds needs at least one seed")
-  for sub in ("train", "test"):
-    if not os.path.isdir(os.path.join(args.data, sub)):
-      parser.error(f"{args.data} has no {sub}/ sub-folder; pass an image tree with "
-                   "train/<class>/ and test/<class>/")
+  if args.phase != "table":
+    if not args.data:
+      parser.error("--data is required to run (only --phase=table works without it)")
+    for sub in ("train", "test"):
+      if not os.path.isdir(os.path.join(args.data, sub)):
+        parser.error(f"{args.data} has no {sub}/ sub-folder; pass an image tree with "
+                     "train/<class>/ and test/<class>/")
   return args
 
 
-def epochs_of(mode, stage_epochs):
-  """Epochs of the mode's run: per stage, or the three stages' total for e2e (equal epochs)."""
-  return stage_epochs * 3 if mode == "e2e" else stage_epochs
+# ---- compute -------------------------------------------------------------------------------
 
+def block_flops(depth, width, image_size):
+  """Forward FLOPs of each block of the backbone for one image (TensorFlow's profiler)."""
+  sys.path.insert(0, os.path.join(REPO, "scripts"))
+  import bench_speed  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  from psl_tf import models  # pylint: disable=g-import-not-at-top
+  backbone = models.build_backbone("cifar_resnet", depth=depth, width=width)
+  return [int(f) for f in bench_speed.block_flops(backbone, image_size)]
+
+
+def stage_costs(mode, flops):
+  """Training FLOPs per image of each stage of `mode`: one forward pass through the frozen
+  blocks below the stage, three (forward, input gradient, weight gradient) through the trained
+  ones; heads are left out (under 1 % here)."""
+  from psl_tf import stages as stages_lib  # pylint: disable=g-import-not-at-top
+  out = []
+  for stage in stages_lib.make_stages(mode, 3, "", ""):
+    out.append(sum(flops[i - 1] for i in stage.frozen_blocks) +
+               3 * sum(flops[i - 1] for i in stage.trained_blocks))
+  return out
+
+
+def flops_of(args):
+  """Block FLOPs of the preset's backbone, computed once and kept with the results."""
+  path = os.path.join(args.results, "flops.json")
+  key = f"cifar_resnet_d{args.depth}_w{args.width}_{args.image_size}px"
+  stored = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+  if key not in stored:
+    stored[key] = block_flops(args.depth, args.width, args.image_size)
+    os.makedirs(args.results, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(stored, f, indent=2, sort_keys=True)
+  return stored[key]
+
+
+def epochs_of(args, row):
+  """Epochs per stage of a row (one number: every stage of the row trains that long)."""
+  mode, protocol = ROWS[row]
+  e = args.stage_epochs
+  if protocol == "equal":
+    return 3 * e if mode == "e2e" else e
+  if protocol == "paper":
+    return 3 * e
+  if protocol == "matched":  # e2e costing what psl_paper costs
+    flops = flops_of(args)
+    psl = sum(stage_costs("psl", flops)) * 3 * e
+    return max(1, round(psl / stage_costs("e2e", flops)[0]))
+  raise ValueError(f"row {row} is not trained")
+
+
+def training_tflops(args, row, epochs):
+  """Training compute of one run in TFLOPs (10^12 floating-point operations)."""
+  mode = ROWS[row][0]
+  if mode is None:
+    return 0.0
+  images = epochs * args.steps_per_epoch * args.batch_size
+  return sum(c * images for c in stage_costs(mode, flops_of(args))) / 1e12
+
+
+# ---- running -------------------------------------------------------------------------------
 
 def task_flags(task):
   """Task settings for 32 px images that keep every task's step cost close to rotation's."""
   if task == "jigsaw":
     # The tiles come from the 32 px image itself (cell 11, tile 9 px: the paper's geometry
     # scaled by 32/224), so nine tiles cost about one 32 px image. The paper's 500/1000/2000
-    # classes cannot be learnt in a few hundred steps; 50/100/200 (prefixes of the same
-    # greedy maximal-Hamming sequence) keep the ladder's shape at this budget.
+    # classes cannot be learnt at this budget; 50/100/200 (prefixes of the same greedy
+    # maximal-Hamming sequence) keep the ladder's shape.
     return ["--jigsaw_sizes=50,100,200"]
   if task == "simclr":
     return ["--contrastive_color_strength=0.5", "--simclr_lr_scaling=none"]
   return []
 
 
-def run_dir(args, mode, seed):
-  return os.path.join(args.root, args.task, f"{mode}{args.tag}_s{seed}")
+def run_name(args, row, seed):
+  return f"{row}{args.tag}_s{seed}"
 
 
-def train_command(args, mode, seed):
+def run_dir(args, row, seed):
+  return os.path.join(args.root, args.task, run_name(args, row, seed))
+
+
+def stored_dir(args, row, seed):
+  return os.path.join(args.results, args.task, run_name(args, row, seed))
+
+
+def train_command(args, row, seed):
+  mode = ROWS[row][0]
   return [sys.executable, "-m", "psl_tf.train", f"--task={args.task}", f"--mode={mode}",
           f"--dataset=folder:{os.path.abspath(args.data)}", f"--depth={args.depth}",
           f"--width={args.width}", f"--image_size={args.image_size}",
-          f"--batch_size={args.batch_size}", f"--epochs={epochs_of(mode, args.stage_epochs)}",
+          f"--batch_size={args.batch_size}", f"--epochs={epochs_of(args, row)}",
           f"--steps_per_epoch={args.steps_per_epoch}", f"--seed={seed}",
-          f"--workdir={run_dir(args, mode, seed)}", *COMMON_TRAIN_FLAGS,
+          f"--workdir={run_dir(args, row, seed)}", *COMMON_TRAIN_FLAGS,
           *task_flags(args.task), *args.extra]
 
 
-def eval_command(args, mode, seed):
-  workdir = run_dir(args, mode, seed)
-  return [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
-          "--protocol=linear", f"--epochs={args.probe_epochs}",
-          f"--steps_per_epoch={args.probe_steps}", f"--batch_size={args.probe_batch_size}",
-          f"--learning_rate={args.probe_learning_rate}", f"--seed={seed}",
-          f"--output={os.path.join(workdir, 'eval')}"]
+def eval_command(args, row, seed):
+  workdir = run_dir(args, row, seed)
+  cmd = [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
+         "--protocol=linear", f"--probe_inputs={args.probe_inputs}",
+         f"--epochs={args.probe_epochs}", f"--batch_size={args.probe_batch_size}",
+         f"--learning_rate={args.probe_learning_rate}", f"--seed={seed}",
+         f"--output={os.path.join(workdir, 'eval')}"]
+  if args.probe_steps:
+    cmd.append(f"--steps_per_epoch={args.probe_steps}")
+  return cmd
 
 
-def _finished(workdir, mode):
+def _finished(workdir, row):
   from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
-  return len(wd.finished_stages(workdir)) >= STAGES_PER_MODE[mode]
+  return len(wd.finished_stages(workdir)) >= STAGES_PER_MODE[ROWS[row][0]]
 
 
 def _run(cmd, log_path):
@@ -172,12 +271,12 @@ def _run(cmd, log_path):
   return time.time() - start
 
 
-def _find_probe_json(workdir, mode):
+def _find_probe_json(workdir, row):
   """The run's own linear-probe JSON from psl_tf.evaluate (its name holds the data path)."""
   eval_dir = os.path.join(workdir, "eval")
   if not os.path.isdir(eval_dir):
     return None
-  suffix = f"_stage{STAGES_PER_MODE[mode]}.json"
+  suffix = f"_stage{STAGES_PER_MODE[ROWS[row][0]]}.json"
   hits = sorted(n for n in os.listdir(eval_dir) if n.startswith("linear_") and n.endswith(suffix))
   return os.path.join(eval_dir, hits[-1]) if hits else None
 
@@ -204,45 +303,81 @@ def write_random_run(args, seed):
   wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, 1))
 
 
-def run_one(args, mode, seed, log=print):
-  """Pre-trains (or resumes/skips) and probes one run; returns its record."""
-  workdir = run_dir(args, mode, seed)
+def read_record(args, row, seed):
+  """The stored record of a finished run, or None."""
+  path = os.path.join(stored_dir(args, row, seed), "record.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    record = json.load(f)
+  return record if record.get("probes") else None
+
+
+def run_one(args, row, seed, log=print):
+  """Pre-trains (or resumes) and probes one run, stores its small files; returns its record.
+
+  A run whose record is already stored is not run again.
+  """
+  stored = read_record(args, row, seed)
+  if stored is not None:
+    log(f"-- {run_name(args, row, seed)}: stored in {stored_dir(args, row, seed)}, skipped")
+    return stored
+  workdir = run_dir(args, row, seed)
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "reproduce.log")
-  record_path = os.path.join(workdir, "reproduce.json")
-  record = {}
-  if os.path.exists(record_path):
-    with open(record_path) as f:
-      record = json.load(f)
-  record.update({"mode": mode, "seed": seed, "workdir": workdir,
-                 "train_command": ("(untrained initialisation)" if mode == RANDOM
-                                   else shlex.join(train_command(args, mode, seed))),
-                 "eval_command": shlex.join(eval_command(args, mode, seed))})
-  if mode == RANDOM:
-    if not _finished(workdir, mode):
+  epochs = 0 if row == RANDOM else epochs_of(args, row)
+  record = {"row": row, "mode": ROWS[row][0] or RANDOM, "protocol": ROWS[row][1],
+            "seed": seed, "task": args.task, "tag": args.tag, "preset": args.preset,
+            "settings": {k: getattr(args, k) for k in SETTINGS},
+            "epochs_per_stage": epochs,
+            "train_command": ("(untrained initialisation)" if row == RANDOM
+                              else shlex.join(train_command(args, row, seed))),
+            "eval_command": shlex.join(eval_command(args, row, seed)),
+            "training_tflops": training_tflops(args, row, epochs)}
+  if row == RANDOM:
+    if not _finished(workdir, row):
       write_random_run(args, seed)
-  elif not _finished(workdir, mode):
-    log(f"-- pre-training {args.task} {mode} seed {seed} ({workdir})")
-    record["train_process_s"] = round(_run(train_command(args, mode, seed), log_path), 1)
-  else:
-    log(f"-- {mode} seed {seed}: pre-training already finished, skipped")
-  probe_json = _find_probe_json(workdir, mode)
+  elif not _finished(workdir, row):
+    log(f"-- pre-training {args.task} {row} seed {seed} ({workdir})")
+    record["train_process_s"] = round(_run(train_command(args, row, seed), log_path), 1)
+  probe_json = _find_probe_json(workdir, row)
   if probe_json is None:
-    log(f"-- linear probes for {mode} seed {seed}")
-    record["probe_process_s"] = round(_run(eval_command(args, mode, seed), log_path), 1)
-    probe_json = _find_probe_json(workdir, mode)
+    log(f"-- linear probes for {row} seed {seed}")
+    record["probe_process_s"] = round(_run(eval_command(args, row, seed), log_path), 1)
+    probe_json = _find_probe_json(workdir, row)
   with open(probe_json) as f:
-    record["probes"] = {b: v for b, v in json.load(f)["results"].items() if b in BLOCKS}
+    probes = json.load(f)
+  record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
-  # Training time inside fit (the stages' own clocks), comparable between modes; the process
-  # time above adds start-up and model building.
-  record["train_wall_s"] = round(sum(s.get("wall_time_s") or 0 for s in summary["stages"]), 1)
-  record["pretext_accuracy"] = summary["stages"][-1].get("pretext_accuracy")
-  record["stage_pretext_accuracy"] = [s.get("pretext_accuracy") for s in summary["stages"]]
-  with open(record_path, "w") as f:
+  stages = summary["stages"]
+  # Training time inside fit (the stages' own clocks); the process time adds start-up.
+  record["train_wall_s"] = round(sum(s.get("wall_time_s") or 0 for s in stages), 1)
+  record["stage_pretext_accuracy"] = [s.get("pretext_accuracy") for s in stages]
+  record["stage_heldout_accuracy"] = [s.get("heldout_pretext_accuracy") for s in stages]
+  record["pretext_accuracy"] = stages[-1].get("pretext_accuracy")
+  record["heldout_accuracy"] = stages[-1].get("heldout_pretext_accuracy")
+  out = stored_dir(args, row, seed)
+  os.makedirs(out, exist_ok=True)
+  shutil.copy(os.path.join(workdir, "summary.json"), os.path.join(out, "summary.json"))
+  shutil.copy(probe_json, os.path.join(out, "probes.json"))
+  with open(os.path.join(out, "record.json"), "w") as f:
     json.dump(record, f, indent=2, sort_keys=True)
+  log(f"-- {run_name(args, row, seed)} stored in {out}")
   return record
+
+
+# ---- tables --------------------------------------------------------------------------------
+
+def load_records(results, task, tag=""):
+  """Every stored record of `task` with variant `tag`, in a stable order."""
+  records = []
+  for path in sorted(glob.glob(os.path.join(results, task, "*", "record.json"))):
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("probes") and record.get("tag", "") == tag:
+      records.append(record)
+  return records
 
 
 def mean_spread(values):
@@ -260,89 +395,171 @@ def fmt(mean, spread, digits=1):
   return f"{mean:.{digits}f}" if spread is None else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
+def _pct(value):
+  return None if value is None else 100.0 * value
+
+
 def aggregate(records):
-  """{mode: {block: (mean, sd), 'train_wall_s': (mean, sd), ...}} over seeds, modes in order."""
-  by_mode = {}
+  """{row: {block: (mean, sd), ...}} over seeds, rows in the table order."""
+  by_row = {}
   for r in records:
-    by_mode.setdefault(r["mode"], []).append(r)
+    by_row.setdefault(r.get("row", r.get("mode")), []).append(r)
   out = {}
-  order = MODES + (RANDOM,)
-  for mode in [m for m in order if m in by_mode] + [m for m in by_mode if m not in order]:
-    rs = by_mode[mode]
-    row = {b: mean_spread([r["probes"].get(b, {}).get("top1") for r in rs]) for b in BLOCKS}
-    row["train_wall_s"] = mean_spread([r.get("train_wall_s") for r in rs])
-    row["pretext_accuracy"] = mean_spread([r.get("pretext_accuracy") for r in rs])
-    row["seeds"] = [r["seed"] for r in rs]
-    out[mode] = row
+  for row in [r for r in ROWS if r in by_row] + [r for r in by_row if r not in ROWS]:
+    rs = sorted(by_row[row], key=lambda r: r["seed"])
+    entry = {b: mean_spread([r["probes"].get(b, {}).get("top1") for r in rs]) for b in BLOCKS}
+    entry["best"] = mean_spread([max((r["probes"].get(b, {}).get("top1") or 0.0)
+                                     for b in BLOCKS) for r in rs])
+    entry["train_wall_s"] = mean_spread([r.get("train_wall_s") for r in rs])
+    entry["pretext_accuracy"] = mean_spread([_pct(r.get("pretext_accuracy")) for r in rs])
+    entry["heldout_accuracy"] = mean_spread([_pct(r.get("heldout_accuracy")) for r in rs])
+    entry["training_tflops"] = mean_spread([r.get("training_tflops") for r in rs])
+    entry["epochs_per_stage"] = rs[0].get("epochs_per_stage")
+    entry["seeds"] = [r["seed"] for r in rs]
+    entry["values"] = {b: [r["probes"].get(b, {}).get("top1") for r in rs] for b in BLOCKS}
+    out[row] = entry
   return out
 
 
+def difference(table, a, b, block):
+  """(mean of a − mean of b, standard error of that difference or None) at `block`."""
+  (ma, sa), (mb, sb) = table[a][block], table[b][block]
+  if ma is None or mb is None:
+    return None, None
+  na, nb = len(table[a]["seeds"]), len(table[b]["seeds"])
+  if sa is None or sb is None:
+    return ma - mb, None
+  return ma - mb, math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+
+
+def comparisons(table):
+  """Lines comparing the rows a reader of the paper asks about, block by block."""
+  pairs = [("psl", "e2e", "equal images"), ("psl", "sl", "the ladder vs the hardest level"),
+           ("psl", "psl_f", "stop-gradient vs full gradients"),
+           ("psl_paper", "e2e_matched", "paper's protocol vs e2e at equal compute"),
+           ("psl_paper", "e2e", "paper's protocol vs e2e at equal epochs per stage"),
+           ("e2e", RANDOM, "what e2e pre-training adds"),
+           ("psl", RANDOM, "what PSL pre-training adds")]
+  lines = []
+  for a, b, what in pairs:
+    if a not in table or b not in table:
+      continue
+    cells = []
+    for block in BLOCKS + ("best",):
+      d, se = difference(table, a, b, block)
+      if d is None:
+        cells.append("–")
+        continue
+      mark = ""
+      if se:
+        mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
+      cells.append(f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark)
+    lines.append(f"| {a} − {b} | {what} | " + " | ".join(cells) + " |")
+  if not lines:
+    return []
+  return (["| Difference | question | B1 | B2 | B3 | B4 | B5 | best block |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"] + lines)
+
+
 def markdown(args, records, table):
-  """The results as Markdown: mean ± sd table, per-seed table, wall times, settings."""
-  seeds = ",".join(map(str, args.seeds))
-  lines = [f"### {args.task}: linear probes, top-1 % on the test split "
-           f"(mean ± sd over seeds {seeds})", "",
-           "| Method | B1 | B2 | B3 | B4 | B5 | pretext acc. (last stage) | train wall s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for mode, row in table.items():
-    cells = [fmt(*row[b]) for b in BLOCKS]
-    acc = row["pretext_accuracy"]
-    acc_cell = fmt(100 * acc[0], None if acc[1] is None else 100 * acc[1]) if acc[0] is not None else "–"
-    lines.append(f"| {mode} | " + " | ".join(cells) + f" | {acc_cell} | "
-                 f"{fmt(*row['train_wall_s'], digits=0)} |")
-  if "psl" in table and "e2e" in table:
-    best = {m: max((row[b][0] or 0.0) for b in BLOCKS) for m, row in table.items()}
-    lines += ["", f"Best block, PSL − e2e: {best['psl'] - best['e2e']:+.1f} points "
-              f"(psl {best['psl']:.1f}, e2e {best['e2e']:.1f}); B5, PSL − e2e: "
-              f"{(table['psl']['b5'][0] or 0) - (table['e2e']['b5'][0] or 0):+.1f}."]
-  lines += ["", "Per seed:", "", "| Run | B1 | B2 | B3 | B4 | B5 | train wall s | process s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for r in records:
+  """The results as Markdown: mean ± sd table, differences, per-seed table, settings."""
+  lines = [f"### {args.task}: linear probes, top-1 % on the test split (mean ± sample sd "
+           "over seeds)", "",
+           "| Row | seeds | epochs/stage | B1 | B2 | B3 | B4 | B5 | held-out pretext acc. "
+           "(last stage) | train pretext acc. | training TFLOPs | train wall s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for row, entry in table.items():
+    cells = [fmt(*entry[b]) for b in BLOCKS]
+    seeds = ",".join(map(str, entry["seeds"]))
+    lines.append(f"| {row} | {seeds} | {entry['epochs_per_stage'] or '–'} | " +
+                 " | ".join(cells) + f" | {fmt(*entry['heldout_accuracy'])} | "
+                 f"{fmt(*entry['pretext_accuracy'])} | {fmt(*entry['training_tflops'])} | "
+                 f"{fmt(*entry['train_wall_s'], digits=0)} |")
+  diff = comparisons(table)
+  if diff:
+    lines += ["", "Differences of the means (± standard error of the difference, "
+              "sqrt(sd_a²/n_a + sd_b²/n_b)):", "", *diff]
+  lines += ["", "Per seed (held-out pretext accuracy of every stage, %):", "",
+            "| Run | B1 | B2 | B3 | B4 | B5 | held-out per stage | train wall s |",
+            "|---|---:|---:|---:|---:|---:|---|---:|"]
+  for r in sorted(records, key=lambda r: (list(ROWS).index(r["row"]) if r["row"] in ROWS
+                                          else 99, r["seed"])):
     cells = [fmt(r["probes"].get(b, {}).get("top1"), None) for b in BLOCKS]
-    proc = (r.get("train_process_s") or 0) + (r.get("probe_process_s") or 0)
-    lines.append(f"| {r['mode']} s{r['seed']} | " + " | ".join(cells) +
-                 f" | {r.get('train_wall_s', 0):.0f} | {proc:.0f} |")
-  lines += ["", f"Settings: budget {args.budget}, cifar_resnet depth {args.depth} width "
-            f"{args.width}, {args.image_size} px, batch {args.batch_size}, "
-            f"{args.stage_epochs} epochs x {args.steps_per_epoch} steps per stage (e2e: "
-            f"{3 * args.stage_epochs} epochs in one stage), probes {args.probe_epochs} x "
-            f"{args.probe_steps} steps of {args.probe_batch_size}, probe lr "
-            f"{args.probe_learning_rate}; extra flags: {' '.join(args.extra) or 'none'}.", ""]
+    heldout = "/".join("–" if a is None else f"{100 * a:.1f}"
+                       for a in r.get("stage_heldout_accuracy") or [])
+    lines.append(f"| {r['row']} s{r['seed']} | " + " | ".join(cells) +
+                 f" | {heldout or '–'} | {r.get('train_wall_s', 0):.0f} |")
+  s = records[0]["settings"] if records else {k: getattr(args, k) for k in SETTINGS}
+  lines += ["", f"Settings: preset {records[0]['preset'] if records else args.preset}, "
+            f"cifar_resnet depth {s['depth']} width {s['width']}, {s['image_size']} px, batch "
+            f"{s['batch_size']}, {s['steps_per_epoch']} steps per epoch, E = "
+            f"{s['stage_epochs']} epochs per stage for the equal-images rows (e2e {3 * s['stage_epochs']}), "
+            f"probes: {s['probe_epochs']} epochs on {s['probe_inputs']}, batch "
+            f"{s['probe_batch_size']}, lr {s['probe_learning_rate']}; extra flags: "
+            f"{' '.join(args.extra) or 'none'}.", ""]
   return "\n".join(lines)
 
 
-def write_results(args, records):
-  """Writes results.md/.json/.png under <root>/<task>/; returns the Markdown."""
-  from psl_tf import report  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  out_dir = os.path.join(args.root, args.task)
+def plot(table, path, title):
+  """Accuracy per block, one line per row with sd error bars, the random floor dashed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
+  xs = list(range(len(BLOCKS)))
+  for row, entry in table.items():
+    present = [i for i, b in enumerate(BLOCKS) if entry[b][0] is not None]
+    means = [entry[BLOCKS[i]][0] for i in present]
+    errors = [entry[BLOCKS[i]][1] or 0.0 for i in present]
+    if row == RANDOM:
+      axes.plot(present, means, "k--", label=f"untrained floor (n={len(entry['seeds'])})")
+    else:
+      axes.errorbar(present, means, yerr=errors, marker="o", capsize=3,
+                    label=f"{row} (n={len(entry['seeds'])})")
+  axes.set_xticks(xs)
+  axes.set_xticklabels([b.upper() for b in BLOCKS])
+  axes.set_xlabel("block probed")
+  axes.set_ylabel("linear probe top-1 on the test split (%)")
+  axes.set_title(title)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize="small")
+  figure.tight_layout()
+  figure.savefig(path, format="png")
+  plt.close(figure)
+  return path
+
+
+def write_results(args, records=None):
+  """Writes results.md/.json/.png under <results>/<task>/ from the stored records."""
+  records = load_records(args.results, args.task, args.tag) if records is None else records
+  out_dir = os.path.join(args.results, args.task)
+  os.makedirs(out_dir, exist_ok=True)
   table = aggregate(records)
   text = markdown(args, records, table)
   stem = f"results{args.tag}"
   with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
     f.write(text)
   with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-    json.dump({"settings": {k: v for k, v in vars(args).items()}, "records": records,
-               "table": table}, f, indent=2, sort_keys=True)
-  rows = [(f"{mode} (n={len(row['seeds'])})",
-           {b: {"top1": row[b][0]} for b in BLOCKS if row[b][0] is not None})
-          for mode, row in table.items()]
-  report.plot(rows, os.path.join(out_dir, f"{stem}.png"),
-              title=f"{args.task}: linear probes per block (seed means)")
+    json.dump({"table": table, "runs": [r["row"] + f"_s{r['seed']}" for r in records]}, f,
+              indent=2, sort_keys=True)
+  if table:
+    plot(table, os.path.join(out_dir, f"{stem}.png"),
+         f"{args.task}: linear probes per block (mean ± sd over seeds)")
   return text
 
 
 def main(argv=None):
   args = parse_args(argv)
-  os.makedirs(os.path.join(args.root, args.task), exist_ok=True)
   start = time.time()
-  records = []
-  for seed in args.seeds:  # seed-major: a partial run still has every mode of seed 0
-    for mode in args.modes + ([RANDOM] if args.random_baseline else []):
-      records.append(run_one(args, mode, seed))
-  text = write_results(args, records)
+  if args.phase == "all":
+    os.makedirs(os.path.join(args.root, args.task), exist_ok=True)
+    for seed in args.seeds:  # seed-major: a partial campaign still has every row of seed 0
+      for row in args.rows + ([RANDOM] if args.random_baseline else []):
+        run_one(args, row, seed)
+  text = write_results(args)
   print(text)
-  print(f"reproduce: {len(records)} runs in {time.time() - start:.0f} s; wrote "
-        f"{os.path.join(args.root, args.task)}/results{args.tag}.md/.json/.png")
+  print(f"reproduce: {time.time() - start:.0f} s; wrote "
+        f"{os.path.join(args.results, args.task)}/results{args.tag}.md/.json/.png")
 
 
 if __name__ == "__main__":

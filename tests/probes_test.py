@@ -152,3 +152,57 @@ def test_views_same_eagerly_and_in_tf_data():
   b = train(image, 0, tf.constant([1, 2], tf.int64))[0]
   c = train(image, 0, tf.constant([5, 9], tf.int64))[0]
   assert not (np.array_equal(a, b) and np.array_equal(a, c))
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_probes_on_stored_features_learn_separable_toy_and_stay_at_chance_on_shuffled(shuffled):
+  backbone = _small_backbone()
+  before = probes.backbone_snapshot(backbone)
+  train_x, train_y = _toy(256, 1, shuffled)
+  test_x, test_y = _toy(400, 2, shuffled)
+  results, poolings = probes.linear_probe_on_features(
+      backbone, probes.tf_dataset_from_arrays(train_x, train_y, 64, False),
+      probes.tf_dataset_from_arrays(test_x, test_y, 100, False), num_classes=4, image_size=16,
+      epochs=12, batch_size=32, learning_rate=0.05, lr_step_split="3,1", num_train=256)
+  top1 = [results[b]["top1"] for b in ("b1", "b2", "b3", "b4", "b5")]
+  if shuffled:
+    assert max(top1) < 40.0, top1  # chance is 25%
+  else:
+    assert min(top1) > 90.0, top1
+    # The training curve is recorded per epoch, and ends high on separable data.
+    assert all(len(results[b]["train_curve"]) == 12 for b in results)
+    assert min(results[b]["train_curve"][-1] for b in results) > 90.0
+  assert set(poolings) == set(results)
+  for a, b in zip(before, probes.backbone_snapshot(backbone)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stored_features_are_the_probe_models_pooled_inputs():
+  backbone = _small_backbone()
+  images = np.random.default_rng(3).uniform(size=(10, 16, 16, 3)).astype(np.float32)
+  extract, _ = probes.feature_extractor(backbone, 16)
+  dataset = probes.tf_dataset_from_arrays(images, np.arange(10), 4, False)
+  allocated, labels = probes.extract_features(extract, dataset, num_examples=10)
+  appended, _ = probes.extract_features(extract, dataset)
+  np.testing.assert_array_equal(labels, np.arange(10))
+  model, _ = probes.build_probe_model(backbone, 16, 3)
+  sizes = probes.feature_sizes(backbone, 16)
+  for name in sizes:
+    assert allocated[name].dtype == probes.FEATURE_DTYPE
+    np.testing.assert_array_equal(allocated[name], appended[name])
+    # The same pooled vector the image-fed probe's linear layer sees.
+    assert allocated[name].shape == (10, sizes[name])
+    assert model.get_layer(f"{name}_linear").kernel.shape[0] == sizes[name]
+    pooled = keras.Model(model.input, model.get_layer(f"{name}_pool_flat").output)(images)
+    np.testing.assert_allclose(allocated[name], np.asarray(pooled), rtol=2e-3, atol=2e-3)
+
+
+def test_non_finite_backbone_features_are_refused():
+  backbone = _small_backbone()
+  kernel = next(v for v in backbone.weights if "kernel" in v.path)
+  kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+  extract, _ = probes.feature_extractor(backbone, 16)
+  images = np.zeros((4, 16, 16, 3), np.float32)
+  with pytest.raises(ValueError, match="non-finite"):
+    probes.extract_features(extract, probes.tf_dataset_from_arrays(images, np.arange(4), 4,
+                                                                   False))

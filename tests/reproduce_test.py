@@ -29,22 +29,47 @@ def _image_folder(root, classes=2, train=6, test=4, size=32):
   return str(root)
 
 
-def test_e2e_gets_the_three_stages_epochs_and_budget_overrides(tmp_path):
+def test_e2e_gets_the_three_stages_epochs_and_preset_overrides(tmp_path):
   data = _image_folder(tmp_path / "data")
-  args = reproduce.parse_args(["--data", data, "--budget=small", "--stage_epochs=3",
+  args = reproduce.parse_args(["--data", data, "--preset=small", "--stage_epochs=3",
                                "--width=8", "--root", str(tmp_path / "runs")])
-  assert args.width == 8 and args.depth == reproduce.BUDGETS["small"]["depth"]
+  assert args.width == 8 and args.depth == reproduce.PRESETS["small"]["depth"]
   e2e = reproduce.train_command(args, "e2e", 0)
   psl = reproduce.train_command(args, "psl", 1)
   assert "--epochs=9" in e2e and "--epochs=3" in psl
   assert "--mode=e2e" in e2e and "--seed=1" in psl
   assert any(a.startswith("--workdir=") and a.endswith("psl_s1") for a in psl)
+  # The paper's protocol: every stage as long as e2e.
+  paper = reproduce.train_command(args, "psl_paper", 0)
+  assert "--mode=psl" in paper and "--epochs=9" in paper
+
+
+def test_matched_e2e_costs_what_the_paper_protocol_psl_costs(tmp_path, monkeypatch):
+  data = _image_folder(tmp_path / "data")
+  args = reproduce.parse_args(["--data", data, "--preset=cifar10", "--root", str(tmp_path),
+                               "--results", str(tmp_path / "results")])
+  # Block FLOPs of cifar_resnet depth 10 width 16 at 32 px are dominated by B2..B4.
+  monkeypatch.setattr(reproduce, "block_flops", lambda *a: [1, 4, 3, 3, 3])
+  # psl stages: S1 = 3*(1+4+3); S2 = 1 + 3*(4+3+3); S3 = 1+4 + 3*(3+3+3); e2e = 3*14.
+  assert reproduce.stage_costs("psl", [1, 4, 3, 3, 3]) == [24, 31, 32]
+  assert reproduce.stage_costs("e2e", [1, 4, 3, 3, 3]) == [42]
+  e = args.stage_epochs
+  assert reproduce.epochs_of(args, "e2e_matched") == round(87 * 3 * e / 42)
+  # Both rows then cost the same within one epoch of e2e.
+  paper = reproduce.training_tflops(args, "psl_paper", reproduce.epochs_of(args, "psl_paper"))
+  matched = reproduce.training_tflops(args, "e2e_matched",
+                                      reproduce.epochs_of(args, "e2e_matched"))
+  one_epoch = reproduce.training_tflops(args, "e2e", 1)
+  assert abs(paper - matched) <= one_epoch / 2
+  with open(tmp_path / "results" / "flops.json") as f:
+    assert list(json.load(f).values()) == [[1, 4, 3, 3, 3]]
 
 
 def test_extra_flags_get_their_own_run_directories(tmp_path):
   data = _image_folder(tmp_path / "data")
   args = reproduce.parse_args(["--data", data, "--extra=--frozen_bn=batch_stats"])
   assert args.tag == "_frozenbnbatchstats"
+  assert reproduce.run_name(args, "psl", 0) == "psl_frozenbnbatchstats_s0"
   assert reproduce.run_dir(args, "psl", 0).endswith("psl_frozenbnbatchstats_s0")
   assert "--frozen_bn=batch_stats" in reproduce.train_command(args, "psl", 0)
 
@@ -56,7 +81,7 @@ def test_bad_data_folder_and_mode_are_one_line_errors(tmp_path, capsys):
   data = _image_folder(tmp_path / "data")
   with pytest.raises(SystemExit):
     reproduce.parse_args(["--data", data, "--modes=psl,bogus"])
-  assert "unknown mode(s) bogus" in capsys.readouterr().err
+  assert "unknown row(s) bogus" in capsys.readouterr().err
 
 
 def test_random_baseline_is_the_seeds_initialisation(tmp_path):
@@ -64,7 +89,7 @@ def test_random_baseline_is_the_seeds_initialisation(tmp_path):
   from psl_tf import runs  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
   data = _image_folder(tmp_path / "data")
-  args = reproduce.parse_args(["--data", data, "--budget=tiny", "--root", str(tmp_path / "r")])
+  args = reproduce.parse_args(["--data", data, "--preset=tiny", "--root", str(tmp_path / "r")])
   for seed in (0, 1):
     reproduce.write_random_run(args, seed)
   keras.utils.set_random_seed(1)
@@ -79,45 +104,86 @@ def test_random_baseline_is_the_seeds_initialisation(tmp_path):
   assert kernels and not any(np.array_equal(a, b) for a, b in kernels)
 
 
+def _record(row, seed, b1, b5, heldout=0.5):
+  mode, protocol = reproduce.ROWS[row]
+  return {"row": row, "mode": mode or "random", "protocol": protocol, "seed": seed, "tag": "",
+          "preset": "tiny", "settings": {k: 1 for k in reproduce.SETTINGS},
+          "probes": {"b1": {"top1": b1}, "b5": {"top1": b5}}, "train_wall_s": 60.0 + seed,
+          "pretext_accuracy": 0.6, "heldout_accuracy": heldout,
+          "stage_heldout_accuracy": [0.9, 0.7, heldout], "training_tflops": 2.0,
+          "epochs_per_stage": 1}
+
+
 def test_aggregate_gives_mean_and_sample_sd_over_seeds():
-  records = [
-      {"mode": "e2e", "seed": 0, "probes": {"b1": {"top1": 10.0}, "b5": {"top1": 30.0}},
-       "train_wall_s": 100.0, "pretext_accuracy": 0.5},
-      {"mode": "psl", "seed": 0, "probes": {"b1": {"top1": 20.0}, "b5": {"top1": 40.0}},
-       "train_wall_s": 60.0, "pretext_accuracy": 0.6},
-      {"mode": "psl", "seed": 1, "probes": {"b1": {"top1": 22.0}, "b5": {"top1": 44.0}},
-       "train_wall_s": 70.0, "pretext_accuracy": 0.7},
-  ]
+  records = [_record("e2e", 0, 10.0, 30.0), _record("psl", 0, 20.0, 40.0),
+             _record("psl", 1, 22.0, 44.0)]
   table = reproduce.aggregate(records)
-  assert list(table) == ["psl", "e2e"]  # the paper's order, not the records'
+  assert list(table) == ["psl", "e2e"]  # the table's order, not the records'
   assert table["psl"]["b1"] == pytest.approx((21.0, np.std([20, 22], ddof=1)))
   assert table["psl"]["b5"][0] == pytest.approx(42.0)
+  assert table["psl"]["best"][0] == pytest.approx(42.0)
   assert table["e2e"]["b5"] == (30.0, None)  # one seed: no spread
   assert table["psl"]["b2"] == (None, None)
+  assert table["psl"]["heldout_accuracy"][0] == pytest.approx(50.0)
   assert reproduce.fmt(*table["psl"]["b1"]) == "21.0 ± 1.4"
   assert reproduce.fmt(*table["e2e"]["b5"]) == "30.0"
 
 
+def test_tables_are_built_from_the_stored_records_alone(tmp_path):
+  results = tmp_path / "results"
+  stored = [_record("psl", s, 40.0 + s, 50.0 + s) for s in (0, 1, 2)]
+  stored += [_record("e2e", s, 30.0 + s, 40.0 - s) for s in (0, 1, 2)]
+  stored += [_record("random", s, 35.0, 30.0, heldout=None) for s in (0, 1)]
+  for record in stored:
+    folder = results / "rotation" / f"{record['row']}_s{record['seed']}"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(record))
+  # A record of another variant (tag) and an unprobed one are left out.
+  other = dict(_record("psl", 5, 99.0, 99.0), tag="_x")
+  (results / "rotation" / "psl_x_s5").mkdir()
+  (results / "rotation" / "psl_x_s5" / "record.json").write_text(json.dumps(other))
+  (results / "rotation" / "psl_s9").mkdir()
+  (results / "rotation" / "psl_s9" / "record.json").write_text(json.dumps({"row": "psl"}))
+  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results)])
+  text = (results / "rotation" / "results.md").read_text()
+  assert "| psl | 0,1,2 | 1 | 41.0 ± 1.0 |" in text
+  assert "| random | 0,1 |" in text
+  # psl − e2e at B1: +10.0, standard error sqrt(1/3 + 1/3) = 0.8: outside 2 SE.
+  assert "| psl − e2e | equal images | +10.0 ± 0.8 (outside 2 SE) |" in text
+  assert "| psl s2 | 42.0 | – | – | – | 52.0 | 90.0/70.0/50.0 | 62 |" in text
+  assert "99.0" not in text
+  table = json.loads((results / "rotation" / "results.json").read_text())["table"]
+  assert sorted(table) == ["e2e", "psl", "random"]
+  assert (results / "rotation" / "results.png").stat().st_size > 0
+
+
 @pytest.mark.slow
-def test_all_five_modes_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
+def test_every_row_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
   data = _image_folder(tmp_path / "data")
-  root = str(tmp_path / "runs")
-  argv = ["--task=rotation", "--data", data, "--root", root, "--budget=tiny", "--seeds=0"]
+  root, results = str(tmp_path / "runs"), str(tmp_path / "results")
+  argv = ["--task=rotation", "--data", data, "--root", root, "--results", results,
+          "--preset=tiny", "--seeds=0", "--rows=" + ",".join(r for r in reproduce.ROWS
+                                                             if r != reproduce.RANDOM)]
   reproduce.main(argv)
-  out = os.path.join(root, "rotation")
-  with open(os.path.join(out, "results.json")) as f:
-    results = json.load(f)
-  assert (sorted(r["mode"] for r in results["records"]) ==
-          sorted(reproduce.MODES + (reproduce.RANDOM,)))
-  for record in results["records"]:
+  out = os.path.join(results, "rotation")
+  records = reproduce.load_records(results, "rotation")
+  assert sorted(r["row"] for r in records) == sorted(reproduce.ROWS)
+  for record in records:
     assert set(record["probes"]) == set(reproduce.BLOCKS)
     assert all(0.0 <= v["top1"] <= 100.0 for v in record["probes"].values())
-    # The random row is the untrained initialisation: no training time.
-    assert (record["train_wall_s"] > 0) == (record["mode"] != reproduce.RANDOM)
+    # The random row is the untrained initialisation: no training time, no compute.
+    assert (record["train_wall_s"] > 0) == (record["row"] != reproduce.RANDOM)
+    assert (record["training_tflops"] > 0) == (record["row"] != reproduce.RANDOM)
+    stored = os.path.join(out, f"{record['row']}_s0")
+    assert sorted(os.listdir(stored)) == ["probes.json", "record.json", "summary.json"]
+    if record["row"] != reproduce.RANDOM:
+      assert all(0 <= a <= 1 for a in record["stage_heldout_accuracy"])
   text = open(os.path.join(out, "results.md")).read()
-  assert "| psl |" in text and "| e2e |" in text and "PSL − e2e" in text
+  assert "| psl |" in text and "| e2e_matched |" in text and "psl − e2e" in text
   assert os.path.getsize(os.path.join(out, "results.png")) > 0
-  # A second call finds every run finished and probed: no process is started.
+  # Run directories gone (a new machine): the stored records alone skip every run.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(root)
   def no_run(cmd, log_path):
     raise AssertionError(f"re-ran {cmd}")
   monkeypatch.setattr(reproduce, "_run", no_run)

@@ -1,0 +1,122 @@
+r"""Wall time of the linear probes: heads on stored features vs heads on augmented images.
+
+  python scripts/bench_probes.py --data=/tmp/cifar10 --epochs=10
+
+On one backbone (a run's last stage with --workdir, else an untrained cifar_resnet), in one
+process:
+
+* `features`: the whole `--probe_inputs=features` protocol, timed end to end: one compiled
+  pass over the training and test splits, `--epochs` passes of the five heads over the stored
+  features, the test scores;
+* `images`: `--image_steps` steps of the `--probe_inputs=images` protocol (backbone on a random
+  crop + flip of every batch, five heads), timed after warm-up and scaled to `--epochs` passes
+  over the training split, plus one centre-crop pass over the test split (timed);
+* `e2e epoch`: `--train_steps` rotation e2e pre-training steps (batch 128, real pipeline),
+  scaled to one pass over the training split: the unit a reader compares the probes with.
+
+Prints the three wall times and their ratios. The machine is shared; ratios from one run are
+the numbers to quote.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+tf = quiet.import_tensorflow_quietly()
+
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import probes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import views  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data", default="/tmp/cifar10", help="image folder with train/ test/")
+  parser.add_argument("--workdir", default=None, help="a run to probe (default: untrained)")
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--image_steps", type=int, default=40)
+  parser.add_argument("--train_steps", type=int, default=40)
+  return parser.parse_args()
+
+
+def backbone_of(args):
+  if args.workdir:
+    return runs.load_run(args.workdir).build_backbone()
+  keras.utils.set_random_seed(0)
+  return models.build_backbone("cifar_resnet", depth=10, width=16)
+
+
+def main():
+  args = parse_args()
+  size, resize = args.image_size, round(args.image_size * 256 / 224)
+  folder = f"folder:{args.data}"
+  train = data.load_source(folder, "train", None, "none")
+  test = data.load_source(folder, "test", None, "none")
+  n_train = train.num_examples
+
+  # 1. The stored-features protocol, end to end.
+  backbone = backbone_of(args)
+  start = time.perf_counter()
+  results, _ = probes.linear_probe_on_features(
+      backbone, views.labelled_dataset(train, size, resize, 256, training=False),
+      views.labelled_dataset(test, size, resize, 256, training=False), train.num_classes,
+      size, args.epochs, args.batch_size, learning_rate=0.01, num_train=n_train,
+      num_eval=test.num_examples)
+  features_s = time.perf_counter() - start
+  print(f"features: {features_s:.0f} s for {args.epochs} epochs on {n_train} images; top-1 "
+        + " ".join(f"{k} {v['top1']:.1f}" for k, v in results.items()), flush=True)
+
+  # 2. The augmented-images protocol: timed steps, scaled to the same epochs.
+  backbone = backbone_of(args)
+  model, _ = probes.build_probe_model(backbone, size, train.num_classes)
+  steps_per_epoch = math.ceil(n_train / args.batch_size)
+  dataset = views.labelled_dataset(train, size, resize, args.batch_size, training=True)
+  probes.train_probes(model, dataset, 1, 3)  # compile and warm up
+  start = time.perf_counter()
+  model.fit(dataset.map(lambda x, y: (x, {k: y for k in model.output})), epochs=1,
+            steps_per_epoch=args.image_steps, verbose=0)
+  per_step = (time.perf_counter() - start) / args.image_steps
+  start = time.perf_counter()
+  probes.evaluate_probes(model, views.labelled_dataset(test, size, resize, 256, training=False))
+  eval_s = time.perf_counter() - start
+  images_s = per_step * steps_per_epoch * args.epochs + eval_s
+  print(f"images: {per_step * 1000:.0f} ms/step x {steps_per_epoch} steps x {args.epochs} "
+        f"epochs + {eval_s:.0f} s test pass = {images_s:.0f} s (scaled from {args.image_steps} "
+        "steps)", flush=True)
+
+  # 3. One e2e rotation pre-training epoch at the campaign's batch of 128.
+  backbone = backbone_of(args)
+  task = tasks.build_task("rotation", image_spec=tasks.ImageSpec(size, resize))
+  stage = stages.make_stages("e2e", 3)[0]
+  head = task.build_head(backbone.get_layer("b5").output.shape[1:], stage.level)
+  stage_model = trainer.StageModel(backbone, task, stage, head, weight_decay=5e-4)
+  stage_model.compile(optimizer=optim.build_optimizer("sgd", 0.1, 0.9))
+  pipeline = data.make_input_fn(train, task.example_fn(stage.level, True), 128)()
+  stage_model.fit(pipeline, epochs=1, steps_per_epoch=3, verbose=0)
+  start = time.perf_counter()
+  stage_model.fit(pipeline, epochs=1, steps_per_epoch=args.train_steps, verbose=0)
+  epoch_s = (time.perf_counter() - start) / args.train_steps * math.ceil(n_train / 128)
+  print(f"e2e pre-training epoch: {epoch_s:.0f} s (scaled from {args.train_steps} steps)")
+  print(f"ratios: images / features = {images_s / features_s:.1f}x; features probe = "
+        f"{features_s / epoch_s:.2f} e2e pre-training epochs; images probe = "
+        f"{images_s / epoch_s:.2f} e2e pre-training epochs")
+
+
+if __name__ == "__main__":
+  main()

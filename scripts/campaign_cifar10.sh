@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CIFAR-10 campaign behind docs/RESULTS.md ("Does PSL beat e2e?"), in the order that
+# answers the main question first. Every step skips the runs whose results are already stored
+# under docs/results/cifar10/, so the script can be started again after a kill, in a new
+# session or on a new machine, and it continues where the stored results end.
+#
+#   bash scripts/campaign_cifar10.sh [RESULTS_DIR] [RUNS_DIR]
+#
+# Run it from a checkout that nobody edits while it runs (e.g. `git worktree add`), with
+# RESULTS_DIR pointing into the checkout you commit from. CIFAR-10 comes from
+# ../shared/data/cifar10-jpeg.tar.gz, unpacked once to /tmp/cifar10 (a fixed path: it is part
+# of each run's flags, and a run resumes only with the same flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS="${1:-docs/results/cifar10}"
+RUNS="${2:-/tmp/psl_campaign}"
+DATA=/tmp/cifar10
+if [ ! -d "$DATA/train" ]; then
+  mkdir -p "$DATA" && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$DATA"
+fi
+step() {
+  echo "== $(date -u +%H:%M:%S) reproduce.py $*"
+  python scripts/reproduce.py --preset=cifar10 --data="$DATA" --root="$RUNS" \
+      --results="$RESULTS" "$@"
+}
+for task in rotation jigsaw; do
+  step --task=$task --rows=e2e,psl --seeds=0
+  step --task=$task --rows=e2e,psl --seeds=1,2
+  step --task=$task --rows=sl,psl_f --seeds=0,1
+  step --task=$task --rows=psl_paper,e2e_matched --seeds=0,1
+done
+echo "== $(date -u +%H:%M:%S) campaign finished"
