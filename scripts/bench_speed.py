@@ -186,11 +186,14 @@ def time_steps(named_models, batches, rounds, warmup=2):
     for _ in range(warmup):
       model.train_on_batch(*batches[name])
   times = {name: [] for name in named_models}
+  cpu_times = {name: [] for name in named_models}
   for _ in range(rounds):
     for name, model in named_models.items():
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.process_time()
       model.train_on_batch(*batches[name])
       times[name].append(time.perf_counter() - start)
+      cpu_times[name].append(time.process_time() - cpu)
+  time_steps.cpu_times = cpu_times  # CPU seconds per step, for callers that want them
   return times
 
 
@@ -276,20 +279,24 @@ def step_table(args, policies):
 
   print("\nblock forward GFLOPs per image: " +
         ", ".join(f"B{i + 1} {f / 1e9:.3f}" for i, f in enumerate(flops)))
+  cpu_times = time_steps.cpu_times
   print(f"\n{'step':<32}{'ms/step':>10}{'images/s':>10}{'vs e2e':>8}{'FLOPs predict':>15}"
-        f"{'vs float32':>12}")
+        f"{'vs float32':>12}{'CPU vs float32':>16}")
   for name in named:
     base, _, policy = name.partition("@")
     e2e_name = "e2e" + (f"@{policy}" if policy else "")
     ratios = [t / e for t, e in zip(times[name], times[e2e_name])]
     stage = stage_of.get(name)
     pred = f"{predicted_ratio(stage, flops):.2f}" if stage else "-"
-    speedup = "-"
+    speedup = cpu_speedup = "-"
     if policy and policy != "float32" and f"{base}@float32" in times:
-      speedup = f"{statistics.median([f / t for t, f in zip(times[name], times[base + '@float32'])]):.2f}x"
+      ref = base + "@float32"
+      speedup = f"{statistics.median([f / t for t, f in zip(times[name], times[ref])]):.2f}x"
+      # Total CPU seconds (all threads) per step: less disturbed by other jobs than wall time.
+      cpu_speedup = f"{sum(cpu_times[ref]) / sum(cpu_times[name]):.2f}x"
     median = statistics.median(times[name])
     print(f"{name:<32}{1000 * median:>10.1f}{args.batch_size / median:>10.1f}"
-          f"{statistics.median(ratios):>8.2f}{pred:>15}{speedup:>12}")
+          f"{statistics.median(ratios):>8.2f}{pred:>15}{speedup:>12}{cpu_speedup:>16}")
   e2e_name = "e2e" if len(policies) == 1 else f"e2e@{policies[0]}"
   e2e_rate = args.batch_size / statistics.median(times[e2e_name])
   print(f"\ninput pipelines ({args.data}), images/s vs the {e2e_name} step's "
