@@ -133,18 +133,34 @@ def load_heldout_source(dataset, split="auto", data_dir=None, image_check="full"
 
 # ---- image folders -----------------------------------------------------------------------
 
+# The formats tf.io.decode_image reads, by their first bytes. A file PIL reads but TensorFlow
+# does not (a TIFF named .png, say) would pass a PIL check and then vanish in the pipeline.
+_TF_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
 def _check_image(path, mode):
+  """True if `path` is an image the input pipeline can decode.
+
+  mode: 'full' decodes it with the pipeline's own decoder (`_decode_file`); 'header' checks
+  that it is a format TensorFlow decodes and that PIL can parse its header; 'none' only
+  that it is not empty.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     if os.path.getsize(path) == 0:
       return False
     if mode == "none":
       return True
-    with Image.open(path) as image:
-      if mode == "header":
+    with open(path, "rb") as f:
+      if not f.read(4).startswith(_TF_IMAGE_MAGIC):
+        return False
+    if mode == "header":
+      with Image.open(path) as image:
         image.verify()
-      else:
-        image.load()
+    else:
+      image, _ = _decode_file(tf.constant(path), tf.constant(0, tf.int64))
+      if min(image.shape[:2]) < 1:
+        return False
     return True
   except Exception:  # pylint: disable=broad-except  (any failure means: skip this file)
     return False
@@ -192,7 +208,8 @@ def list_image_folder(path, split="train", image_check="full"):
                     len(bad), root, ", ".join(bad[:3]))
   kept = [(f, l) for f, l, good in zip(files, labels, ok) if good]
   if not kept:
-    raise DataError(f"none of the {len(files)} image files under {root} could be read")
+    raise DataError(f"none of the {len(files)} image files under {root} could be decoded "
+                    f"by TensorFlow (JPEG, PNG, GIF, BMP), e.g. {bad[0]}")
   return [f for f, _ in kept], [l for _, l in kept], class_names, len(bad)
 
 
@@ -216,11 +233,17 @@ def folder_source(path, split="train", image_check="full"):
 
 # ---- TFDS --------------------------------------------------------------------------------
 
-def check_tfds_name(name):
+def check_tfds_name(name, data_dir=None):
   """Raises DataError unless `name` ('cifar10', 'voc/2007', 'imagenet2012:5.1.0') names a
-  TFDS builder. Looks only at the installed catalogue, never the network."""
+  TFDS builder or a data set already prepared in `data_dir` (for example one written by
+  `tfds.dataset_builders.store_as_tfds_dataset`). Looks only at the installed catalogue and
+  the disk, never the network."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   base = name.split("/")[0].split(":")[0]
+  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+  if os.path.isdir(os.path.join(root, base)):
+    return
   if base not in tfds.list_builders(with_community_datasets=False):
     raise DataError(f"unknown data set {name!r}: not 'demo', not 'folder:PATH', and not a "
                     "TFDS name (see tfds.list_builders())")
@@ -228,10 +251,12 @@ def check_tfds_name(name):
 
 def tfds_source(name, split, data_dir=None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-  check_tfds_name(name)
+  check_tfds_name(name, data_dir)
   try:
+    # A fixed file-shuffle seed: the same run reads the same order (exact resume).
     dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True,
-                              shuffle_files=True)
+                              shuffle_files=True,
+                              read_config=tfds.ReadConfig(shuffle_seed=0))
   except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
     raise DataError(f"cannot load TFDS {name!r} split {split!r}: "
                     f"{str(e).strip().splitlines()[0]}") from e
@@ -311,7 +336,7 @@ def _identity(image, label):
 # ---- input pipelines ---------------------------------------------------------------------
 
 def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
-                  shuffle_buffer=10_000, batch_fn=None):
+                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0, batch_fn=None):
   """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
 
   Args:
@@ -321,6 +346,10 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     seed: base seed of the shuffle and of every augmentation.
     training: shuffle and repeat forever (the trainer counts steps) if True.
     shuffle_buffer: elements in the shuffle buffer.
+    steps_per_epoch: with `training`, make every epoch its own pipeline of exactly this many
+      batches, shuffled and augmented from (seed, pipeline, epoch) alone, so a run resumed at
+      epoch `first_epoch` sees the very batches an uninterrupted run sees from there on.
+    first_epoch: the epoch the returned data set starts at (with `steps_per_epoch`).
     batch_fn: the task's batched form of `example_fn` (`Task.batch_fn`), used instead of it
       when the source is held in memory (images of one size): the same batches, with the
       image ops run once per batch, which leaves more of the cores to the training step.
@@ -337,6 +366,16 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
       batch_size = context.get_per_replica_batch_size(global_batch_size)
       if context.num_input_pipelines > 1:
         ds = ds.shard(context.num_input_pipelines, pipeline_id)
+    if training and steps_per_epoch:
+      batched = batch_fn if source.in_memory else None
+      ds = _epoch_seeded(ds, source.decode, example_fn, steps_per_epoch * batch_size,
+                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer,
+                         batch_fn=batched, batch_size=batch_size)
+      if batched is None:
+        ds = ds.batch(batch_size, drop_remainder=True)
+      options = tf.data.Options()
+      options.experimental_optimization.map_parallelization = True
+      return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     if training:
       ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + pipeline_id,
                       reshuffle_each_iteration=True).repeat()
@@ -359,3 +398,32 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
   return input_fn
+
+
+def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_epoch,
+                  shuffle_buffer, batch_fn=None, batch_size=None):
+  """Examples of epochs first_epoch, first_epoch + 1, ... (forever), `per_epoch` each.
+
+  Epoch e is shuffled with seed (stream_seed, e) and its examples are augmented with the
+  counters e * per_epoch + i, so its content depends on nothing but (seed, pipeline, e): the
+  position of the input pipeline is the epoch number the checkpoint already holds.
+  With `batch_fn` (elements decoded in memory), batches of `batch_size` (which divides
+  `per_epoch`) are augmented whole, with the same per-example counters.
+  """
+  stream_seed = tf.constant(stream_seed, tf.int64)
+
+  def one_epoch(epoch):
+    ds = elements.shuffle(shuffle_buffer, seed=stream_seed * 1_000_003 + epoch,
+                          reshuffle_each_iteration=True).repeat()
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
+    ds = ds.take(per_epoch).enumerate(start=epoch * per_epoch)
+    if batch_fn is not None:
+      return ds.batch(batch_size, drop_remainder=True).map(
+          lambda i, pair: batch_fn(pair[0], pair[1],
+                                   tf.stack([tf.fill(tf.shape(i), stream_seed), i], axis=1)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda i, pair: example_fn(pair[0], pair[1], tf.stack([stream_seed, i])),
+                  num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order
+
+  return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)

@@ -67,6 +67,9 @@ def export_run(workdir, stage=None, output=None):
       `<workdir>/export_stage_<k>` for an earlier one).
   """
   run = runs_lib.load_run(workdir, stage)
+  if output is not None and os.path.exists(output) and not os.path.isdir(output):
+    raise ValueError(f"--output={output} is a file; a SavedModel is a directory: pass a new "
+                     "or existing directory")
   if output is None:
     last = wd.finished_stages(workdir)[-1]
     output = os.path.join(workdir, "export" if run.stage == last else f"export_stage_{run.stage}")

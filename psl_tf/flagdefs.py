@@ -5,12 +5,15 @@ Task-specific flags are named `<task prefix>_<option>` (e.g. `--rotation_crop`) 
 task's constructor as `option=` (see `Task.option_prefixes`).
 """
 
+import math
+
 from absl import flags
 
 # Flags that may change when a run is resumed: they do not change what is learned.
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
                          "jigsaw_cache_dir", "online_probes", "heldout_split",
-                         "heldout_examples", "cache"})
+                         "heldout_examples", "first_batch_timeout", "deterministic",
+                         "cache"})
 
 
 def define_train_flags():
@@ -89,6 +92,11 @@ def define_train_flags():
   flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
                     "tf.distribute strategy.")
   flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+  flags.DEFINE_integer("first_batch_timeout", 600, "Seconds a stage may wait for its first "
+                       "batch before the run stops with an error (0: wait forever).")
+  flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops "
+                    "(tf.config.experimental.enable_op_determinism): reruns and resumed runs "
+                    "give bit-identical weights; slower.")
   # Task options: <prefix>_<option>.
   flags.DEFINE_enum("rotation_crop", "uniform", ["uniform", "per_angle"],
                     "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
@@ -134,3 +142,61 @@ def define_train_flags():
   flags.DEFINE_integer("mocov2_queue_size", 65536, "MoCo v2: negatives in the queue.")
   flags.DEFINE_float("mocov2_key_momentum", 0.999, "MoCo v2: EMA momentum m of the key "
                      "encoder.")
+
+
+_INT_MAX = 2**31 - 1
+# Allowed range of every numeric flag: (low, high, low_is_open). Values outside it (or NaN)
+# are refused in one line before anything is built. A test checks that every integer and float
+# flag is listed here.
+RANGES = {
+    "heldout_examples": (0, _INT_MAX, False),
+    "image_size": (8, 1024, False),
+    "resize": (0, 4096, False),
+    "shuffle_buffer": (1, 10**8, False),
+    "depth": (1, 1000, False),
+    "width": (1, 4096, False),
+    "filters_factor": (1, 64, False),
+    "head_hidden": (0, 65536, False),
+    "batch_size": (1, 65536, False),
+    "steps_per_epoch": (0, 10**9, False),
+    "learning_rate": (0.0, 100.0, True),
+    "momentum": (0.0, 1.0, False),
+    "weight_decay": (0.0, 1.0, False),
+    "lr_decay": (0.0, 1.0, True),
+    "warmup_epochs": (0.0, 10**6, False),
+    "seed": (0, _INT_MAX, False),
+    "verbose": (0, 2, False),
+    "first_batch_timeout": (0, 10**6, False),
+    "jigsaw_perm_seed": (0, _INT_MAX, False),
+    "jigsaw_resize": (0, 4096, False),
+    "jigsaw_crop": (0, 4096, False),
+    "jigsaw_cell": (0, 4096, False),
+    "jigsaw_tile": (0, 4096, False),
+    "jigsaw_color_jitter": (0.0, 10.0, False),
+    "jigsaw_grayscale": (0.0, 1.0, False),
+    "contrastive_crop_min_scale": (0.0, 1.0, True),
+    "contrastive_color_strength": (0.0, 10.0, False),
+    "contrastive_color_prob": (0.0, 1.0, False),
+    "contrastive_gray_prob": (0.0, 1.0, False),
+    "contrastive_blur_prob": (0.0, 1.0, False),
+    "contrastive_sobel_prob": (0.0, 1.0, False),
+    "contrastive_proj_dim": (1, 65536, False),
+    "simclr_temperature": (0.0, 100.0, True),
+    "mocov2_temperature": (0.0, 100.0, True),
+    "mocov2_queue_size": (1, 10**8, False),
+    "mocov2_key_momentum": (0.0, 1.0, False),
+}
+
+
+def check_ranges(flag_values):
+  """Raises ValueError, in one line, for the first numeric flag outside its RANGES entry."""
+  for name, (low, high, low_open) in RANGES.items():
+    if name not in flag_values:
+      continue
+    value = flag_values[name].value
+    if value is None:
+      continue
+    bad = not math.isfinite(value) or value > high or value < low or (low_open and value == low)
+    if bad:
+      interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+      raise ValueError(f"--{name}={value} is out of range: it must be in {interval}")

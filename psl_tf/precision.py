@@ -127,6 +127,22 @@ def inner_optimizer(optimizer):
   return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def unscaled_grad_norm(optimizer, gradients):
+  """(global norm of the true gradients, weight for a running mean of it).
+
+  Under a LossScaleOptimizer the gradients are scaled: the norm is divided by the scale, and
+  a step whose scaled gradients overflowed (the optimizer skips it and halves the scale, as
+  float16 training normally does a few times) gets weight 0 and a norm of 0, so a divergence
+  guard on the mean does not take it for a diverged run. Otherwise: the norm, weight 1.
+  """
+  norm = tf.linalg.global_norm(gradients)
+  if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    return norm, tf.constant(1.0)
+  norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
+  finite = tf.math.is_finite(norm)
+  return tf.where(finite, norm, 0.0), tf.cast(finite, tf.float32)
+
+
 def to_float32(structure):
   """Casts every floating tensor of a nested structure to float32 (losses and metrics)."""
   def cast(t):

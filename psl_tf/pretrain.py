@@ -13,6 +13,7 @@ import tensorflow as tf
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf import export as export_lib
+from psl_tf import guards
 from psl_tf import optim
 from psl_tf import precision
 from psl_tf import stages as stages_lib
@@ -112,6 +113,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   task, steps = the_plan.task, the_plan.steps_per_epoch
   epochs = the_plan.epochs[stage.index - 1]
   total_steps = epochs * steps
+  # Seeded per stage, so a stage's head starts the same whether or not the run was resumed.
+  keras.utils.set_random_seed(config.seed * 1000 + stage.index)
   with strategy.scope():
     feature_shape = backbone.get_layer(f"b{stage.last}").output.shape[1:]
     head = task.build_head(feature_shape, stage.level)
@@ -147,9 +150,11 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   input_fn = data.make_input_fn(the_plan.source, task.example_fn(stage.level, training=True),
                                 config.batch_size, seed=config.seed * 100 + stage.index,
                                 training=True, shuffle_buffer=config.shuffle_buffer,
+                                steps_per_epoch=steps, first_epoch=initial_epoch,
                                 batch_fn=task.batch_fn(stage.level, training=True))
   dataset = strategy.distribute_datasets_from_function(input_fn)
-  callbacks = [_EpochCheckpoint(manager, epoch_var),
+  callbacks = [guards.NonFiniteGuard(stage.index, steps),
+               _EpochCheckpoint(manager, epoch_var),
                keras.callbacks.TensorBoard(
                    distribute.writable_dir(os.path.join(workdir, "logs", f"stage_{stage.index}"),
                                            strategy)),
@@ -180,10 +185,21 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "images_per_second": round(run_steps * config.batch_size / wall, 2) if wall > 0 else None,
       **task.level_summary(stage.level),
   }
+  _check_finite_backbone(backbone, stage.index)
   if distribute.is_chief(strategy):
-    wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, stage.index))
+    wd.finish_stage(workdir, stage.index, backbone, summary)
   wd.remove_tree(ckpt_dir)
   return summary
+
+
+def _check_finite_backbone(backbone, stage_index):
+  """Raises TrainingDiverged if a backbone weight (a BatchNorm statistic, say) is not finite."""
+  for variable in backbone.weights:
+    if not bool(tf.reduce_all(tf.math.is_finite(variable))):
+      raise guards.TrainingDiverged(
+          f"training diverged in stage {stage_index}: {variable.path} is not finite at the end "
+          "of the stage; its weights were not saved and nothing was exported; lower "
+          "--learning_rate and use a new --workdir")
 
 
 @precision.with_config_precision
@@ -206,6 +222,8 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
   if the_plan.source.skipped:
     log(f"   skipped {the_plan.source.skipped} unreadable image file(s) in {config.dataset}")
   if chief:
+    for path in wd.remove_temporary_files(workdir):
+      log(f"   removed {path}, left half-written by a killed run")
     the_plan.task.write_artifacts(workdir)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
@@ -220,6 +238,13 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
   summary["precision"] = precision.current()
   summary.setdefault("stages", [])
   done = set(wd.finished_stages(workdir))
+  listed = {s["stage"] for s in summary["stages"]}
+  recovered = [wd.read_stage_summary(workdir, index) for index in sorted(done - listed)]
+  recovered = [entry for entry in recovered if entry is not None]
+  if recovered:  # finished, but killed before summary.json said so
+    summary["stages"] = sorted(summary["stages"] + recovered, key=lambda s: s["stage"])
+    if chief:
+      wd.write_summary(workdir, summary)
   previous = None  # the last finished stage
   in_memory = None  # the stage whose weights the backbone holds now
   for stage in the_plan.stages:
@@ -237,12 +262,19 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     summary["stages"].sort(key=lambda s: s["stage"])
     if chief:
       wd.write_summary(workdir, summary)
+      wd.crash_point("stage_finished")
     previous = in_memory = stage.index
   if previous is not None and in_memory != previous:
     wd.load_backbone_weights(backbone, wd.stage_weights_path(workdir, previous))
   if config.export and chief:
-    path = export_lib.export_backbone(backbone, os.path.join(workdir, "export"),
-                                      config.image_size)
+    path = os.path.join(workdir, "export")
+    # Written next to its place and renamed, so a kill never leaves a half-written export/.
+    partial = path + wd.PARTIAL_SUFFIX
+    wd.remove_tree(partial)
+    export_lib.export_backbone(backbone, partial, config.image_size)
+    wd.crash_point("export_written")
+    wd.remove_tree(path)
+    os.replace(partial, path)
     summary["export"] = path
     wd.write_summary(workdir, summary)
     log(f"exported the backbone (stage {previous}) to {path}")

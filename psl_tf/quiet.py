@@ -30,15 +30,23 @@ def import_tensorflow_quietly():
 
 
 def one_line_flags_parser(program):
-  """An `app.run(flags_parser=...)` that reports a bad flag in one line and exits with 2."""
+  """An `app.run(flags_parser=...)` that reports a bad flag, a flagfile line with a trailing
+  comment, or a stray positional argument in one line and exits with 2."""
   def parse(argv):
     from absl import flags  # pylint: disable=g-import-not-at-top
     import sys  # pylint: disable=g-import-not-at-top
+    from psl_tf import guards  # pylint: disable=g-import-not-at-top
     try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
+      guards.check_flagfiles(argv[1:])
+      rest = flags.FLAGS(argv)
+    except (flags.Error, ValueError) as e:
       print(f"{program}: error: {e}", file=sys.stderr)
       sys.exit(2)
+    if len(rest) > 1:
+      print(f"{program}: error: unexpected arguments: {' '.join(rest[1:])} (flags are "
+            "written --name=value)", file=sys.stderr)
+      sys.exit(2)
+    return rest
   return parse
 
 

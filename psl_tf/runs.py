@@ -65,4 +65,5 @@ def load_run(workdir, stage=None):
   elif stage not in done:
     raise ValueError(f"{workdir} has no finished stage {stage}; finished: "
                      f"{', '.join(map(str, done))}")
+  wd.check_finite_weights(wd.stage_weights_path(workdir, stage))  # a diverged run scores nothing
   return Run(workdir, config, stage, wd.read_summary(workdir))

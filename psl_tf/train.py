@@ -22,6 +22,7 @@ from absl import logging
 from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import flagdefs
+from psl_tf import guards
 from psl_tf import online_probes
 from psl_tf import pretrain
 from psl_tf import tasks
@@ -53,6 +54,7 @@ def task_options(task_cls, flag_values):
 def config_from_flags(flag_values):
   """The one place flags become a Config."""
   v = flag_values
+  flagdefs.check_ranges(v)
   try:
     epochs = tuple(int(e) for e in v.epochs)
   except ValueError:
@@ -117,6 +119,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet.warnings_only_unless_asked()
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
   try:
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
@@ -142,7 +146,12 @@ def main(argv):
     print(f"psl_tf.train: error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.info("config: %s", config)
-  summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=callbacks)
+  watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
+  try:
+    summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=[*callbacks, watchdog])
+  except guards.TrainingDiverged as e:
+    print(f"psl_tf.train: error: {e}", file=sys.stderr)
+    sys.exit(1)
   if callbacks and distribute.is_chief(strategy):
     summary = online_probes.merge_history(summary, callbacks[0].history)
     wd.write_summary(config.workdir, summary)

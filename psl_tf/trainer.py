@@ -52,11 +52,14 @@ class StageModel(keras.Model):
           frozen_bn == "batch_stats" and i < stage.grad_first)
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+    # Mean global gradient norm: watched by psl_tf.guards.NonFiniteGuard, which stops a
+    # diverging run at the first step whose loss or gradients are not finite.
+    self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
     task.build_stage_state(self)
 
   @property
   def metrics(self):
-    return [self.loss_tracker, self.accuracy_tracker]
+    return [self.loss_tracker, self.accuracy_tracker, self.grad_norm_tracker]
 
   def trained_variables(self):
     """The variables that get gradients: the stage's blocks, the head and task extras."""
@@ -100,11 +103,15 @@ class StageModel(keras.Model):
       # its dynamic scale here and `apply` divides the gradients by it (identity otherwise).
       scaled = self.optimizer.scale_loss(scaled)
     gradients = tape.gradient(scaled, variables)
+    # Read before `apply`, which may change the loss scale (mixed_float16).
+    grad_norm, grad_norm_weight = precision.unscaled_grad_norm(self.optimizer, gradients)
     self.optimizer.apply(gradients, variables)
     self.task.after_update(self)
     self.loss_tracker.update_state(task_loss)
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
-    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+    self.grad_norm_tracker.update_state(grad_norm, sample_weight=grad_norm_weight)
+    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result(),
+            "grad_norm": self.grad_norm_tracker.result()}
 
   def test_step(self, data):
     inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)

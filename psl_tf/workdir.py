@@ -4,15 +4,19 @@ Layout (DESIGN.md 4)::
 
   flags.txt                   resolved flags, usable as --flagfile
   summary.json                per stage: steps, loss, pretext accuracy, time, images/s
+  stage_<k>/stage_summary.json    the finished stage's entry of summary.json
   stage_<k>/backbone.weights.h5   written when stage k finishes (HDF5, b1..b5 groups)
+  stage_<k>/DONE                  written last: stage k is finished (summary and weights)
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
   export/                     SavedModel of the final backbone
 """
 
+import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 import h5py
@@ -24,6 +28,30 @@ from psl_tf.models import blocks as blocks_lib
 FLAGS_FILE = "flags.txt"
 SUMMARY_FILE = "summary.json"
 WEIGHTS_FILE = "backbone.weights.h5"
+STAGE_SUMMARY_FILE = "stage_summary.json"
+DONE_FILE = "DONE"
+# Set to "<point>" or "<point>:<n>" to SIGKILL this process the n-th time (default 1st) it
+# reaches `crash_point(<point>)`: how the kill drill (scripts/kill_drill.py) hits the exact
+# moments a timer cannot (half-way through a weights write, between two stages).
+CRASH_ENV = "PSL_TF_CRASH_AT"
+_crash_counts = {}
+
+
+def crash_point(name):
+  """SIGKILLs this process here if $PSL_TF_CRASH_AT names this point (see CRASH_ENV)."""
+  wanted = os.environ.get(CRASH_ENV)
+  if not wanted:
+    return
+  point, _, nth = wanted.partition(":")
+  if point != name:
+    return
+  _crash_counts[name] = _crash_counts.get(name, 0) + 1
+  if _crash_counts[name] == int(nth or 1):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NonFiniteWeightsError(ValueError):
+  """Backbone weights hold NaN or infinity: the run that wrote them diverged."""
 
 
 def stage_dir(workdir, index):
@@ -35,7 +63,53 @@ def stage_weights_path(workdir, index):
 
 
 def stage_done(workdir, index):
-  return tf.io.gfile.exists(stage_weights_path(workdir, index))
+  """True when stage `index` finished: its DONE marker is there (written after its summary
+  and weights). Weights without a stage_summary.json come from before the marker (or from
+  `save_backbone_weights` alone) and count as finished too; weights with a stage_summary.json
+  but no marker are a stage killed while finishing, which is not."""
+  if tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), DONE_FILE)):
+    return True
+  if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
+    return False
+  return not tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE))
+
+
+def read_stage_summary(workdir, index):
+  """The summary entry a finished stage wrote next to its weights, or None."""
+  path = os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def finish_stage(workdir, index, backbone, stage_summary):
+  """Marks stage `index` finished in one step that a kill cannot leave half-done: its summary
+  entry, then its weights (each written to a temporary name and renamed), then DONE."""
+  directory = stage_dir(workdir, index)
+  tf.io.gfile.makedirs(directory)
+  _write_json(os.path.join(directory, STAGE_SUMMARY_FILE), stage_summary)
+  save_backbone_weights(backbone, stage_weights_path(workdir, index))
+  crash_point("stage_weights_written")
+  with tf.io.gfile.GFile(os.path.join(directory, DONE_FILE), "w") as f:
+    f.write("finished\n")
+
+
+def remove_temporary_files(workdir):
+  """Deletes what a killed run may have left half-written: `stage_<k>/tmp*.h5` weights,
+  `*.tmp` summaries and a partial export. Returns the paths removed."""
+  removed = []
+  for pattern in ("stage_*/tmp*.h5", "stage_*/*.tmp", "*.tmp"):
+    for path in glob.glob(os.path.join(workdir, pattern)):
+      os.remove(path)
+      removed.append(path)
+  for path in glob.glob(os.path.join(workdir, "*" + PARTIAL_SUFFIX)):
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+  return removed
+
+
+PARTIAL_SUFFIX = ".partial"
 
 
 def finished_stages(workdir):
@@ -66,6 +140,7 @@ def save_backbone_weights(backbone, path):
       group = f.create_group(block.name)
       for variable in block.weights:
         group.create_dataset(variable.path, data=np.asarray(variable.numpy()))
+  crash_point("weights_tmp_written")
   os.replace(tmp, path)
 
 
@@ -86,7 +161,26 @@ def load_backbone_weights(backbone, path):
         if tuple(value.shape) != tuple(variable.shape):
           raise ValueError(f"{block.name}/{variable.path}: shape {value.shape} in {path}, "
                            f"{tuple(variable.shape)} in the model")
+        if not np.all(np.isfinite(value)):
+          raise NonFiniteWeightsError(
+              f"{path} holds non-finite weights ({block.name}/{variable.path}): the run that "
+              "wrote them diverged; retrain with a lower --learning_rate")
         variable.assign(value)
+
+
+def check_finite_weights(path):
+  """Raises NonFiniteWeightsError if any weight in the HDF5 file at `path` is NaN or inf."""
+  bad = []
+  with h5py.File(path, "r") as f:
+    def visit(name, item):
+      if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not bad:
+        if not np.all(np.isfinite(item[()])):
+          bad.append(name)
+    f.visititems(visit)
+  if bad:
+    raise NonFiniteWeightsError(
+        f"{path} holds non-finite weights ({bad[0]}): the run that wrote them diverged; it "
+        "cannot be evaluated or exported; retrain with a lower --learning_rate")
 
 
 # ---- flags and summary -------------------------------------------------------------------
@@ -119,10 +213,15 @@ def read_summary(workdir):
 
 def write_summary(workdir, summary):
   tf.io.gfile.makedirs(workdir)
-  tmp = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+  _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+
+
+def _write_json(path, value):
+  """Writes JSON to `path` through a temporary file and a rename (never half-written)."""
+  tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True, default=_json_default)
-  tf.io.gfile.rename(tmp, os.path.join(workdir, SUMMARY_FILE), overwrite=True)
+    json.dump(value, f, indent=2, sort_keys=True, default=_json_default)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _json_default(value):

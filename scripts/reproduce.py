@@ -303,6 +303,17 @@ def write_random_run(args, seed):
   wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, 1))
 
 
+def code_version():
+  """The commit of the code that runs (with '+' when the checkout has local changes)."""
+  def git(*cmd):
+    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
+                          check=False).stdout.strip()
+  commit = git("rev-parse", "HEAD")
+  if not commit:
+    return "unknown"
+  return commit + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def read_record(args, row, seed):
   """The stored record of a finished run, or None."""
   path = os.path.join(stored_dir(args, row, seed), "record.json")
@@ -328,6 +339,7 @@ def run_one(args, row, seed, log=print):
   epochs = 0 if row == RANDOM else epochs_of(args, row)
   record = {"row": row, "mode": ROWS[row][0] or RANDOM, "protocol": ROWS[row][1],
             "seed": seed, "task": args.task, "tag": args.tag, "preset": args.preset,
+            "code_version": code_version(),
             "settings": {k: getattr(args, k) for k in SETTINGS},
             "epochs_per_stage": epochs,
             "train_command": ("(untrained initialisation)" if row == RANDOM

@@ -176,3 +176,27 @@ def test_pretrain_run_under_bfloat16_restores_the_policy_and_records_it(tmp_path
   weights = wd.stage_weights_path(str(tmp_path), 1)
   backbone = build_backbone("cifar_resnet", depth=10, width=8)
   wd.load_backbone_weights(backbone, weights)  # float32 weights, read by a float32 backbone
+
+
+def test_float16_overflowing_gradients_are_skipped_without_a_non_finite_grad_norm():
+  """A loss scale so large that the float16 gradients overflow: the optimizer skips the step
+  and halves the scale, and the logged gradient norm (the divergence guard's input) stays
+  finite, since a skipped step is float16 training's normal course, not a divergence."""
+  model, task, stage = _stage_model("float32")
+  with precision.policy_scope("mixed_float16"):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("cifar_resnet", depth=10, width=8)
+    head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+    m16 = trainer.StageModel(backbone, task, stage, head)
+    optimizer = precision.wrap_optimizer(optim.build_optimizer("sgd", 0.1, momentum=0.0),
+                                         initial_scale=2.0 ** 100)
+    m16.compile(optimizer=optimizer)
+    optimizer.build(m16.trained_variables())
+  x, y = _rotation_batch(task, stage.level)
+  before = [v.numpy().copy() for v in m16.trained_variables()]
+  logs = m16.train_on_batch(x, y, return_dict=True)
+  assert float(m16.optimizer.dynamic_scale.numpy()) == 2.0 ** 99
+  assert all(np.array_equal(v.numpy(), b) for v, b in zip(m16.trained_variables(), before))
+  assert np.isfinite(logs["loss"])
+  if "grad_norm" in logs:
+    assert np.isfinite(logs["grad_norm"])

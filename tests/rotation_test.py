@@ -146,12 +146,14 @@ def test_batch_fn_equals_example_fn_stacked(crop, shape, spec):
   np.testing.assert_allclose(x.numpy(), np.stack([p[0].numpy() for p in per]), atol=2e-5)
 
 
-def test_batched_pipeline_gives_the_per_example_pipelines_batches():
+@pytest.mark.parametrize("steps_per_epoch, first_epoch", [(None, 0), (2, 0), (2, 3)])
+def test_batched_pipeline_gives_the_per_example_pipelines_batches(steps_per_epoch, first_epoch):
   source = data.load_source("demo", "train")  # in memory, 96 px images
   task = rotation.RotationTask(ImageSpec(24, 27))
   assert source.in_memory and task.batch_fn(2, training=False) is None
-  make = lambda batch_fn: data.make_input_fn(source, task.example_fn(2, True), 8, seed=3,
-                                             shuffle_buffer=64, batch_fn=batch_fn)()
+  make = lambda batch_fn: data.make_input_fn(
+      source, task.example_fn(2, True), 8, seed=3, shuffle_buffer=64, batch_fn=batch_fn,
+      steps_per_epoch=steps_per_epoch, first_epoch=first_epoch)()
   batched = list(make(task.batch_fn(2, True)).take(3).as_numpy_iterator())
   per_example = list(make(None).take(3).as_numpy_iterator())
   for (xb, yb), (xp, yp) in zip(batched, per_example):

@@ -53,6 +53,14 @@ def _train_steps(mode, stage_index, steps=2, frozen_bn="inference", seed=0):
 def test_psl_stage2_freezes_b1_and_never_computes_b5():
   changed, model = _train_steps("psl", 2)
   assert changed == [False, True, True, True, False]
+  # b5 is not merely left unchanged: the traced train step has no op of it (cifar_resnet's
+  # b5 layers are conv5_*), while b1..b4's layers are all there.
+  _, x, y = _batch(2)
+  graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+  names = " ".join(op.name for op in graph.get_operations())
+  assert "conv5_" not in names
+  for layer in ("conv1", "conv2_1", "conv3_1", "conv4_1"):
+    assert f"{layer}" in names, layer
   assert model.head.output.shape[-1] == 4  # level 2: four angles
 
 

@@ -1,0 +1,149 @@
+"""Guards that keep a wrong run from looking right: divergence, a silent input pipeline, and
+command lines that absl would accept but that do not mean what they say.
+
+* `NonFiniteGuard` stops `fit` at the first step whose loss or gradient norm is NaN or
+  infinite, naming the stage, epoch and step; the epoch checkpoint on disk is the last good
+  one, and nothing after it (stage weights, summary, export) is written.
+* `FirstBatchWatchdog` ends the process with one line if a stage's first batch does not come
+  within a bounded time (an input pipeline that drops everything would otherwise wait forever).
+* `check_flagfiles` refuses flagfile lines with a trailing comment (absl keeps it as part of
+  the value), naming the file and line.
+"""
+
+import math
+import os
+import re
+import sys
+import threading
+
+import keras
+import numpy as np
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss, a gradient or a weight became NaN or infinite."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+  """Raises `TrainingDiverged` at the first batch whose loss or gradient norm is not finite.
+
+  The logged values are running means over the epoch, so they turn non-finite at the first
+  bad step and stay so: the first batch seen non-finite is the step that diverged.
+  """
+
+  def __init__(self, stage_index, steps_per_epoch=None):
+    super().__init__()
+    self.stage_index = stage_index
+    self.steps_per_epoch = steps_per_epoch
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    # Before the epoch checkpoint (this callback comes first): a weight can overflow while the
+    # loss stays finite (a BatchNorm moving variance), and must not reach the checkpoint.
+    for variable in self.model.weights:
+      value = keras.ops.convert_to_numpy(variable)
+      if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise TrainingDiverged(
+            f"training diverged in stage {self.stage_index}, epoch {epoch + 1}: {variable.path} "
+            "is not finite; the checkpoint of the epoch before is kept and nothing was "
+            "exported; lower --learning_rate and use a new --workdir")
+
+  def on_train_batch_end(self, batch, logs=None):
+    logs = logs or {}
+    values = {}
+    for key in ("loss", "grad_norm"):
+      if key in logs:
+        values[key] = float(keras.ops.convert_to_numpy(logs[key]))
+    if all(math.isfinite(v) for v in values.values()):
+      return
+    of = f"/{self.steps_per_epoch}" if self.steps_per_epoch else ""
+    found = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+    raise TrainingDiverged(
+        f"training diverged in stage {self.stage_index}, epoch {self.epoch + 1}, step "
+        f"{batch + 1}{of}: {found}; nothing of this stage was saved after its last epoch "
+        "checkpoint and nothing was exported; lower --learning_rate and use a new --workdir")
+
+
+class FirstBatchWatchdog(keras.callbacks.Callback):
+  """Ends the process (exit code 3) with one line if the first batch of a `fit` takes longer
+  than `seconds`: a pipeline that yields nothing blocks inside TensorFlow, where no Python
+  exception can reach it."""
+
+  def __init__(self, seconds, program="psl_tf.train", exit_fn=None):
+    super().__init__()
+    self.seconds = seconds
+    self.program = program
+    self.exit_fn = exit_fn or (lambda: os._exit(3))  # pylint: disable=protected-access
+    self._timer = None
+
+  def _expired(self):
+    print(f"{self.program}: error: no training batch after {self.seconds:g} s: the input "
+          "pipeline produced nothing (are the images decodable? is --data_dir right?); "
+          "raise --first_batch_timeout if the first batch is just slow", file=sys.stderr,
+          flush=True)
+    self.exit_fn()
+
+  def on_train_begin(self, logs=None):
+    if self.seconds and self.seconds > 0:
+      self._timer = threading.Timer(self.seconds, self._expired)
+      self._timer.daemon = True
+      self._timer.start()
+
+  def _cancel(self):
+    if self._timer is not None:
+      self._timer.cancel()
+      self._timer = None
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._cancel()
+
+  def on_train_end(self, logs=None):
+    self._cancel()
+
+
+# ---- command lines -----------------------------------------------------------------------
+
+_TRAILING_COMMENT = re.compile(r"\s(#|//)")
+
+
+def flagfile_paths(argv):
+  """The --flagfile arguments of `argv`, in order."""
+  paths, args = [], list(argv)
+  for i, arg in enumerate(args):
+    if arg.startswith("--flagfile="):
+      paths.append(arg.split("=", 1)[1])
+    elif arg == "--flagfile" and i + 1 < len(args):
+      paths.append(args[i + 1])
+  return paths
+
+
+def check_flagfiles(argv):
+  """Raises ValueError naming file and line for a flagfile line with a trailing comment.
+
+  absl reads `--workdir=runs/a  # first run` as the value `runs/a  # first run`: numeric
+  flags then fail to parse, string flags silently take the comment. Nested --flagfile lines
+  are followed. Missing files are left to absl to report.
+  """
+  seen = set()
+
+  def scan(path):
+    if path in seen or not os.path.isfile(path):
+      return
+    seen.add(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for number, line in enumerate(f, start=1):
+        text = line.strip()
+        if not text.startswith("-"):
+          continue  # blank lines and whole-line comments (# or //)
+        if _TRAILING_COMMENT.search(text):
+          raise ValueError(f"{path}:{number}: trailing comment on a flag line ({text!r}); absl "
+                           "would keep it as part of the value: put the comment on a line of "
+                           "its own")
+        if text.startswith("--flagfile="):
+          scan(text.split("=", 1)[1])
+
+  for path in flagfile_paths(argv):
+    scan(path)
