@@ -11,13 +11,13 @@ import tensorflow as tf
 from psl_tf import data
 
 
-def pipeline_rate(source, example_fn, batch_size, batches=20, warmup=3, seed=1):
+def pipeline_rate(source, example_fn, batch_size, batches=20, warmup=3, seed=1, batch_fn=None):
   """Images/s out of the real training input_fn (shuffle, decode, task map, batch).
 
   Returns (images per second, the last batch's inputs).
   """
   input_fn = data.make_input_fn(source, example_fn, batch_size, seed=seed, training=True,
-                                shuffle_buffer=1000)
+                                shuffle_buffer=1000, batch_fn=batch_fn)
   iterator = iter(input_fn())
   for _ in range(warmup):
     next(iterator)

@@ -25,6 +25,7 @@ class Config:
   resize: int = 0
   image_check: str = "full"
   shuffle_buffer: int = 10_000
+  cache: str = "auto"
   # Model.
   backbone: str = "cifar_resnet"
   depth: int = 10
@@ -34,6 +35,7 @@ class Config:
   head_hidden: int = 512
   frozen_bn: str = "inference"
   sync_bn: bool = False
+  precision: str = "float32"
   # Optimisation, per stage.
   batch_size: int = 64
   epochs: tuple = (30,)

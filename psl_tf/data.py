@@ -43,6 +43,7 @@ class Source:
   num_examples: int | None
   num_classes: int | None
   skipped: int = 0
+  in_memory: bool = False  # elements are decoded uint8 images (decode is the identity)
 
   def images(self):
     """The decoded (image, label) dataset in source order, for evaluation."""
@@ -106,7 +107,7 @@ def demo_source(split):
   images, labels = demo_arrays(split)
   elements = tf.data.Dataset.from_tensor_slices((images, labels))
   return Source("demo", elements, lambda image, label: (image, label), len(labels),
-                len(DEMO_PHOTOS))
+                len(DEMO_PHOTOS), in_memory=True)
 
 
 def load_heldout_source(dataset, split="auto", data_dir=None, image_check="full",
@@ -273,10 +274,70 @@ def tfds_source(name, split, data_dir=None):
   return Source(name, dataset, decode, num_examples, num_classes)
 
 
+# ---- decode once: small data sets held in memory -------------------------------------------
+
+CACHE_MODES = ("auto", "always", "never")
+# `--cache=auto` keeps a data set in memory when its decoded images are estimated below this
+# (CIFAR-10 train: 50,000 x 32 x 32 x 3 = 147 MiB; ImageNet would be ~100x the limit).
+CACHE_AUTO_MAX_BYTES = 2 * 1024**3
+
+
+def estimated_decoded_bytes(source, sample=8):
+  """uint8 bytes of the whole split decoded, from the mean size of its first images, or None
+  when the split's size is unknown."""
+  if not source.num_examples:
+    return None
+  pixels = [int(np.prod(image.shape))
+            for image, _ in source.images().take(sample).ignore_errors()]
+  if not pixels:
+    return None
+  return int(np.mean(pixels) * source.num_examples)
+
+
+def cache_in_memory(source, mode="auto", max_bytes=CACHE_AUTO_MAX_BYTES):
+  """`source` decoded once into uint8 arrays in memory (elements = decoded pairs, decode =
+  identity), so no epoch and no stage decodes a file again; or `source` itself.
+
+  mode: 'never'; 'always'; or 'auto', which caches when the decoded split is estimated below
+  `max_bytes` and the source is not already in memory (demo). Images of unequal sizes cannot
+  be stacked into one array; such a source is returned as it is.
+
+  The element order is the source's, so shuffling gives the same sequence as without the
+  cache.
+  """
+  if mode not in CACHE_MODES:
+    raise DataError(f"cache must be one of {CACHE_MODES}, got {mode!r}")
+  if mode == "never" or getattr(source, "in_memory", False):
+    return source
+  if mode == "auto":
+    size = estimated_decoded_bytes(source)
+    if size is None or size > max_bytes:
+      return source
+  try:
+    images, labels = [], []
+    for image, label in source.images().ignore_errors().batch(4096).as_numpy_iterator():
+      images.append(image)
+      labels.append(label)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+  except (tf.errors.InvalidArgumentError, ValueError):  # images of different sizes
+    logging.info("%s: images differ in size, not cached as one array", source.name)
+    return source
+  logging.info("%s: %d images decoded once and kept in memory (%.0f MiB)", source.name,
+               len(labels), images.nbytes / 2**20)
+  return dataclasses.replace(
+      source, elements=tf.data.Dataset.from_tensor_slices((images, labels)),
+      decode=_identity, num_examples=len(labels), in_memory=True)
+
+
+def _identity(image, label):
+  return image, label
+
+
 # ---- input pipelines ---------------------------------------------------------------------
 
 def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
-                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0, num_epochs=None):
+                  shuffle_buffer=10_000, steps_per_epoch=None, first_epoch=0, num_epochs=None,
+                  batch_fn=None):
   """A `tf.distribute` input_fn: shard per worker, shuffle, map, batch per replica.
 
   Args:
@@ -291,6 +352,9 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
       epoch `first_epoch` sees the very batches an uninterrupted run sees from there on.
     first_epoch: the epoch the returned data set starts at (with `steps_per_epoch`).
     num_epochs: with `steps_per_epoch`, the epoch the data set ends before.
+    batch_fn: the task's batched form of `example_fn` (`Task.batch_fn`), used instead of it
+      when the source is held in memory (images of one size): the same batches, with the
+      image ops run once per batch, which leaves more of the cores to the training step.
 
   Returns:
     `input_fn(tf.distribute.InputContext | None) -> tf.data.Dataset`.
@@ -305,23 +369,33 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
       if context.num_input_pipelines > 1:
         ds = ds.shard(context.num_input_pipelines, pipeline_id)
     if training and steps_per_epoch:
+      batched = batch_fn if source.in_memory else None
       ds = _epoch_seeded(ds, source.decode, example_fn, steps_per_epoch * batch_size,
-                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer, num_epochs)
-      ds = ds.batch(batch_size, drop_remainder=True)
+                         seed * 1009 + pipeline_id, first_epoch, shuffle_buffer, num_epochs,
+                         batch_fn=batched, batch_size=batch_size)
+      if batched is None:
+        ds = ds.batch(batch_size, drop_remainder=True)
       options = tf.data.Options()
       options.experimental_optimization.map_parallelization = True
       return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     if training:
       ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + pipeline_id,
                       reshuffle_each_iteration=True).repeat()
-    ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
-    # Counter after repeat, so every epoch draws fresh augmentations.
-    ds = ds.enumerate().map(
-        lambda i, pair: example_fn(pair[0], pair[1],
-                                   tf.stack([tf.constant(seed * 1009 + pipeline_id, tf.int64), i])),
-        num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order: reproducible runs
-    ds = ds.batch(batch_size, drop_remainder=training)
+    base_seed = tf.constant(seed * 1009 + pipeline_id, tf.int64)
+    if batch_fn is not None and source.in_memory:
+      # Decoded images of one size: batch first, augment the batch (same seeds per example).
+      ds = ds.enumerate().batch(batch_size, drop_remainder=training).map(
+          lambda i, pair: batch_fn(pair[0], pair[1],
+                                   tf.stack([tf.fill(tf.shape(i), base_seed), i], axis=1)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      ds = ds.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
+      # Counter after repeat, so every epoch draws fresh augmentations.
+      ds = ds.enumerate().map(
+          lambda i, pair: example_fn(pair[0], pair[1], tf.stack([base_seed, i])),
+          num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order: reproducible runs
+      ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -329,7 +403,7 @@ def make_input_fn(source, example_fn, global_batch_size, seed=0, training=True,
 
 
 def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_epoch,
-                  shuffle_buffer, num_epochs):
+                  shuffle_buffer, num_epochs, batch_fn=None, batch_size=None):
   """Examples of epochs first_epoch .. num_epochs - 1, `per_epoch` each.
 
   Epoch e is shuffled with seed (stream_seed, e) and its examples are augmented with the
@@ -339,6 +413,8 @@ def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_ep
   Each epoch is its own pipeline built here with Python-int seeds, and the epochs are
   concatenated: a shuffle seed computed from a tensor epoch (inside `flat_map`) fails to trace
   when the global seed is 0 (TF compares the seed pair with (0, 0) in Python).
+  With `batch_fn` (elements decoded in memory), batches of `batch_size` (which divides
+  `per_epoch`) are augmented whole, with the same per-example counters.
   """
   if num_epochs is None or num_epochs <= first_epoch:
     raise ValueError(f"an epoch-seeded pipeline needs num_epochs > first_epoch, got "
@@ -350,8 +426,13 @@ def _epoch_seeded(elements, decode, example_fn, per_epoch, stream_seed, first_ep
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ignore_errors(log_warning=True)  # a file that passed the check but fails to decode
     ds = ds.take(per_epoch).enumerate(start=epoch * per_epoch)
-    return ds.map(lambda i, pair: example_fn(pair[0], pair[1],
-                                             tf.stack([tf.constant(stream_seed, tf.int64), i])),
+    seed_tensor = tf.constant(stream_seed, tf.int64)
+    if batch_fn is not None:
+      return ds.batch(batch_size, drop_remainder=True).map(
+          lambda i, pair: batch_fn(pair[0], pair[1],
+                                   tf.stack([tf.fill(tf.shape(i), seed_tensor), i], axis=1)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda i, pair: example_fn(pair[0], pair[1], tf.stack([seed_tensor, i])),
                   num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order
 
   ds = one_epoch(first_epoch)

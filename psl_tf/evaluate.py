@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from psl_tf import finetune as finetune_lib
 from psl_tf import knn as knn_lib
+from psl_tf import precision
 from psl_tf import probes
 from psl_tf import progress
 from psl_tf import report
@@ -82,6 +83,9 @@ flags.DEFINE_enum("knn_pooling", "global", list(knn_lib.POOLINGS),
 flags.DEFINE_list("label_fractions", ["0.01", "0.1"], "finetune: fractions of labelled images.")
 flags.DEFINE_string("label_file", None, "finetune: file of image ids (one per line) to use "
                     "as the labelled subset instead of --label_fractions.")
+flags.DEFINE_enum("precision", "float32", list(precision.PRECISIONS),
+                  "finetune: Keras mixed-precision policy of the fine-tuned network (as "
+                  "psl_tf.train --precision).")
 flags.DEFINE_integer("seed", 0, "Seed of the subsets, shuffling, augmentation and heads.")
 flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
                     "<workdir>/eval).")
@@ -252,7 +256,8 @@ class Evaluation:
     results = {}
     for column, indices in subsets.items():
       keras.utils.set_random_seed(v.seed)
-      backbone = run.build_backbone()  # fresh weights for every subset
+      with precision.policy_scope(v.precision):  # --precision: the fine-tuned backbone's
+        backbone = run.build_backbone()  # fresh weights for every subset
       subset = finetune_lib.subset_source(self.train_source, indices)
       steps = _steps(len(indices), v.batch_size, v.steps_per_epoch)
       self._say(f"fine-tuning on {column} of the labels ({len(indices)} images): {v.epochs} "
@@ -261,7 +266,7 @@ class Evaluation:
           backbone, self.dataset_of(subset, True), self.dataset_of(self.eval_source, False),
           self.num_classes, self.image_size, v.epochs, steps, v.learning_rate, v.momentum,
           v.weight_decay, v.lr_schedule, v.lr_step_split, v.lr_decay, self._fit_verbose(),
-          self._callbacks(f"fine-tune {column}", steps))
+          self._callbacks(f"fine-tune {column}", steps), precision=precision.resolve(v.precision))
       results[column]["labelled_images"] = int(len(indices))
     return results
 

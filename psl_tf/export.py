@@ -37,7 +37,8 @@ def features_fn(backbone, image_size):
   def serve(images):
     x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [image_size, image_size],
                         antialias=True)
-    maps = backbone(x, training=False)
+    # float32 features whatever the backbone computes in (a --precision=mixed_* run).
+    maps = {k: tf.cast(v, tf.float32) for k, v in backbone(x, training=False).items()}
     outputs = {name: maps[name] for name in blocks_lib.BLOCK_NAMES}
     outputs.update({f"{name}_pool": tf.reduce_mean(maps[name], axis=[1, 2])
                     for name in blocks_lib.BLOCK_NAMES})

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from psl_tf import data
 from psl_tf import optim
+from psl_tf import precision as precision_lib
 from psl_tf import probes
 
 
@@ -102,17 +103,19 @@ def build_classifier(backbone, image_size, num_classes):
   backbone.trainable = True
   image = keras.Input((image_size, image_size, 3), name="image")
   features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(image)["b5"])
-  logits = keras.layers.Dense(num_classes, name="classifier")(features)
+  logits = keras.layers.Dense(num_classes, name="classifier", dtype="float32")(features)
   return keras.Model(image, logits, name="finetune")
 
 
 def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epochs,
              steps_per_epoch, learning_rate=0.01, momentum=0.9, weight_decay=1e-4,
              lr_schedule="step", lr_step_split="10,10,8", lr_decay=0.1, verbose=0,
-             callbacks=()):
+             callbacks=(), precision="float32"):
   """Fine-tunes backbone + linear classifier; returns {'top1', 'top5'} in percent.
 
   Weight decay is applied by the optimizer to kernels only (never to biases or BatchNorm).
+  `precision` is the policy the backbone was built under ('mixed_float16' adds Keras' loss
+  scaling; the classifier's logits are float32 under any policy).
   """
   model = build_classifier(backbone, image_size, num_classes)
   schedule = optim.make_schedule(lr_schedule, learning_rate, epochs * steps_per_epoch,
@@ -121,7 +124,7 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   if weight_decay:
     optimizer.exclude_from_weight_decay(
         var_list=[v for v in model.trainable_variables if not optim.is_decayed(v)])
-  model.compile(optimizer=optimizer,
+  model.compile(optimizer=precision_lib.wrap_optimizer(optimizer, precision),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
             shuffle=False, callbacks=list(callbacks))

@@ -12,7 +12,8 @@ from absl import flags
 # Flags that may change when a run is resumed: they do not change what is learned.
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
                          "jigsaw_cache_dir", "online_probes", "heldout_split",
-                         "heldout_examples", "first_batch_timeout", "deterministic"})
+                         "heldout_examples", "first_batch_timeout", "deterministic",
+                         "cache"})
 
 
 def define_train_flags():
@@ -45,6 +46,9 @@ def define_train_flags():
                     "How folder images are checked before training; unreadable ones are "
                     "skipped and counted.")
   flags.DEFINE_integer("shuffle_buffer", 10_000, "Shuffle buffer, in images.")
+  flags.DEFINE_enum("cache", "auto", ["auto", "always", "never"],
+                    "Decode the training images once and keep them in memory as uint8 "
+                    "(auto: when the decoded split is under 2 GiB). Same images, same order.")
   # Model.
   flags.DEFINE_string("backbone", "cifar_resnet", "resnet50, cifar_resnet or revnet50.")
   flags.DEFINE_integer("depth", 10, "cifar_resnet depth: 10, 18, 34 or 50.")
@@ -55,6 +59,10 @@ def define_train_flags():
   flags.DEFINE_enum("frozen_bn", "inference", ["inference", "batch_stats"],
                     "BatchNorm of frozen blocks: inference (moving statistics, kept) or "
                     "batch_stats (batch statistics, moving averages keep updating).")
+  flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                    "Keras mixed-precision policy: variables, BatchNorm statistics, logits and "
+                    "losses stay float32; mixed_float16 adds dynamic loss scaling; auto picks "
+                    "mixed_bfloat16 on TPUs and CPUs with AVX512_BF16/AMX, else float32.")
   flags.DEFINE_bool("sync_bn", False, "BatchNorm statistics over all replicas (cross-replica "
                     "BN) instead of per replica.")
   # Optimisation (per stage).

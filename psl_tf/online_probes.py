@@ -77,8 +77,9 @@ class OnlineProbes(keras.callbacks.Callback):
     for name, block in zip(self.names, self.blocks):
       self.heads[name] = keras.Sequential([
           keras.Input((block.output.shape[-1],)),
-          keras.layers.BatchNormalization(center=False, scale=False),
-          keras.layers.Dense(self.num_classes)], name=f"online_probe_{name}")
+          # float32 probes whatever the backbone computes in (--precision): no loss scaling.
+          keras.layers.BatchNormalization(center=False, scale=False, dtype="float32"),
+          keras.layers.Dense(self.num_classes, dtype="float32")], name=f"online_probe_{name}")
     self.optimizer = keras.optimizers.SGD(self.learning_rate, momentum=self.momentum)
     self.optimizer.build([v for h in self.heads.values() for v in h.trainable_variables])
     self.correct = {n: keras.metrics.Mean() for n in self.names}
@@ -100,7 +101,7 @@ class OnlineProbes(keras.callbacks.Callback):
     x, pooled = images, {}
     for name, block in zip(self.names, self.blocks):
       x = keras.ops.stop_gradient(block(x, training=False))
-      pooled[name] = tf.reduce_mean(x, axis=[1, 2])
+      pooled[name] = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
     return pooled
 
   def _step_fn(self, images, labels):

@@ -16,6 +16,7 @@ from psl_tf import export as export_lib
 from psl_tf import guards
 from psl_tf import optim
 from psl_tf import progress as progress_lib
+from psl_tf import precision
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
@@ -52,6 +53,8 @@ def plan(config):
     if steps < 1:
       raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
                        f"batch of {config.batch_size}; lower --batch_size")
+  # Small data sets are decoded once here, not in every epoch of every stage (--cache).
+  source = data.cache_in_memory(source, config.cache)
   heldout = data.load_heldout_source(config.dataset, config.heldout_split, config.data_dir,
                                      config.image_check, config.train_split)
   return Plan(task, stage_list, epochs, steps, source, heldout)
@@ -134,6 +137,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
         weight_decay=0.0 if getattr(optimizer, "handles_weight_decay", False)
         else config.weight_decay,
         frozen_bn=config.frozen_bn, name=f"stage_{stage.index}")
+    optimizer = precision.wrap_optimizer(optimizer)  # loss scaling under mixed_float16
     model.compile(optimizer=optimizer)
     optimizer.build(model.trained_variables())
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -156,7 +160,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
                                 config.batch_size, seed=config.seed * 100 + stage.index,
                                 training=True, shuffle_buffer=config.shuffle_buffer,
                                 steps_per_epoch=steps, first_epoch=initial_epoch,
-                                num_epochs=max(epochs, initial_epoch + 1))
+                                num_epochs=max(epochs, initial_epoch + 1),
+                                batch_fn=task.batch_fn(stage.level, training=True))
   dataset = strategy.distribute_datasets_from_function(input_fn)
   callbacks = [guards.NonFiniteGuard(stage.index, steps),
                _EpochCheckpoint(manager, epoch_var),
@@ -212,6 +217,7 @@ def _check_finite_backbone(backbone, stage_index):
           "--learning_rate and use a new --workdir")
 
 
+@precision.with_config_precision
 def run(config, strategy, log=print, the_plan=None, callbacks=()):
   """Runs (or resumes) every stage of `config` and exports the backbone.
 
@@ -244,6 +250,7 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
                   "backbone": config.backbone, "image_size": config.image_size,
                   "batch_size": config.batch_size, "replicas": strategy.num_replicas_in_sync,
                   "skipped_images": the_plan.source.skipped})
+  summary["precision"] = precision.current()
   summary.setdefault("stages", [])
   done = set(wd.finished_stages(workdir))
   listed = {s["stage"] for s in summary["stages"]}

@@ -79,6 +79,7 @@ def config_from_flags(flag_values):
       shuffle_buffer=v.shuffle_buffer, backbone=v.backbone, depth=v.depth, width=v.width,
       filters_factor=v.filters_factor, recompute=v.recompute, head_hidden=v.head_hidden,
       frozen_bn=v.frozen_bn, sync_bn=v.sync_bn, batch_size=v.batch_size, epochs=epochs,
+      precision=v.precision, cache=v.cache,
       steps_per_epoch=v.steps_per_epoch, optimizer=v.optimizer, learning_rate=v.learning_rate,
       momentum=v.momentum, weight_decay=v.weight_decay, lr_schedule=v.lr_schedule,
       lr_step_split=v.lr_step_split, lr_decay=v.lr_decay, warmup_epochs=v.warmup_epochs,

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from psl_tf import optim
+from psl_tf import precision
 from psl_tf.models import blocks as blocks_lib
 
 FROZEN_BN_MODES = ("inference", "batch_stats")
@@ -92,23 +93,29 @@ class StageModel(keras.Model):
     variables = self.trained_variables()
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      outputs = self(inputs, training=True)
+      # Losses and metrics in float32 whatever the layers compute in (--precision).
+      outputs = precision.to_float32(self(inputs, training=True))
       task_loss = self.task.loss(targets, outputs)
       total = task_loss + self.regularization(variables)
       # Gradients are summed over replicas, so each replica's mean loss is scaled once.
       scaled = total / replicas
+      # Under mixed_float16 the optimizer is a LossScaleOptimizer: the loss is multiplied by
+      # its dynamic scale here and `apply` divides the gradients by it (identity otherwise).
+      scaled = self.optimizer.scale_loss(scaled)
     gradients = tape.gradient(scaled, variables)
+    # Read before `apply`, which may change the loss scale (mixed_float16).
+    grad_norm, grad_norm_weight = precision.unscaled_grad_norm(self.optimizer, gradients)
     self.optimizer.apply(gradients, variables)
     self.task.after_update(self)
     self.loss_tracker.update_state(task_loss)
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
-    self.grad_norm_tracker.update_state(tf.linalg.global_norm(gradients))
+    self.grad_norm_tracker.update_state(grad_norm, sample_weight=grad_norm_weight)
     return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result(),
             "grad_norm": self.grad_norm_tracker.result()}
 
   def test_step(self, data):
     inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
-    outputs = self(inputs, training=False)
+    outputs = precision.to_float32(self(inputs, training=False))
     self.loss_tracker.update_state(self.task.loss(targets, outputs))
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
     return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}

@@ -117,3 +117,48 @@ def test_heldout_source_is_the_test_split_when_there_is_one(tmp_path):
   assert data.load_heldout_source(f"folder:{tmp_path / 'without'}") is None
   with pytest.raises(data.DataError, match="no 'holdout' sub-folder"):
     data.load_heldout_source(f"folder:{tmp_path / 'without'}", "holdout")
+
+
+def _uniform_tree(root, per_class=6, side=12):
+  rng = np.random.default_rng(1)
+  for cls in ("a", "b"):
+    os.makedirs(os.path.join(root, "train", cls))
+    for i in range(per_class):
+      Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+          os.path.join(root, "train", cls, f"{i}.png"))
+
+
+def test_cache_in_memory_decodes_once_and_keeps_images_order_and_batches(tmp_path):
+  _uniform_tree(str(tmp_path))
+  source = data.load_source(f"folder:{tmp_path}", "train")
+  cached = data.cache_in_memory(source, "always")
+  assert cached.in_memory and not source.in_memory and cached.num_examples == 12
+  for (a, la), (b, lb) in zip(source.images().as_numpy_iterator(),
+                              cached.images().as_numpy_iterator()):
+    assert a.dtype == b.dtype == np.uint8 and la == lb
+    np.testing.assert_array_equal(a, b)
+  # The training pipeline gives the same batches (same shuffle, same augmentation seeds).
+  task = rotation.RotationTask(ImageSpec(8, 10))
+  batches = [list(data.make_input_fn(s, task.example_fn(3, True), 4, seed=5,
+                                     shuffle_buffer=8)().take(4).as_numpy_iterator())
+             for s in (source, cached)]
+  for (xa, ya), (xb, yb) in zip(*batches):
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(xa, xb)
+
+
+def test_cache_auto_only_for_small_data_sets_and_not_for_mixed_sizes(tmp_path):
+  _uniform_tree(str(tmp_path))
+  source = data.load_source(f"folder:{tmp_path}", "train")
+  assert data.estimated_decoded_bytes(source) == 12 * 12 * 12 * 3
+  assert data.cache_in_memory(source, "auto").in_memory
+  assert data.cache_in_memory(source, "auto", max_bytes=1000) is source
+  assert data.cache_in_memory(source, "never") is source
+  demo = data.load_source("demo", "train")
+  assert data.cache_in_memory(demo, "always") is demo  # already in memory
+  mixed = tmp_path / "mixed"
+  _write_tree(str(mixed))  # images of 20-22 x 24 px
+  mixed_source = data.load_source(f"folder:{mixed}", "train")
+  assert data.cache_in_memory(mixed_source, "always") is mixed_source
+  with pytest.raises(data.DataError, match="cache must be one of"):
+    data.cache_in_memory(source, "sometimes")

@@ -291,3 +291,28 @@ def test_psl_cli_run_leaves_the_work_directory_and_permutations(tmp_path, cache_
     assert stage["hamming_average"] == pytest.approx(average, abs=1e-4)
     assert stage["hamming_min"] == minimum
     assert np.isfinite(stage["final_loss"])
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("shape, options", [
+    ((70, 64), dict(resize=60)),                             # shrink, then crop 48
+    ((32, 32), dict(resize=38, crop=33, cell=11, tile=9)),   # the CIFAR reproduction's tiles
+])
+def test_batch_fn_equals_example_fn_stacked(cache_dir, normalize, shape, options):
+  task = _task(cache_dir, normalize=normalize, **options)
+  fn, batch_fn = task.example_fn(3, True), task.batch_fn(3, True)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, *shape, 3), dtype=np.uint8)
+  seeds = np.array([[5, i] for i in range(10)], np.int64)
+  labels = np.zeros(10, np.int64)
+  per = [fn(tf.constant(im), tf.constant(0, tf.int64), tf.constant(s))
+         for im, s in zip(images, seeds)]
+  x, y = tf.function(batch_fn)(tf.constant(images), tf.constant(labels), tf.constant(seeds))
+  np.testing.assert_array_equal(y.numpy(), [int(p[1]) for p in per])
+  np.testing.assert_allclose(x.numpy(), np.stack([p[0].numpy() for p in per]), atol=1e-5)
+
+
+def test_no_batch_fn_with_per_tile_jitter_or_for_evaluation(cache_dir):
+  assert _task(cache_dir, color_jitter=0.5).batch_fn(1, True) is None
+  assert _task(cache_dir, grayscale=0.2).batch_fn(1, True) is None
+  assert _task(cache_dir).batch_fn(1, False) is None

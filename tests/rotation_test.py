@@ -129,3 +129,51 @@ def test_every_angle_is_resampled_even_zero_degrees():
       np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-6)
       return
   pytest.fail("no 0-degree example in 8 draws")
+
+
+@pytest.mark.parametrize("crop", rotation.CROP_MODES)
+@pytest.mark.parametrize("shape, spec", [((32, 32), (32, 37)), ((40, 52), (16, 18))])
+def test_batch_fn_equals_example_fn_stacked(crop, shape, spec):
+  task = rotation.RotationTask(ImageSpec(*spec), crop=crop)
+  fn, batch_fn = task.example_fn(3, True), task.batch_fn(3, True)
+  images = np.stack([_image(*shape, seed=i) for i in range(12)])
+  seeds = np.stack([np.full(12, 7), np.arange(12)], axis=1).astype(np.int64)
+  labels = np.zeros(12, np.int64)
+  per = [fn(tf.constant(images[i]), tf.constant(labels[i]), tf.constant(seeds[i]))
+         for i in range(12)]
+  x, y = tf.function(batch_fn)(tf.constant(images), tf.constant(labels), tf.constant(seeds))
+  np.testing.assert_array_equal(y.numpy(), [p[1].numpy() for p in per])
+  np.testing.assert_allclose(x.numpy(), np.stack([p[0].numpy() for p in per]), atol=2e-5)
+
+
+@pytest.mark.parametrize("steps_per_epoch, first_epoch", [(None, 0), (2, 0), (2, 3)])
+def test_batched_pipeline_gives_the_per_example_pipelines_batches(steps_per_epoch, first_epoch):
+  # A global TF seed of 0 (keras.utils.set_random_seed(0) in an earlier test of this process)
+  # makes the epoch-seeded pipeline's shuffle fail to trace (tf's get_seed compares its tensor
+  # seed with 0): a bug of data._epoch_seeded, outside this test's subject. Training sets a
+  # non-zero seed per stage first.
+  tf.random.set_seed(1)
+  source = data.load_source("demo", "train")  # in memory, 96 px images
+  task = rotation.RotationTask(ImageSpec(24, 27))
+  assert source.in_memory and task.batch_fn(2, training=False) is None
+  make = lambda batch_fn: data.make_input_fn(
+      source, task.example_fn(2, True), 8, seed=3, shuffle_buffer=64, batch_fn=batch_fn,
+      steps_per_epoch=steps_per_epoch, first_epoch=first_epoch)()
+  batched = list(make(task.batch_fn(2, True)).take(3).as_numpy_iterator())
+  per_example = list(make(None).take(3).as_numpy_iterator())
+  for (xb, yb), (xp, yp) in zip(batched, per_example):
+    np.testing.assert_array_equal(yb, yp)
+    np.testing.assert_allclose(xb, xp, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape, size", [((32, 32), 37), ((40, 52), 18), ((20, 30), 20)])
+def test_resize_shorter_side_equals_the_antialiased_resize(shape, size):
+  image = tf.constant(_image(*shape), tf.float32) / 255.0
+  out = base.resize_shorter_side(image, size)
+  batch = base.resize_shorter_side_batch(image[None], size)[0]
+  h, w = shape
+  scale = size / min(h, w)
+  expected = tf.image.resize(image, [max(round(h * scale), size), max(round(w * scale), size)],
+                             antialias=True)
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+  np.testing.assert_allclose(batch.numpy(), expected.numpy(), atol=1e-5)

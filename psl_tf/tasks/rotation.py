@@ -117,6 +117,59 @@ class RotationTask(base.Task):
                 else inscribed_fraction(angle))
     return tf.ensure_shape(warp(square, angle, fraction, spec.size), [spec.size, spec.size, 3])
 
+  def batch_fn(self, level, training):
+    """`example_fn` for a batch of equal-sized images, in two image ops per batch: one
+    resize, and one bilinear warp whose per-image transform composes the random
+    crop, the flip, the rotation, the centre crop and the resize. Equal to stacking
+    `example_fn` to float rounding (the warp samples only inside each crop, so the rest of
+    the image never enters). The per-image random draws are `example_fn`'s own. Training
+    only, and only where `rotated_view` does not first shrink the square."""
+    spec = self.image_spec
+    if not training or spec.resize > int(round(spec.size * 256 / 224)):
+      return None
+    angles = tf.constant(self.angles(level), tf.int32)
+    n = len(self.angles(level))
+    uniform = self.crop == "uniform"
+
+    def fn(images, labels, seeds):
+      del labels
+      images = base.resize_shorter_side_batch(base.to_float(images), spec.resize)
+      shape = tf.shape(images)[1:]
+
+      def draws(seed):
+        crop_seed, flip_seed, angle_seed = base.split_seed(seed, 3)
+        offset = base.random_crop_offset(shape, spec.resize, crop_seed)
+        flip = base.random_flip_coin(flip_seed)
+        target = tf.random.stateless_uniform([], angle_seed, 0, n, dtype=tf.int32)
+        return offset, flip, target
+
+      offsets, flips, targets = tf.map_fn(
+          draws, seeds, fn_output_signature=(tf.int32, tf.bool, tf.int32))
+      theta = tf.cast(tf.gather(angles, targets), tf.float32) * (math.pi / 180.0)
+      fraction = (tf.fill(tf.shape(theta), 1.0 / math.sqrt(2.0)) if uniform
+                  else inscribed_fraction(tf.gather(angles, targets)))
+      side = float(spec.resize)
+      m = fraction * side / float(spec.size)
+      c, s = m * tf.cos(theta), m * tf.sin(theta)
+      c_in = (side - 1.0) / 2.0
+      c_out = (spec.size - 1.0) / 2.0
+      # Square coordinates of output pixel (x, y), as `warp` computes them ...
+      ax, bx, tx = c, -s, c_in - c * c_out + s * c_out
+      ay, by, ty = s, c, c_in - s * c_out - c * c_out
+      # ... then the flip (x -> side - 1 - x) and the crop's offset into the image.
+      sign = tf.where(flips, -1.0, 1.0)
+      ox = tf.cast(offsets[:, 1], tf.float32) + tf.where(flips, side - 1.0, 0.0)
+      oy = tf.cast(offsets[:, 0], tf.float32)
+      zeros = tf.zeros_like(theta)
+      transforms = tf.stack([sign * ax, sign * bx, sign * tx + ox,
+                             ay, by, ty + oy, zeros, zeros], axis=1)
+      out = tf.raw_ops.ImageProjectiveTransformV3(
+          images=images, transforms=transforms, output_shape=[spec.size, spec.size],
+          fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+      return tf.ensure_shape(out, [None, spec.size, spec.size, 3]), targets
+
+    return fn
+
   def example_fn(self, level, training):
     angles = tf.constant(self.angles(level), tf.int32)
     n = len(self.angles(level))

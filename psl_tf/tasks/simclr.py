@@ -52,7 +52,8 @@ def build_projection_head(feature_shape, hidden, out_dim, name):
   x = keras.layers.Dense(width, use_bias=False)(x)
   x = keras.layers.BatchNormalization(momentum=0.9)(x)
   x = keras.layers.ReLU()(x)
-  outputs = keras.layers.Dense(int(out_dim), name="projection")(x)
+  # float32 projections under a mixed-precision policy: NT-Xent's similarities need them.
+  outputs = keras.layers.Dense(int(out_dim), name="projection", dtype="float32")(x)
   return keras.Model(inputs, outputs, name=name)
 
 
