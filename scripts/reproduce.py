@@ -75,11 +75,14 @@ SETTINGS = ("depth", "width", "image_size", "batch_size", "stage_epochs", "steps
             "probe_epochs", "probe_steps", "probe_batch_size", "probe_learning_rate",
             "probe_inputs")
 
-# Pre-training settings shared by every row (the CIFAR-10 flagfiles' optimiser).
+# Pre-training settings shared by every row (the CIFAR-10 flagfiles' optimiser). Every learning
+# flag is explicit, so a later change of the command line's defaults (they are the demo's) cannot
+# change what a campaign run started from a newer commit learns.
 COMMON_TRAIN_FLAGS = ("--backbone=cifar_resnet", "--optimizer=sgd", "--learning_rate=0.1",
                       "--momentum=0.9", "--weight_decay=5e-4", "--lr_schedule=step",
-                      "--lr_step_split=20,20,10,10", "--image_check=none", "--export=false",
-                      "--verbose=2")
+                      "--lr_step_split=20,20,10,10", "--lr_decay=0.1", "--warmup_epochs=0",
+                      "--head_hidden=512", "--frozen_bn=inference", "--precision=float32",
+                      "--image_check=none", "--export=false", "--verbose=2")
 
 
 def parse_args(argv=None):
@@ -242,7 +245,7 @@ def train_command(args, row, seed):
 def eval_command(args, row, seed):
   workdir = run_dir(args, row, seed)
   cmd = [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
-         "--protocol=linear", f"--probe_inputs={args.probe_inputs}",
+         "--protocol=linear", f"--probe_inputs={args.probe_inputs}", "--precision=float32",
          f"--epochs={args.probe_epochs}", f"--batch_size={args.probe_batch_size}",
          f"--learning_rate={args.probe_learning_rate}", f"--seed={seed}",
          f"--output={os.path.join(workdir, 'eval')}"]
