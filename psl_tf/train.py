@@ -127,6 +127,10 @@ def main(argv):
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
   try:
+    # First: MultiWorkerMirroredStrategy configures collective ops, which must happen before
+    # anything (a tf.data pipeline in pretrain.plan, say) starts TensorFlow's runtime.
+    flagdefs.check_ranges(FLAGS)
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
     check_resume(config.workdir, values)
@@ -137,7 +141,6 @@ def main(argv):
           the_plan.source, config.dataset, config.data_dir, config.image_size, config.resize_to,
           config.batch_size, os.path.join(config.workdir, "logs", "online_probes"),
           config.seed, config.image_check))
-    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     if config.batch_size % strategy.num_replicas_in_sync:
       raise UsageError(f"--batch_size={config.batch_size} does not split over "
                        f"{strategy.num_replicas_in_sync} replicas")
