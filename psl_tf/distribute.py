@@ -58,6 +58,10 @@ def make_strategy(name="auto", tpu_address="", cpu_replicas=0):
     raise ValueError(f"--cpu_replicas={cpu_replicas} needs --strategy=mirrored, got {name}")
   if cpu_replicas:
     return CpuReplicasStrategy(cpu_replicas)
+  if name == "multi_worker":
+    # First, before anything lists devices: that starts the runtime, after which collective
+    # ops can no longer be configured ("Collective ops must be configured at program startup").
+    return tf.distribute.MultiWorkerMirroredStrategy()
   gpus = tf.config.list_logical_devices("GPU")
   if name == "auto":
     name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -65,8 +69,6 @@ def make_strategy(name="auto", tpu_address="", cpu_replicas=0):
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
-  if name == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
   tf.config.experimental_connect_to_cluster(resolver)
   tf.tpu.experimental.initialize_tpu_system(resolver)
