@@ -17,8 +17,9 @@ Three runs of the same smoke command (rotation, 3 stages x 3 epochs x 3 steps, g
    open-for-write, mkdir, rename and unlink of the non-chief is traced with strace when it is
    installed; otherwise only the TensorBoard event files' process ids are checked) and wrote
    its checkpoints under its own TMPDIR instead.
-3. kill: the two workers again on a fresh work directory; a random 0-1.5 s after the chief's
-   first epoch checkpoint of stage --kill_stage, worker --kill_worker gets SIGKILL. The
+3. kill: the two workers again on a fresh work directory; a random 0 to --max_delay s after
+   the chief's first epoch checkpoint of stage --kill_stage, worker --kill_worker gets SIGKILL
+   (the stage must not have finished by then). The
    survivor must stop by itself within --survivor_timeout (else it is killed and that is
    reported). Both are restarted with the same command and TF_CONFIG; both must exit 0, the
    chief must say it resumed stage --kill_stage from an epoch checkpoint, and every stage's
@@ -232,6 +233,9 @@ def main():
   parser.add_argument("--kill_worker", type=int, default=1, choices=(0, 1),
                       help="the worker to SIGKILL (0 is the chief)")
   parser.add_argument("--kill_stage", type=int, default=2, choices=range(1, STAGES + 1))
+  parser.add_argument("--max_delay", type=float, default=0.3,
+                      help="largest delay (s) of the kill after the epoch checkpoint (a smoke "
+                      "epoch takes about a second)")
   parser.add_argument("--atol", type=float, default=1e-5,
                       help="largest allowed |multi-worker - twin| of any weight")
   parser.add_argument("--no_strace", action="store_true")
@@ -308,10 +312,13 @@ def main():
     if not os.path.exists(ckpt):
       raise RuntimeError(f"no epoch checkpoint of stage {args.kill_stage} appeared (exit codes "
                          f"{[p.poll() for p in procs]}): {tail(killed.log(0))}")
-    delay = rng.uniform(0.0, 1.5)
+    with open(ckpt) as f:
+      checkpoint_line = f.readline().strip()
+    delay = rng.uniform(0.0, args.max_delay)
     time.sleep(delay)
     victim, survivor = procs[args.kill_worker], procs[1 - args.kill_worker]
     kill(victim)
+    mid_stage = not os.path.exists(os.path.join(kill_dir, f"stage_{args.kill_stage}", "DONE"))
     t = time.time()
     try:
       survivor.wait(timeout=args.survivor_timeout)
@@ -323,11 +330,10 @@ def main():
       survivor_text = (f"the survivor (worker {1 - args.kill_worker}) was still running "
                        f"{args.survivor_timeout:.0f} s after the kill; killed")
       survivor_ok = False
-    with open(ckpt) as f:
-      checkpoint_line = f.readline().strip()
-    report("kill", victim.returncode == -signal.SIGKILL,
-           f"worker {args.kill_worker} SIGKILLed in stage {args.kill_stage}, {delay:.2f} s "
-           f"after its first epoch checkpoint ({checkpoint_line})")
+    report("kill", victim.returncode == -signal.SIGKILL and mid_stage,
+           f"worker {args.kill_worker} SIGKILLed {delay:.2f} s after the chief's first epoch "
+           f"checkpoint of stage {args.kill_stage} ({checkpoint_line}); "
+           f"{'mid-stage' if mid_stage else 'too late: the stage had finished'}")
     report("survivor_stops", survivor_ok, survivor_text,
            survivor_log=tail(killed.log(1 - args.kill_worker), 400))
     t = time.time()
