@@ -8,7 +8,39 @@ import tensorflow as tf
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-def make_strategy(name="auto", tpu_address=""):
+def split_cpu(replicas):
+  """Splits the local CPU into `replicas` logical devices; call before TensorFlow starts.
+
+  Raises ValueError if TensorFlow already initialised its devices.
+  """
+  cpus = tf.config.list_physical_devices("CPU")
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)])
+  except RuntimeError as e:
+    raise ValueError(f"cannot split the CPU into {replicas} devices: {e}") from e
+
+
+class CpuReplicasStrategy(tf.distribute.MirroredStrategy):
+  """MirroredStrategy over N logical CPU devices with one input pipeline per replica.
+
+  The single-process twin of an N-worker `MultiWorkerMirroredStrategy` with one CPU each:
+  replica i reads what worker i reads (shard i of the examples, pipeline seed i), with the
+  same per-replica batch, so both runs train on the same batches and their weights agree to
+  float rounding (the order of the gradient all-reduce may differ). For testing the
+  multi-worker path on one machine (scripts/multi_worker_drill.py); not faster than one device.
+  """
+
+  def __init__(self, replicas):
+    super().__init__([f"/cpu:{i}" for i in range(replicas)])
+
+  def distribute_datasets_from_function(self, dataset_fn, options=None):
+    options = options or tf.distribute.InputOptions(
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+    return super().distribute_datasets_from_function(dataset_fn, options)
+
+
+def make_strategy(name="auto", tpu_address="", cpu_replicas=0):
   """Returns a `tf.distribute.Strategy`.
 
   Args:
@@ -16,9 +48,20 @@ def make_strategy(name="auto", tpu_address=""):
       'mirrored' (every local GPU, or the local CPU devices), 'multi_worker'
       (MultiWorkerMirroredStrategy, cluster from TF_CONFIG) or 'tpu'.
     tpu_address: for 'tpu', the TPU name or address ('' for a local / Colab TPU).
+    cpu_replicas: with 'mirrored', mirror over this many logical CPU devices (made by
+      `split_cpu` before TensorFlow starts) with one input pipeline per replica: a
+      `CpuReplicasStrategy`. 0: the usual MirroredStrategy.
   """
   if name not in STRATEGIES:
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+  if cpu_replicas and name != "mirrored":
+    raise ValueError(f"--cpu_replicas={cpu_replicas} needs --strategy=mirrored, got {name}")
+  if cpu_replicas:
+    return CpuReplicasStrategy(cpu_replicas)
+  if name == "multi_worker":
+    # First, before anything lists devices: that starts the runtime, after which collective
+    # ops can no longer be configured ("Collective ops must be configured at program startup").
+    return tf.distribute.MultiWorkerMirroredStrategy()
   gpus = tf.config.list_logical_devices("GPU")
   if name == "auto":
     name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -26,8 +69,6 @@ def make_strategy(name="auto", tpu_address=""):
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
-  if name == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
   tf.config.experimental_connect_to_cluster(resolver)
   tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -48,7 +89,8 @@ def writable_dir(path, strategy):
   """`path` on the chief; a private temporary folder on other workers.
 
   Multi-worker checkpointing needs every worker to save (the saves are collective), but
-  only the chief's copy is kept.
+  only the chief's copy is kept. Every worker restores from the chief's copy (`path`), so the
+  work directory must be on a file system all workers read (one machine, NFS, GCS).
   """
   if is_chief(strategy):
     return path

@@ -13,7 +13,7 @@ from absl import flags
 RESUME_SAFE = frozenset({"strategy", "tpu", "verbose", "export", "flagfile",
                          "jigsaw_cache_dir", "online_probes", "heldout_split",
                          "heldout_examples", "first_batch_timeout", "deterministic",
-                         "cache"})
+                         "cache", "cpu_replicas"})
 
 
 def define_train_flags():
@@ -92,6 +92,10 @@ def define_train_flags():
   flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
                     "tf.distribute strategy.")
   flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+  flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored: split the CPU into this "
+                       "many logical devices and give each replica its own input pipeline, "
+                       "as each worker of --strategy=multi_worker has (the one-process twin of "
+                       "an N-worker run, for testing; scripts/multi_worker_drill.py). 0: off.")
   flags.DEFINE_integer("first_batch_timeout", 600, "Seconds a stage may wait for its first "
                        "batch before the run stops with an error (0: wait forever).")
   flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops "
@@ -173,6 +177,7 @@ RANGES = {
     "seed": (0, _INT_MAX, False),
     "verbose": (0, 2, False),
     "first_batch_timeout": (0, 10**6, False),
+    "cpu_replicas": (0, 64, False),
     "jigsaw_perm_seed": (0, _INT_MAX, False),
     "jigsaw_resize": (0, 4096, False),
     "jigsaw_crop": (0, 4096, False),

@@ -142,13 +142,16 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     optimizer.build(model.trained_variables())
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-  ckpt_dir = distribute.writable_dir(os.path.join(wd.stage_dir(workdir, stage.index), "ckpt"),
-                                     strategy)
+  chief_ckpt_dir = os.path.join(wd.stage_dir(workdir, stage.index), "ckpt")
+  ckpt_dir = distribute.writable_dir(chief_ckpt_dir, strategy)
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=1)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} "
-        f"({manager.latest_checkpoint})")
+  # Every worker resumes from the chief's checkpoint: a non-chief's own saves go to a private
+  # folder named after its process, which a restarted worker never sees; a worker that
+  # started from scratch while the chief resumed would train other weights and other epochs.
+  latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} ({latest})")
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
 

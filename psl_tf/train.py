@@ -120,9 +120,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet.warnings_only_unless_asked()
+  if FLAGS.cpu_replicas > 0:  # before anything starts TensorFlow's devices
+    try:
+      distribute.split_cpu(FLAGS.cpu_replicas)
+    except ValueError as e:
+      print(f"psl_tf.train: error: {e}", file=sys.stderr)
+      sys.exit(2)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
   try:
+    # First: MultiWorkerMirroredStrategy configures collective ops, which must happen before
+    # anything (a tf.data pipeline in pretrain.plan, say) starts TensorFlow's runtime.
+    flagdefs.check_ranges(FLAGS)
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
     check_resume(config.workdir, values)
@@ -133,7 +143,6 @@ def main(argv):
           the_plan.source, config.dataset, config.data_dir, config.image_size, config.resize_to,
           config.batch_size, os.path.join(config.workdir, "logs", "online_probes"),
           config.seed, config.image_check))
-    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
     if config.batch_size % strategy.num_replicas_in_sync:
       raise UsageError(f"--batch_size={config.batch_size} does not split over "
                        f"{strategy.num_replicas_in_sync} replicas")

@@ -57,6 +57,21 @@ class StageModel(keras.Model):
     self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
     task.build_stage_state(self)
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras 3 (3.15) learns the input shapes from the first distributed batch by MEAN-reducing
+    # it across replicas, eagerly; under MultiWorkerMirroredStrategy that reduce fails
+    # ("Attempt to convert a value (PerReplica:...) ... to a Tensor"), so multi-worker `fit`
+    # never started. The first local replica's batch has the same shapes, without a collective.
+    if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+      strategy = self._distribute_strategy
+      for _, _, it in iterator:
+        data_batch = tf.nest.map_structure(
+            lambda x: strategy.experimental_local_results(x)[0]
+            if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
+        break
+      iterator = None
+    return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
   @property
   def metrics(self):
     return [self.loss_tracker, self.accuracy_tracker, self.grad_norm_tracker]
@@ -110,12 +125,29 @@ class StageModel(keras.Model):
     self.loss_tracker.update_state(task_loss)
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
     self.grad_norm_tracker.update_state(grad_norm, sample_weight=grad_norm_weight)
-    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result(),
-            "grad_norm": self.grad_norm_tracker.result()}
+    return _for_keras_reduce({"loss": self.loss_tracker.result(),
+                              "accuracy": self.accuracy_tracker.result(),
+                              "grad_norm": self.grad_norm_tracker.result()})
 
   def test_step(self, data):
     inputs, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
     outputs = precision.to_float32(self(inputs, training=False))
     self.loss_tracker.update_state(self.task.loss(targets, outputs))
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
-    return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+    return _for_keras_reduce({"loss": self.loss_tracker.result(),
+                              "accuracy": self.accuracy_tracker.result()})
+
+
+def _for_keras_reduce(logs):
+  """`logs` in the shape Keras can reduce over the replicas of the current strategy.
+
+  Under multi-worker training Keras 3 (3.15) averages every step output with
+  `strategy.reduce("MEAN", v, axis=0)`, which fails on a scalar ("Invalid reduction dimension
+  0 for input with 0 dimensions"); as one-element vectors they reduce to the scalar mean over
+  replicas, the value the other strategies log.
+  """
+  strategy = tf.distribute.get_strategy()
+  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+      and strategy.extended._in_multi_worker_mode()):  # pylint: disable=protected-access
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+  return logs
