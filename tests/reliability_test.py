@@ -192,7 +192,7 @@ def test_images_tensorflow_cannot_decode_are_skipped_and_counted(tmp_path):
   # Every image the check kept comes out of the training pipeline: nothing is dropped.
   source = data.load_source(f"folder:{tmp_path}", "train", image_check="full")
   batches = data.make_input_fn(source, lambda image, label, seed: (image[:4, :4], label), 3,
-                               training=True, steps_per_epoch=1)()
+                               training=True, steps_per_epoch=1, num_epochs=1)()
   labels = next(iter(batches))[1]
   assert labels.shape == (3,)
 
