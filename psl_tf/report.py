@@ -64,6 +64,12 @@ def plot(rows, path, metric=None, title="", floor=None):
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
   draw(axes, rows, metric, title, floor)
+  return save_figure(figure, path)
+
+
+def save_figure(figure, path):
+  """Lays out `figure`, writes it to `path` as PNG (any tf.io.gfile path), closes it."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   figure.tight_layout()
   tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   with tf.io.gfile.GFile(path, "wb") as f:

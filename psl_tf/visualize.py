@@ -13,7 +13,6 @@ training stage uses to put a grid of its inputs into TensorBoard (`logs/stage_<k
 Images), so a run shows exactly what its network was fed.
 """
 
-import os
 import sys
 
 import numpy as np
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from psl_tf import augment
 from psl_tf import data
+from psl_tf import report
 from psl_tf import tasks as tasks_lib
 from psl_tf.tasks import base
 from psl_tf.tasks import jigsaw as jigsaw_lib
@@ -130,12 +130,7 @@ def ladder_figure(task, images, path, seed=0, dpi=80):
                           rotation=0, ha="right", va="center", wrap=True)
   figure.suptitle(f"{task.name}: what each level of the ladder asks (levels 1 → "
                   f"{task.num_levels}, harder)", fontsize=9)
-  figure.tight_layout()
-  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-  with tf.io.gfile.GFile(path, "wb") as f:
-    figure.savefig(f, format="png")
-  plt.close(figure)
-  return path
+  return report.save_figure(figure, path)
 
 
 # ---- TensorBoard: a grid of what a stage feeds its network ---------------------------------

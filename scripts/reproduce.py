@@ -517,31 +517,16 @@ def markdown(args, records, table):
 
 def plot(table, path, title):
   """Accuracy per block, one line per row with sd error bars, the random floor dashed."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
-  xs = list(range(len(BLOCKS)))
-  for row, entry in table.items():
-    present = [i for i, b in enumerate(BLOCKS) if entry[b][0] is not None]
-    means = [entry[BLOCKS[i]][0] for i in present]
-    errors = [entry[BLOCKS[i]][1] or 0.0 for i in present]
-    if row == RANDOM:
-      axes.plot(present, means, "k--", label=f"untrained floor (n={len(entry['seeds'])})")
-    else:
-      axes.errorbar(present, means, yerr=errors, marker="o", capsize=3,
-                    label=f"{row} (n={len(entry['seeds'])})")
-  axes.set_xticks(xs)
-  axes.set_xticklabels([b.upper() for b in BLOCKS])
-  axes.set_xlabel("block probed")
-  axes.set_ylabel("linear probe top-1 on the test split (%)")
-  axes.set_title(title)
-  axes.grid(alpha=0.3)
-  axes.legend(fontsize="small")
-  figure.tight_layout()
-  figure.savefig(path, format="png")
-  plt.close(figure)
-  return path
+  from psl_tf import report  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  def result(entry):
+    return {b: {"top1": entry[b][0], **({"top1_sd": entry[b][1]} if entry[b][1] else {})}
+            for b in BLOCKS if entry[b][0] is not None}
+  rows = [(f"{row} (n={len(entry['seeds'])})", result(entry))
+          for row, entry in table.items() if row != RANDOM]
+  floor = None
+  if RANDOM in table:
+    floor = (f"{RANDOM} (n={len(table[RANDOM]['seeds'])})", result(table[RANDOM]))
+  return report.plot(rows, path, "top1", title, floor)
 
 
 def write_results(args, records=None):

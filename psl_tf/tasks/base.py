@@ -150,12 +150,16 @@ def to_float(image):
 
 def resize_shorter_side(image, size):
   """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
-  shape = tf.shape(image)
-  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  return _resize(image, *_shorter_side_size(tf.shape(image)[0], tf.shape(image)[1], size))
+
+
+def _shorter_side_size(h, w, size):
+  """([new_h, new_w], scale) that brings the shorter of h and w to `size`."""
+  h, w = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
   scale = tf.cast(size, tf.float32) / tf.minimum(h, w)
   new_h = tf.cast(tf.round(h * scale), tf.int32)
   new_w = tf.cast(tf.round(w * scale), tf.int32)
-  return _resize(image, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]), scale)
+  return tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]), scale
 
 
 def _resize(images, new_size, scale):
@@ -169,12 +173,7 @@ def _resize(images, new_size, scale):
 
 def resize_shorter_side_batch(images, size):
   """`resize_shorter_side` of a batch [B, H, W, C] of images of one size."""
-  shape = tf.shape(images)
-  h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-  scale = tf.cast(size, tf.float32) / tf.minimum(h, w)
-  new_h = tf.cast(tf.round(h * scale), tf.int32)
-  new_w = tf.cast(tf.round(w * scale), tf.int32)
-  return _resize(images, tf.stack([tf.maximum(new_h, size), tf.maximum(new_w, size)]), scale)
+  return _resize(images, *_shorter_side_size(tf.shape(images)[1], tf.shape(images)[2], size))
 
 
 def random_crop_offset(shape, side, seed):
