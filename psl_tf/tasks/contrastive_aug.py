@@ -40,68 +40,106 @@ class ViewDraws(typing.NamedTuple):
   sobel: tf.Tensor  # bool
 
 
-def draw_view(image_shape, level, seed, options=augment.AugmentOptions()):
-  """The draws `augment.view(image, level, size, seed, options)` makes for an image of
-  `image_shape` [H, W, 3], from the same stateless ops on the same seeds. Draws that the
-  level does not use are still returned (they are never applied)."""
+# Raw draws per view, in this order (float32 in [0, 1)); `_finish` turns them into ViewDraws.
+_RAW = ("flip", "color", "brightness", "contrast", "saturation", "hue", "order0", "order1",
+        "order2", "order3", "gray", "blur", "sigma", "sobel")
+
+
+def _uniform01(seed, shape=()):
+  """`tf.random.stateless_uniform(shape, seed)` in one op instead of two (the V1 kernel
+  derives Philox's key and counter from the seed as the V2 path does; same numbers)."""
+  return tf.raw_ops.StatelessRandomUniform(shape=shape, seed=seed, dtype=tf.float32)
+
+
+def _split(seed, num):
+  """`augment.split` (`tf.random.experimental.stateless_split`) in one op."""
+  return tf.unstack(tf.raw_ops.StatelessRandomUniformFullInt(shape=[num, 2], seed=seed,
+                                                             dtype=tf.int64))
+
+
+def _raw_view(image_shape, level, seed, options):
+  """One view's crop box (int32 [4]: top, left, height, width) and its raw uniforms (float32
+  [len(_RAW)]), drawn from `augment.view`'s seeds with its stateless ops. Only what the
+  level uses is drawn (zeros otherwise)."""
   o = options
-  seeds = augment.split(seed, 9)
+  seeds = _split(seed, 9)
   begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
       image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
       min_object_covered=0.0, aspect_ratio_range=tuple(o.crop_ratio),
       area_range=(o.crop_min_scale, o.crop_max_scale), max_attempts=100,
       use_image_if_no_bounding_boxes=True)
-  # tf.image.stateless_random_flip_left_right's draw for one image.
-  flip = tf.random.stateless_uniform([], seed=seeds[1], minval=0, maxval=1.0) < 0.5
-  # augment.color_jitter's draws.
+  box = tf.cast(tf.concat([begin[:2], crop[:2]], 0), tf.int32)
+  raw = [_uniform01(seeds[1])[None]]  # tf.image.stateless_random_flip_left_right's draw
+  if level >= 2:
+    jitter = _split(seeds[3], 5)  # augment.color_jitter's seeds
+    raw += [_uniform01(seeds[2])[None]] + [_uniform01(jitter[i])[None] for i in range(4)]
+    raw += [_uniform01(jitter[4], [4]), _uniform01(seeds[4])[None]]
+  if level >= 3:
+    raw += [_uniform01(seeds[i])[None] for i in (5, 6, 7)]
+  raw = tf.concat(raw, 0)
+  return box, tf.pad(raw, [[0, len(_RAW) - raw.shape[0]]])
+
+
+def _scaled(u, low, high):
+  """`tf.random.stateless_uniform([], seed, low, high)` from its raw draw u: the same
+  float32 arithmetic."""
+  return u * (tf.constant(high, tf.float32) - tf.constant(low, tf.float32)) + tf.constant(
+      low, tf.float32)
+
+
+def _finish(box, raw, level, options):
+  """ViewDraws of views [V] from their boxes [V, 4] and raw uniforms [V, len(_RAW)]."""
+  o = options
+  u = dict(zip(_RAW, tf.unstack(raw, axis=1)))
+  none = tf.zeros_like(u["flip"], tf.bool)
   s = float(o.color_strength)
-  jitter = augment.split(seeds[3], 5)
   low, high = max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s
-  hue = augment._uniform(jitter[3], -0.2 * s, 0.2 * s) if s > 0 else tf.constant(0.0)  # pylint: disable=protected-access
-  factors = tf.stack([augment._uniform(jitter[0], low, high),  # pylint: disable=protected-access
-                      augment._uniform(jitter[1], low, high),  # pylint: disable=protected-access
-                      augment._uniform(jitter[2], low, high),  # pylint: disable=protected-access
-                      hue])
-  order = tf.cast(tf.argsort(tf.random.stateless_uniform([4], jitter[4])), tf.int32)
-  coin = augment._coin  # pylint: disable=protected-access
+  hue = _scaled(u["hue"], -0.2 * s, 0.2 * s) if s > 0 else tf.zeros_like(u["hue"])
   return ViewDraws(
-      begin=tf.cast(begin[:2], tf.int32), crop=tf.cast(crop[:2], tf.int32),
-      flip=flip if o.flip else tf.constant(False),
-      color=coin(seeds[2], o.color_prob) if level >= 2 else tf.constant(False),
-      factors=factors, order=order,
-      gray=coin(seeds[4], o.gray_prob) if level >= 2 else tf.constant(False),
-      blur=coin(seeds[5], o.blur_prob) if level >= 3 else tf.constant(False),
-      sigma=augment._uniform(seeds[6], o.blur_sigma[0], o.blur_sigma[1]),  # pylint: disable=protected-access
-      sobel=coin(seeds[7], o.sobel_prob) if level >= 3 else tf.constant(False))
-
-
-_SIGNATURE = ViewDraws(tf.int32, tf.int32, tf.bool, tf.bool, tf.float32, tf.int32, tf.bool,
-                       tf.bool, tf.float32, tf.bool)
+      begin=box[:, :2], crop=box[:, 2:],
+      flip=u["flip"] < 0.5 if o.flip else none,
+      color=u["color"] < o.color_prob if level >= 2 else none,
+      factors=tf.stack([_scaled(u["brightness"], low, high), _scaled(u["contrast"], low, high),
+                        _scaled(u["saturation"], low, high), hue], axis=1),
+      order=tf.cast(tf.argsort(raw[:, 6:10], axis=1), tf.int32),
+      gray=u["gray"] < o.gray_prob if level >= 2 else none,
+      blur=u["blur"] < o.blur_prob if level >= 3 else none,
+      sigma=_scaled(u["sigma"], o.blur_sigma[0], o.blur_sigma[1]),
+      sobel=u["sobel"] < o.sobel_prob if level >= 3 else none)
 
 
 def draw_two_views(image_shape, level, seeds, options=augment.AugmentOptions()):
-  """`ViewDraws` of 2N views for seeds [N, 2]: views A of every image, then views B (the
-  seed split of `augment.two_views`)."""
-  def both(seed):
-    seed_a, seed_b = augment.split(seed, 2)
-    a = draw_view(image_shape, level, seed_a, options)
-    b = draw_view(image_shape, level, seed_b, options)
-    return ViewDraws(*[tf.stack([x, y]) for x, y in zip(a, b)])
+  """`ViewDraws` of 2N views for seeds [N, 2]: views A of every image, then views B, with the
+  draws `augment.two_views(image, level, size, seeds[i], options)` makes. Only the seed
+  splits, the crop boxes and the raw uniforms are drawn image by image (one `tf.map_fn`);
+  scaling, coins and orders are computed for all views at once."""
+  augment.level_ops(level)
 
-  draws = tf.map_fn(both, tf.cast(seeds, tf.int64),
-                    fn_output_signature=ViewDraws(*[tf.TensorSpec(None, d) for d in _SIGNATURE]))
-  # [N, 2, ...] -> [2N, ...] with views A first.
-  return ViewDraws(*[tf.concat([x[:, 0], x[:, 1]], axis=0) for x in draws])
+  def both(seed):
+    seed_a, seed_b = _split(seed, 2)
+    box_a, raw_a = _raw_view(image_shape, level, seed_a, options)
+    box_b, raw_b = _raw_view(image_shape, level, seed_b, options)
+    return tf.stack([box_a, box_b]), tf.stack([raw_a, raw_b])
+
+  boxes, raws = tf.map_fn(both, tf.cast(seeds, tf.int64),
+                          fn_output_signature=(tf.int32, tf.float32))
+  # [N, 2, k] -> [2N, k] with views A first.
+  boxes = tf.concat([boxes[:, 0], boxes[:, 1]], axis=0)
+  raws = tf.concat([raws[:, 0], raws[:, 1]], axis=0)
+  return _finish(boxes, raws, level, options)
 
 
 # ---- batched image ops ---------------------------------------------------------------------
+#
+# After the crop the views are kept planar, [V, 3, size, size] (r, g and b planes), so every
+# colour op is a few elementwise ops on whole planes and every reduction runs over the last
+# axes; one transpose at the end gives the [V, size, size, 3] the backbone takes.
 
 def _resize_table(begin, length, size):
   """Per view [V] crop start and length along one axis -> (lower, upper, weight) [V, size]
   of TF's half-pixel bilinear resize of the crop to `size`: output i samples
   (i + 0.5) * length / size - 0.5, clamped to the crop, as indices into the whole axis."""
-  length_f = tf.cast(length, tf.float32)[:, None]
-  scale = length_f / float(size)
+  scale = tf.cast(length, tf.float32)[:, None] / float(size)
   position = (tf.range(size, dtype=tf.float32)[None, :] + 0.5) * scale - 0.5
   floor = tf.floor(position)
   lower = tf.maximum(tf.cast(floor, tf.int32), 0)
@@ -109,67 +147,87 @@ def _resize_table(begin, length, size):
   return lower + begin[:, None], upper + begin[:, None], position - floor
 
 
-def crop_resize_flip(images, draws, size):
-  """Views [V, size, size, 3] float32 in [0, 1] of images [V, H, W, 3] (uint8 or float in
-  [0, 1]): each view's crop box resized with half-pixel bilinear interpolation, then mirrored
-  where `draws.flip`."""
-  rows = _resize_table(draws.begin[:, 0], draws.crop[:, 0], size)
-  cols = _resize_table(draws.begin[:, 1], draws.crop[:, 1], size)
-  # The flip reads the output columns right to left.
-  cols = [tf.where(draws.flip[:, None], tf.reverse(t, [1]), t) for t in cols]
-  # Columns first, then rows: TF's kernel interpolates along x, then along y.
-  left = augment_float(tf.gather(images, cols[0], axis=2, batch_dims=1))  # [V, H, size, 3]
-  right = augment_float(tf.gather(images, cols[1], axis=2, batch_dims=1))
-  x = left + (right - left) * cols[2][:, None, :, None]
-  top = tf.gather(x, rows[0], axis=1, batch_dims=1)  # [V, size, size, 3]
-  bottom = tf.gather(x, rows[1], axis=1, batch_dims=1)
-  return top + (bottom - top) * rows[2][:, :, None, None]
-
-
-def augment_float(images):
+def to_float(images):
   """uint8 [0, 255] -> float32 [0, 1] as `augment.two_views` converts; float passes."""
   if images.dtype == tf.uint8:
     return tf.cast(images, tf.float32) / 255.0
   return tf.cast(images, tf.float32)
 
 
-def _channel_means(x):
-  """Mean over H and W per view and channel [V, 1, 1, 3] (the reduction over the last axis of a
-  transposed copy; TF's CPU reduction over middle axes is slow, see jigsaw.normalize_tiles)."""
-  shape = tf.shape(x)
-  pixels = tf.transpose(tf.reshape(x, [shape[0], -1, 3]), [0, 2, 1])  # [V, 3, H*W]
-  return tf.reduce_mean(pixels, axis=-1)[:, None, None, :]
+def crop_resize_flip(images, draws, size):
+  """Planar views [V, 3, size, size] float32 in [0, 1] of images [V, H, W, 3] (uint8, or
+  float in [0, 1]): each view's crop box resized with TF's half-pixel bilinear interpolation
+  (along x, then along y, as its kernel does), mirrored where `draws.flip`."""
+  rows = _resize_table(draws.begin[:, 0], draws.crop[:, 0], size)
+  cols = _resize_table(draws.begin[:, 1], draws.crop[:, 1], size)
+  # The flip reads the output columns right to left.
+  cols = [tf.where(draws.flip[:, None], tf.reverse(t, [1]), t) for t in cols]
+  # Gathers along axis 1 copy contiguous slices (fast); gathering along a middle axis is not.
+  x = tf.transpose(images, [0, 2, 3, 1])  # [V, W, 3, H]
+  left = to_float(tf.gather(x, cols[0], axis=1, batch_dims=1))  # [V, size, 3, H]
+  right = to_float(tf.gather(x, cols[1], axis=1, batch_dims=1))
+  x = left + (right - left) * cols[2][:, :, None, None]
+  x = tf.transpose(x, [0, 3, 2, 1])  # [V, H, 3, size]
+  top = tf.gather(x, rows[0], axis=1, batch_dims=1)  # [V, size, 3, size]
+  bottom = tf.gather(x, rows[1], axis=1, batch_dims=1)
+  x = top + (bottom - top) * rows[2][:, :, None, None]
+  return tf.transpose(x, [0, 2, 1, 3])  # [V, 3, size, size]
+
+
+def _per_view(f):
+  return f[:, None, None, None]
 
 
 def _brightness(x, f):
-  return x * f[:, None, None, None]
+  return x * _per_view(f)
 
 
 def _contrast(x, f):
-  mean = _channel_means(x)
-  return (x - mean) * f[:, None, None, None] + mean
+  """tf.image.adjust_contrast per view: (x - mean) * f + mean, mean per view and channel."""
+  mean = tf.reduce_mean(x, axis=[2, 3], keepdims=True)
+  return (x - mean) * _per_view(f) + mean
+
+
+def _max_min(x):
+  r, g, b = x[:, 0], x[:, 1], x[:, 2]
+  return tf.maximum(tf.maximum(r, g), b), tf.minimum(tf.minimum(r, g), b)
 
 
 def _saturation(x, f):
-  hsv = tf.image.rgb_to_hsv(x)
-  h, s, v = tf.unstack(hsv, axis=-1)
-  s = tf.clip_by_value(s * f[:, None, None], 0.0, 1.0)
-  return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
+  """tf.image.adjust_saturation per view, without the HSV round trip: with hue and value
+  fixed every channel is v - (v - c) * s'/s, and s'/s = min(f, 1/s) = min(f, v / chroma)."""
+  v, m = _max_min(x)
+  chroma = (v - m)[:, None]
+  v = v[:, None]
+  ratio = tf.where(chroma > 0.0,
+                   tf.minimum(_per_view(f), tf.math.divide_no_nan(v, chroma)), 1.0)
+  return v - (v - x) * ratio
+
+
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # r, g, b in HSV -> RGB: c = v - chroma * clip(min(k, 4 - k))
 
 
 def _hue(x, f):
-  hsv = tf.image.rgb_to_hsv(x)
-  h, s, v = tf.unstack(hsv, axis=-1)
-  h = h + f[:, None, None]
-  h = h - tf.floor(h)
-  return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
+  """tf.image.adjust_hue per view, without the HSV round trip: the hue (in sixths) from
+  the channels as TF's kernel computes it, shifted by 6 f, and each channel from the
+  shifted hue with the same value and chroma."""
+  r, g, b = x[:, 0], x[:, 1], x[:, 2]
+  v, m = _max_min(x)
+  chroma = v - m
+  inv = tf.math.divide_no_nan(1.0, chroma)
+  hue = tf.where(tf.equal(r, v), (g - b) * inv,
+                 tf.where(tf.equal(g, v), 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
+  hue = (hue + 6.0 * f[:, None, None])[:, None]
+  k = hue + tf.constant(_HUE_OFFSETS)[None, :, None, None]  # [V, 3, H, W]
+  k = k - 6.0 * tf.floor(k / 6.0)
+  return v[:, None] - chroma[:, None] * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)  # augment.color_jitter's op order
 
 
 def color_jitter(x, draws):
-  """`augment.color_jitter` on the views whose `draws.color` is set, each with its own
+  """`augment.color_jitter` on the planar views whose `draws.color` is set, each with its own
   factors and op order; the other views are returned unchanged."""
   shape = tf.shape(x)
   index = tf.range(shape[0])
@@ -192,8 +250,13 @@ def _where_apply(mask, fn, x, *args):
   return tf.tensor_scatter_nd_update(x, ids, out)
 
 
+def _luma(x):
+  """tf.image.rgb_to_grayscale's weights: [V, H, W]."""
+  return x[:, 0] * 0.2989 + x[:, 1] * 0.5870 + x[:, 2] * 0.1140
+
+
 def _grayscale(x):
-  return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
+  return tf.tile(_luma(x)[:, None], [1, 3, 1, 1])
 
 
 def _blur(x, sigma, taps):
@@ -202,22 +265,27 @@ def _blur(x, sigma, taps):
   t = tf.range(-radius, radius + 1, dtype=tf.float32)
   kernel = tf.exp(-tf.square(t)[None, :] / (2.0 * tf.square(sigma)[:, None]))  # [V, taps]
   kernel /= tf.reduce_sum(kernel, axis=1, keepdims=True)
-  padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-  width = tf.shape(x)[2]
-  height = tf.shape(x)[1]
-  k = kernel[:, None, None, None, :]  # [V, 1, 1, 1, taps]
-  horizontal = sum(k[..., i] * padded[:, :, i:i + width] for i in range(taps))
-  vertical = sum(k[..., i] * horizontal[:, i:i + height] for i in range(taps))
+  height, width = tf.shape(x)[2], tf.shape(x)[3]
+  padded = tf.pad(x, [[0, 0], [0, 0], [radius, radius], [radius, radius]], mode="REFLECT")
+  k = [_per_view(kernel[:, i]) for i in range(taps)]
+  horizontal = tf.add_n([k[i] * padded[:, :, :, i:i + width] for i in range(taps)])
+  vertical = tf.add_n([k[i] * horizontal[:, :, i:i + height] for i in range(taps)])
   return tf.clip_by_value(vertical, 0.0, 1.0)
 
 
 def _sobel(x):
-  """augment.sobel per view: grey, gradient magnitude over its own maximum, RGB."""
-  edges = tf.image.sobel_edges(tf.image.rgb_to_grayscale(x))  # [V, H, W, 1, 2]
-  magnitude = tf.sqrt(tf.reduce_sum(tf.square(edges), axis=-1))  # [V, H, W, 1]
-  peak = tf.reduce_max(tf.reshape(magnitude, [tf.shape(x)[0], -1]), axis=1)
-  magnitude = tf.math.divide_no_nan(magnitude, peak[:, None, None, None])
-  return tf.clip_by_value(tf.tile(magnitude, [1, 1, 1, 3]), 0.0, 1.0)
+  """augment.sobel per view: grey, tf.image.sobel_edges' kernels with reflect padding,
+  gradient magnitude over its own maximum, replicated over the three planes."""
+  p = tf.pad(_luma(x), [[0, 0], [1, 1], [1, 1]], mode="REFLECT")
+  # [1, 2, 1] smoothing across, [-1, 0, 1] difference along each axis.
+  rows = p[:, :, :-2] + 2.0 * p[:, :, 1:-1] + p[:, :, 2:]  # smoothed along x
+  dy = rows[:, 2:] - rows[:, :-2]
+  cols = p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]  # smoothed along y
+  dx = cols[:, :, 2:] - cols[:, :, :-2]
+  magnitude = tf.sqrt(dy * dy + dx * dx)  # [V, H, W]
+  peak = tf.reduce_max(magnitude, axis=[1, 2], keepdims=True)
+  magnitude = tf.clip_by_value(tf.math.divide_no_nan(magnitude, peak), 0.0, 1.0)
+  return tf.tile(magnitude[:, None], [1, 3, 1, 1])
 
 
 def views_batch(images, draws, level, size, options=augment.AugmentOptions()):
@@ -231,7 +299,7 @@ def views_batch(images, draws, level, size, options=augment.AugmentOptions()):
     taps = augment.blur_taps(size, options.blur_kernel_fraction)
     x = _where_apply(draws.blur, lambda v, s: _blur(v, s, taps), x, draws.sigma)
     x = _where_apply(draws.sobel, _sobel, x)
-  return tf.ensure_shape(x, [None, size, size, 3])
+  return tf.ensure_shape(tf.transpose(x, [0, 2, 3, 1]), [None, size, size, 3])
 
 
 def two_views_batch(images, seeds, level, size, options=augment.AugmentOptions()):
