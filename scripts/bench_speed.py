@@ -119,8 +119,10 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
   pipeline CPU share)} of the e2e step.
 
   Pipelines: 'as configured' (--cache, the task's batched map unless --no_batch_fn) and,
-  with --compare_pipelines, also 'per-example, decoded per epoch' (the pipeline before
-  --cache and batched maps). The CPU share is (CPU time per image with the real pipeline -
+  with --compare_pipelines, also 'per-example, cached' (the same in-memory source mapped
+  image by image: what the batched map alone changes) and 'per-example, decoded per epoch'
+  (the pipeline before --cache and batched maps). A task without a batched map gives the
+  per-example map in 'configured' too. The CPU share is (CPU time per image with the real pipeline -
   CPU time per image with the in-memory batch) / CPU time per image with the real pipeline:
   the part of the cores the pipeline took. CPU time is less disturbed by other jobs on the
   machine than wall time.
@@ -128,6 +130,8 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
   e2e = stages_lib.make_stages("e2e", 3)[0]
   variants = [("configured", _source(args), not args.no_batch_fn)]
   if args.compare_pipelines:
+    if _source(args).in_memory and not args.no_batch_fn:
+      variants.append(("per-example+cache", _source(args), False))
     variants.append(("per-example+decode", data.load_source(args.data, "train"), False))
   arms = {}
   with precision_lib.policy_scope(policy):
@@ -337,8 +341,8 @@ def main():
   parser.add_argument("--cache", default="auto", choices=data.CACHE_MODES,
                       help="decode the source into memory first (as --cache in training)")
   parser.add_argument("--compare_pipelines", action="store_true",
-                      help="--real_vs_memory also with the per-example pipeline that decodes "
-                           "every epoch (no cache, no batched map)")
+                      help="--real_vs_memory also with per-example maps on the cached source "
+                           "and with the per-example pipeline that decodes every epoch")
   parser.add_argument("--no_batch_fn", action="store_true",
                       help="per-example task maps even where a task has a batched form")
   parser.add_argument("--skip_steps", action="store_true",

@@ -30,6 +30,7 @@ import tensorflow as tf
 from psl_tf import losses
 from psl_tf.models import blocks as blocks_lib
 from psl_tf.tasks import base
+from psl_tf.tasks import contrastive_aug
 from psl_tf.tasks import simclr
 
 
@@ -146,6 +147,12 @@ class MoCoV2Task(base.Task):
     del training
     self.check_level(level)
     return simclr.two_view_example_fn(level, self.image_spec.size, self.augment_options)
+
+  def batch_fn(self, level, training):
+    """`example_fn` over a batch held in memory, equal to float rounding (`contrastive_aug`)."""
+    del training
+    self.check_level(level)
+    return contrastive_aug.two_view_batch_fn(level, self.image_spec.size, self.augment_options)
 
   def num_classes(self, level):
     return self.proj_dim

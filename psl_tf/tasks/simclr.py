@@ -28,6 +28,7 @@ import tensorflow as tf
 from psl_tf import augment
 from psl_tf import losses
 from psl_tf.tasks import base
+from psl_tf.tasks import contrastive_aug
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 
@@ -116,6 +117,12 @@ class SimCLRTask(base.Task):
     del training  # both views are random in training and evaluation of the pretext loss
     self.check_level(level)
     return two_view_example_fn(level, self.image_spec.size, self.augment_options)
+
+  def batch_fn(self, level, training):
+    """`example_fn` over a batch held in memory, equal to float rounding (`contrastive_aug`)."""
+    del training
+    self.check_level(level)
+    return contrastive_aug.two_view_batch_fn(level, self.image_spec.size, self.augment_options)
 
   def num_classes(self, level):
     return self.proj_dim
