@@ -9,7 +9,7 @@ Prints, on one batch and one backbone:
   blocks' FLOPs predict (frozen blocks cost one forward pass, trained blocks about three:
   forward, gradient to the input and gradient to the weights);
 * our e2e step against a plain `keras.applications.ResNet50` compile/fit step of the same
-  size (with --backbone=resnet50);
+  size (with --backbone=resnet50), as wall-time and CPU-time ratios at each precision;
 * each task's input pipeline in images/s beside the e2e step's consumption in images/s;
 * with --memory, the peak resident memory of a process that runs each stage, minus that of a
   process that only builds the model (one subprocess per measurement);
@@ -121,11 +121,10 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
   Pipelines: 'as configured' (--cache, the task's batched map unless --no_batch_fn) and,
   with --compare_pipelines, also 'per-example, cached' (the same in-memory source mapped
   image by image: what the batched map alone changes) and 'per-example, decoded per epoch'
-  (the pipeline before --cache and batched maps). A task without a batched map gives the
-  per-example map in 'configured' too. The CPU share is (CPU time per image with the real pipeline -
-  CPU time per image with the in-memory batch) / CPU time per image with the real pipeline:
-  the part of the cores the pipeline took. CPU time is less disturbed by other jobs on the
-  machine than wall time.
+  (the pipeline before --cache and batched maps). The CPU share is (CPU time per image with
+  the real pipeline - CPU time per image with the in-memory batch) / CPU time per image with
+  the real pipeline: the part of the cores the pipeline took. CPU time is less disturbed by
+  other jobs on the machine than wall time.
   """
   e2e = stages_lib.make_stages("e2e", 3)[0]
   variants = [("configured", _source(args), not args.no_batch_fn)]
@@ -301,6 +300,14 @@ def step_table(args, policies):
     median = statistics.median(times[name])
     print(f"{name:<32}{1000 * median:>10.1f}{args.batch_size / median:>10.1f}"
           f"{statistics.median(ratios):>8.2f}{pred:>15}{speedup:>12}{cpu_speedup:>16}")
+  for policy in policies:
+    suffix = "" if len(policies) == 1 else f"@{policy}"
+    if "keras_resnet50" + suffix in times:
+      ours, keras_times = times["e2e" + suffix], times["keras_resnet50" + suffix]
+      wall = statistics.median([o / k for o, k in zip(ours, keras_times)])
+      cpu = sum(cpu_times["e2e" + suffix]) / sum(cpu_times["keras_resnet50" + suffix])
+      print(f"e2e step / keras.applications.ResNet50 step at {policy}: {wall:.2f}x wall time "
+            f"(median of per-round ratios), {cpu:.2f}x CPU time")
   e2e_name = "e2e" if len(policies) == 1 else f"e2e@{policies[0]}"
   e2e_rate = args.batch_size / statistics.median(times[e2e_name])
   print(f"\ninput pipelines ({args.data}), images/s vs the {e2e_name} step's "
