@@ -58,9 +58,9 @@ def _split(seed, num):
 
 
 def _raw_view(image_shape, level, seed, options):
-  """One view's crop box (int32 [4]: top, left, height, width) and its raw uniforms (float32
-  [len(_RAW)]), drawn from `augment.view`'s seeds with its stateless ops. Only what the
-  level uses is drawn (zeros otherwise)."""
+  """One view's crop box (int32 [2, 3]: begin and size of the 3-d slice) and its raw
+  uniforms (float32 [len(_RAW)]), drawn from `augment.view`'s seeds with its stateless ops.
+  Only what the level uses is drawn (zeros otherwise)."""
   o = options
   seeds = _split(seed, 9)
   begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -68,15 +68,23 @@ def _raw_view(image_shape, level, seed, options):
       min_object_covered=0.0, aspect_ratio_range=tuple(o.crop_ratio),
       area_range=(o.crop_min_scale, o.crop_max_scale), max_attempts=100,
       use_image_if_no_bounding_boxes=True)
-  box = tf.cast(tf.concat([begin[:2], crop[:2]], 0), tf.int32)
-  raw = [_uniform01(seeds[1])[None]]  # tf.image.stateless_random_flip_left_right's draw
+  box = tf.stack([tf.cast(begin, tf.int32), tf.cast(crop, tf.int32)])  # [2, 3]
+  # Scalars stacked in one op, not expanded one by one: every op here runs per view.
+  scalars = [_uniform01(seeds[1])]  # tf.image.stateless_random_flip_left_right's draw
+  order = None
   if level >= 2:
     jitter = _split(seeds[3], 5)  # augment.color_jitter's seeds
-    raw += [_uniform01(seeds[2])[None]] + [_uniform01(jitter[i])[None] for i in range(4)]
-    raw += [_uniform01(jitter[4], [4]), _uniform01(seeds[4])[None]]
+    scalars += [_uniform01(seeds[2])] + [_uniform01(jitter[i]) for i in range(4)]
+    order = _uniform01(jitter[4], [4])
+    gray = _uniform01(seeds[4])
   if level >= 3:
-    raw += [_uniform01(seeds[i])[None] for i in (5, 6, 7)]
-  raw = tf.concat(raw, 0)
+    tail = [_uniform01(seeds[i]) for i in (5, 6, 7)]
+  if level == 1:
+    raw = tf.stack(scalars)
+  elif level == 2:
+    raw = tf.concat([tf.stack(scalars), order, gray[None]], 0)
+  else:
+    raw = tf.concat([tf.stack(scalars), order, tf.stack([gray] + tail)], 0)
   return box, tf.pad(raw, [[0, len(_RAW) - raw.shape[0]]])
 
 
@@ -88,7 +96,7 @@ def _scaled(u, low, high):
 
 
 def _finish(box, raw, level, options):
-  """ViewDraws of views [V] from their boxes [V, 4] and raw uniforms [V, len(_RAW)]."""
+  """ViewDraws of views [V] from their boxes [V, 2, 3] and raw uniforms [V, len(_RAW)]."""
   o = options
   u = dict(zip(_RAW, tf.unstack(raw, axis=1)))
   none = tf.zeros_like(u["flip"], tf.bool)
@@ -96,7 +104,7 @@ def _finish(box, raw, level, options):
   low, high = max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s
   hue = _scaled(u["hue"], -0.2 * s, 0.2 * s) if s > 0 else tf.zeros_like(u["hue"])
   return ViewDraws(
-      begin=box[:, :2], crop=box[:, 2:],
+      begin=box[:, 0, :2], crop=box[:, 1, :2],
       flip=u["flip"] < 0.5 if o.flip else none,
       color=u["color"] < o.color_prob if level >= 2 else none,
       factors=tf.stack([_scaled(u["brightness"], low, high), _scaled(u["contrast"], low, high),
