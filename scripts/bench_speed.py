@@ -124,7 +124,10 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
   (the pipeline before --cache and batched maps). The CPU share is (CPU time per image with
   the real pipeline - CPU time per image with the in-memory batch) / CPU time per image with
   the real pipeline: the part of the cores the pipeline took. CPU time is less disturbed by
-  other jobs on the machine than wall time.
+  other jobs on the machine than wall time. Each arm's CPU time runs until its pipelines'
+  background refills have stopped (`_settle`): the live iterators keep prefetching after
+  an arm's last step, and that work would otherwise be charged to the next arm (the
+  in-memory one, whose share then came out negative).
   """
   e2e = stages_lib.make_stages("e2e", 3)[0]
   variants = [("configured", _source(args), not args.no_batch_fn)]
@@ -162,14 +165,18 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
         start, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(steps_per_round):
           model.train_on_batch(*next(iterator))
+        wall_time = time.perf_counter() - start
+        _settle()  # the refill of this arm's prefetch buffers is this arm's CPU time
         if keep:
-          wall[(name, label)].append(time.perf_counter() - start)
+          wall[(name, label)].append(wall_time)
           cpu[(name, label)] += time.process_time() - cpu0
       start, cpu0 = time.perf_counter(), time.process_time()
       for _ in range(steps_per_round):
         model.train_on_batch(*batch)
+      wall_time = time.perf_counter() - start
+      _settle()
       if keep:
-        wall_mem[name].append(time.perf_counter() - start)
+        wall_mem[name].append(wall_time)
         cpu_mem[name] += time.process_time() - cpu0
   images = steps_per_round * args.batch_size
   results = {}
@@ -181,6 +188,19 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
     results[(name, label)] = (images / statistics.median(times),
                               images / statistics.median(memory), ratios, share)
   return results
+
+
+def _settle(poll=0.2, idle_cpu=0.02, limit=10.0):
+  """Waits until this process's background work (tf.data prefetching and parallel maps
+  refilling their buffers) has stopped: no more than `idle_cpu` CPU seconds per `poll`
+  seconds, or `limit` seconds. Called after each timed arm and counted in its CPU time, so
+  the batches an arm took are refilled on its account, not on the next arm's."""
+  deadline = time.perf_counter() + limit
+  while time.perf_counter() < deadline:
+    cpu = time.process_time()
+    time.sleep(poll)
+    if time.process_time() - cpu < idle_cpu:
+      return
 
 
 def time_steps(named_models, batches, rounds, warmup=2):
