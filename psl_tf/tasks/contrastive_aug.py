@@ -14,7 +14,8 @@ layout); every image op runs once on all 2N views of the batch:
 * **colour jitter**: for each of the four positions of the random order, the views are
   partitioned by the op they apply there (`tf.dynamic_partition`), each group gets its op with
   per-view factors, and the groups are stitched back; views without the jitter coin pass
-  through untouched, as in `augment.view`;
+  through untouched, as in `augment.view`. Saturation and hue are closed forms on the r, g, b
+  planes (value and chroma fixed) rather than HSV round trips, equal to TF's to ~1e-6;
 * **grayscale, Gaussian blur, Sobel**: applied to the gathered views whose coin came up
   (the blur with a per-view kernel as a sum of shifted copies of the reflect-padded views).
 """
