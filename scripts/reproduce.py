@@ -385,17 +385,19 @@ def run_one(args, row, seed, log=print):
     log(f"-- pre-training {args.task} {row} seed {seed} ({workdir})")
     record["train_process_s"] = round(_run(train_command(args, row, seed), log_path), 1)
   else:
-    # Pre-trained earlier (e.g. a record stored with other probe settings): keep its times.
+    # Pre-trained earlier (e.g. a record stored with other probe settings): keep the commit
+    # and the time of its pre-training; `probe_code_version` says what probed it.
     previous = os.path.join(stored_dir(args, row, seed), "record.json")
     if os.path.exists(previous):
       with open(previous) as f:
         old = json.load(f)
-      for key in ("train_process_s", "code_version"):
-        if key in old:
-          record[key] = old[key]
+      record["code_version"] = old.get("code_version", "unknown (not recorded)")
+      if "train_process_s" in old:
+        record["train_process_s"] = old["train_process_s"]
   probe_json = _find_probe_json(args, workdir, row)
   if probe_json is None:
     log(f"-- linear probes for {row} seed {seed}")
+    record["probe_code_version"] = code_version()
     record["probe_process_s"] = round(_run(eval_command(args, row, seed), log_path), 1)
     probe_json = _find_probe_json(args, workdir, row)
     if probe_json is None:

@@ -232,5 +232,7 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
   assert len(calls) == 2 and calls[1][1:3] == ["-m", "psl_tf.evaluate"]
   assert "--probe_weight_decays=5e-4,5e-2" in calls[1]
   assert second["probes"]["b1"]["top1"] == 52.0
+  # The record keeps the commit that pre-trained it and says which one probed it.
+  assert second["code_version"] == first["code_version"] and "probe_code_version" in second
   assert reproduce.read_record(args, reproduce.RANDOM, 0)["probes"]["b1"]["top1"] == 52.0
   assert reproduce.read_record(reproduce.parse_args(argv), reproduce.RANDOM, 0) is None
