@@ -72,11 +72,27 @@ class BatchNorm(layers.BatchNormalization):
   but leaves ``moving_mean`` / ``moving_variance`` alone. The reversible backward pass needs
   this: it reruns the residual functions in training mode, and a second update per step
   would square the effective momentum.
+
+  That path uses TensorFlow's fused kernel where it exists (float32, float16, bfloat16 on
+  4-D channels-last inputs, not synchronised): its gradient needs only the input and the
+  incoming gradient, where the composite ops Keras uses (moments, then scale and shift) keep
+  several input-sized temporaries; the recomputation's backward pass is where memory peaks.
+  Other cases (float64, sync BN) compute the same thing from Keras ops.
   """
 
   def call(self, inputs, training=None, mask=None, update_stats=True):
     if not (training and self.trainable) or update_stats or mask is not None:
       return super().call(inputs, training=training, mask=mask)
+    if (not self.synchronized and len(inputs.shape) == 4 and self.axis % 4 == 3
+        and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)):
+      channels = inputs.shape[-1]
+      # Normalises with the biased batch variance, as Keras does; statistics in float32.
+      outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          inputs,
+          tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels]),
+          tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels]),
+          epsilon=self.epsilon, is_training=True)
+      return ops.cast(outputs, self.compute_dtype)
     # Statistics in at least float32, as the parent class computes them.
     x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != (self.axis % len(x.shape))]
