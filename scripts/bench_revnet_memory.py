@@ -1,35 +1,91 @@
-"""Peak memory of one RevNet-50 training step with and without recomputation.
+"""Peak memory of one RevNet-50 training step with and without recomputation, per batch size.
 
-Runs the same step in two fresh subprocesses (one per mode, so neither inherits the other's
-peak) and prints each process's peak resident memory before and after the step and the ratio
-of the step's extra memory. CPU only: TensorFlow's `get_memory_info` does not report CPU
-devices, so the measure is the peak RSS from `resource.getrusage` (Linux reports KiB).
+Runs the same step in a fresh subprocess per (mode, batch size), so no run inherits another's
+peak, and prints for each the step's memory increment: the CPU allocator's peak during the
+step minus what was allocated before it (weights, optimizer slots, the input batch). Then
+the per-image increment (the slope between consecutive batch sizes, and increment / batch)
+with and without `--recompute`, and their ratio.
 
-  python scripts/bench_revnet_memory.py                       # 224 px, batch 8, factor 4
-  python scripts/bench_revnet_memory.py --image_size=128 --batch_size=16
+  python scripts/bench_revnet_memory.py                     # 224 px, batches 8,16,32, factor 4
+  python scripts/bench_revnet_memory.py --image_size=128 --batch_sizes=4,8
+  python scripts/bench_revnet_memory.py --batch_sizes=8 --breakdown   # where the peak is
+
+The measure is TensorFlow's allocator (`tf.config.experimental.get_memory_info('CPU:0')`,
+which in TF 2.21 reports CPU devices too, although its documentation says it raises): it
+counts every tensor and nothing else, so neither Python, the graph nor the allocator's
+caching blur it. The process's peak RSS is printed beside it as a cross-check; it moves with
+heap fragmentation and oneDNN's scratch memory, and is too coarse to rank 10 MiB effects.
+
+`--breakdown` reruns each step with the BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`) under the
+TensorFlow profiler, replays the allocator's allocation/deallocation events, and lists the
+tensors alive at the step's peak grouped by the op that made them (requested bytes; BFC's
+rounding makes its own peak larger than the default allocator's).
 
 The step is what `psl_tf.trainer.StageModel` does in an `e2e` stage: all blocks in training
 mode, a linear head on pooled b5 features, softmax cross-entropy, gradients of every
-backbone variable, one SGD update, inside one `tf.function`.
+backbone variable, one SGD-with-momentum update, inside one `tf.function`.
 """
 
 import argparse
+import collections
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 2.0 ** 20
 
 
-def _peak_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _rss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _live_at_peak(xplane_path, top):
+  """Tensors alive at the allocator's peak, from the profiler's memory events."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  space = xplane_pb2.XSpace()
+  with open(xplane_path, "rb") as f:
+    space.ParseFromString(f.read())
+  events = []
+  for plane in space.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        kind = plane.event_metadata[ev.metadata_id].name
+        if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+          continue
+        stats = {}
+        for s in ev.stats:
+          stats[plane.stat_metadata[s.metadata_id].name] = (
+              s.str_value or (plane.stat_metadata[s.ref_value].name if s.ref_value else "")
+              or s.int64_value or s.uint64_value)
+        events.append((line.timestamp_ns * 1000 + ev.offset_ps, kind, stats))
+  events.sort(key=lambda e: e[0])
+  live, current, peak, at_peak = {}, 0, 0, {}
+  for _, kind, st in events:
+    if kind == "MemoryAllocation":
+      live[st["addr"]] = (st.get("requested_bytes", 0), st.get("tf_op", ""), st.get("shape", ""))
+      current += live[st["addr"]][0]
+      if current > peak:
+        peak, at_peak = current, dict(live)
+    else:
+      current -= live.pop(st["addr"], (0,))[0]
+  groups = collections.Counter()
+  for size, op, shape in at_peak.values():
+    # One row per layer and op kind: drop Keras' call counters and the unit number.
+    groups[(re.sub(r"_\d+(?=/|$)", "", op), shape)] += size
+  return peak / MIB, [(b / MIB, op, shape) for (op, shape), b in groups.most_common(top)]
 
 
 def child(args):
   """Builds the backbone, then runs one training step; prints a JSON line."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if args.breakdown:
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
   sys.path.insert(0, ROOT)
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -58,40 +114,82 @@ def child(args):
 
   # Trace first: graph building has its own (small) footprint that is not the step's.
   concrete = step.get_concrete_function()
-  before = _peak_mib()
+  logdir = tempfile.mkdtemp(prefix="revnet_mem_") if args.breakdown else None
+  tf.config.experimental.reset_memory_stats("CPU:0")
+  before, rss_before = tf.config.experimental.get_memory_info("CPU:0")["current"], _rss_mib()
+  if logdir:
+    tf.profiler.experimental.start(logdir)
   loss = float(concrete())
-  print(json.dumps({"recompute": args.recompute, "before_mib": before,
-                    "peak_mib": _peak_mib(), "loss": loss}))
+  if logdir:
+    tf.profiler.experimental.stop()
+  result = {"recompute": args.recompute, "batch": args.batch_size, "before_mib": before / MIB,
+            "peak_mib": tf.config.experimental.get_memory_info("CPU:0")["peak"] / MIB,
+            "rss_before_mib": rss_before, "rss_peak_mib": _rss_mib(), "loss": loss}
+  if logdir:
+    path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
+    result["bfc_peak_mib"], result["live_at_peak"] = _live_at_peak(path, args.top)
+  print(json.dumps(result))
+
+
+def _slope(a, b):
+  return (b["peak_mib"] - b["before_mib"] - a["peak_mib"] + a["before_mib"]) / (
+      b["batch"] - a["batch"])
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--batch_sizes", default="8,16,32")
   parser.add_argument("--filters_factor", type=int, default=4)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="list the tensors alive at each step's peak (BFC + profiler)")
+  parser.add_argument("--top", type=int, default=12, help="rows of --breakdown")
   parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
     return
+  batches = [int(b) for b in args.batch_sizes.split(",")]
   results = {}
+  for batch in batches:  # One process at a time: the machine's cores are shared.
+    for recompute in (False, True):
+      cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--batch_size={batch}",
+             f"--image_size={args.image_size}", f"--filters_factor={args.filters_factor}",
+             f"--top={args.top}"] + (["--recompute"] if recompute else []) + (
+                 ["--breakdown"] if args.breakdown else [])
+      out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+      results[recompute, batch] = json.loads(out.strip().splitlines()[-1])
+
+  print(f"RevNet-50, filters_factor {args.filters_factor}, {args.image_size} px, one training "
+        "step; MiB of the CPU allocator (TF tensors), peak RSS beside it")
+  print(f"{'recompute':>9} {'batch':>5} {'before':>8} {'peak':>8} {'increment':>9} "
+        f"{'per image':>9} {'RSS peak':>9} {'RSS incr.':>9}")
   for recompute in (False, True):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child",
-           f"--image_size={args.image_size}", f"--batch_size={args.batch_size}",
-           f"--filters_factor={args.filters_factor}"] + (["--recompute"] if recompute else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    results[recompute] = json.loads(out.strip().splitlines()[-1])
-  print(f"RevNet-50, filters_factor {args.filters_factor}, {args.image_size} px, "
-        f"batch {args.batch_size}, one training step (CPU, peak RSS)")
-  for recompute, r in results.items():
-    print(f"  recompute={str(recompute):5s}  before the step {r['before_mib']:8.0f} MiB  "
-          f"peak {r['peak_mib']:8.0f} MiB  step's extra {r['peak_mib'] - r['before_mib']:8.0f} MiB"
-          f"  (loss {r['loss']:.4f})")
-  plain, saving = results[False], results[True]
-  extra = [r["peak_mib"] - r["before_mib"] for r in (plain, saving)]
-  print(f"  peak ratio recompute/plain: {saving['peak_mib'] / plain['peak_mib']:.3f}; "
-        f"step's extra memory ratio: {extra[1] / extra[0]:.3f}")
+    for batch in batches:
+      r = results[recompute, batch]
+      extra = r["peak_mib"] - r["before_mib"]
+      print(f"{str(recompute):>9} {batch:5d} {r['before_mib']:8.1f} {r['peak_mib']:8.1f} "
+            f"{extra:9.1f} {extra / batch:9.2f} {r['rss_peak_mib']:9.0f} "
+            f"{r['rss_peak_mib'] - r['rss_before_mib']:9.0f}")
+  print("Per-image increment (MiB per added image) and ratio recompute / plain:")
+  for a, b in zip(batches, batches[1:]):
+    plain = _slope(results[False, a], results[False, b])
+    saving = _slope(results[True, a], results[True, b])
+    print(f"  batch {a:3d} -> {b:3d}: plain {plain:6.2f}  recompute {saving:6.2f}  "
+          f"ratio {saving / plain:.3f}")
+  for batch in batches:
+    plain, saving = (results[m, batch]["peak_mib"] - results[m, batch]["before_mib"]
+                     for m in (False, True))
+    print(f"  increment / batch at {batch:3d}: plain {plain / batch:6.2f}  recompute "
+          f"{saving / batch:6.2f}  ratio {saving / plain:.3f}")
+  if args.breakdown:
+    for (recompute, batch), r in results.items():
+      print(f"Alive at the peak, recompute={recompute}, batch {batch} (BFC peak "
+            f"{r['bfc_peak_mib']:.1f} MiB requested):")
+      for size, op, shape in r["live_at_peak"]:
+        print(f"  {size:8.1f}  {op}  {shape}")
 
 
 if __name__ == "__main__":
