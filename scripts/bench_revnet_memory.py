@@ -1,22 +1,27 @@
 """Peak memory of one RevNet-50 training step with and without recomputation, per batch size.
 
 Runs the same step in a fresh subprocess per (mode, batch size), so no run inherits another's
-peak, and prints for each the step's memory increment: the CPU allocator's peak during the
-step minus what was allocated before it (weights, optimizer slots, the input batch). Then
-the per-image increment (the slope between consecutive batch sizes, and increment / batch)
-with and without `--recompute`, and their ratio.
+peak. Each child runs the step twice and reports what each call adds to memory: the CPU
+allocator's peak during the call minus what was allocated before it (weights, optimizer
+slots, the input batch). The second call is a training step as every later one; the first
+also optimises the graph and creates oneDNN primitives, and is shown beside it. Then the
+per-image increment (the slope between consecutive batch sizes, and increment / batch) with
+and without `--recompute`, and their ratio.
 
   python scripts/bench_revnet_memory.py                     # 224 px, batches 8,16,32, factor 4
   python scripts/bench_revnet_memory.py --image_size=128 --batch_sizes=4,8
   python scripts/bench_revnet_memory.py --batch_sizes=8 --breakdown   # where the peak is
 
-The measure is TensorFlow's allocator (`tf.config.experimental.get_memory_info('CPU:0')`,
-which in TF 2.21 reports CPU devices too, although its documentation says it raises): it
-counts every tensor and nothing else, so neither Python, the graph nor the allocator's
-caching blur it. The process's peak RSS is printed beside it as a cross-check; it moves with
-heap fragmentation and oneDNN's scratch memory, and is too coarse to rank 10 MiB effects.
+The measure is TensorFlow's allocator (`tf.config.experimental.get_memory_info('CPU:0')`):
+it counts every tensor and nothing else. Its documentation says it raises on CPU; it works
+here because with oneDNN on (TensorFlow's default on x86 Linux) the CPU allocator is oneDNN's
+BFC-based one, which keeps statistics (with `TF_ENABLE_ONEDNN_OPTS=0` set
+`TF_CPU_ALLOCATOR_USE_BFC=true` to keep them). The process's peak RSS over the call (VmHWM,
+reset before it) is printed beside it: it is the allocator's pool, which a BFC allocator
+grows when fragmentation leaves no free chunk large enough, so it exceeds the tensors' peak
+by an amount that depends on the order of allocations.
 
-`--breakdown` reruns each step with the BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`) under the
+`--breakdown` runs the second step with the BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`) under the
 TensorFlow profiler, replays the allocator's allocation/deallocation events, and lists the
 tensors alive at the step's peak grouped by the op that made them (requested bytes; BFC's
 rounding makes its own peak larger than the default allocator's).
@@ -32,7 +37,6 @@ import glob
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,8 +45,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2.0 ** 20
 
 
+def _status_mib(field):
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024.0  # kB
+  raise KeyError(field)
+
+
 def _rss_mib():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+  return _status_mib("VmRSS")
+
+
+def _rss_peak_mib():
+  return _status_mib("VmHWM")
+
+
+def _reset_rss_peak():
+  with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets VmHWM to VmRSS.
+    f.write("5")
 
 
 def _live_at_peak(xplane_path, top):
@@ -114,26 +135,37 @@ def child(args):
 
   # Trace first: graph building has its own (small) footprint that is not the step's.
   concrete = step.get_concrete_function()
+
+  def measure(profile_to=None):
+    """The step's allocator increment and RSS increment, in MiB."""
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    _reset_rss_peak()
+    rss_before = _rss_mib()
+    if profile_to:
+      tf.profiler.experimental.start(profile_to)
+    loss = float(concrete())
+    if profile_to:
+      tf.profiler.experimental.stop()
+    return ((tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / MIB,
+            _rss_peak_mib() - rss_before, before / MIB, loss)
+
+  # The first call also optimises the graph and creates the oneDNN primitives; its peak is
+  # reported, but the per-image numbers are a training step's, the second call.
+  first, rss_first, _, _ = measure()
   logdir = tempfile.mkdtemp(prefix="revnet_mem_") if args.breakdown else None
-  tf.config.experimental.reset_memory_stats("CPU:0")
-  before, rss_before = tf.config.experimental.get_memory_info("CPU:0")["current"], _rss_mib()
-  if logdir:
-    tf.profiler.experimental.start(logdir)
-  loss = float(concrete())
-  if logdir:
-    tf.profiler.experimental.stop()
-  result = {"recompute": args.recompute, "batch": args.batch_size, "before_mib": before / MIB,
-            "peak_mib": tf.config.experimental.get_memory_info("CPU:0")["peak"] / MIB,
-            "rss_before_mib": rss_before, "rss_peak_mib": _rss_mib(), "loss": loss}
+  extra, rss_extra, before, loss = measure(logdir)
+  result = {"recompute": args.recompute, "batch": args.batch_size, "before_mib": before,
+            "extra_mib": extra, "first_extra_mib": first, "rss_extra_mib": rss_extra,
+            "rss_first_extra_mib": rss_first, "loss": loss}
   if logdir:
     path = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1]
     result["bfc_peak_mib"], result["live_at_peak"] = _live_at_peak(path, args.top)
   print(json.dumps(result))
 
 
-def _slope(a, b):
-  return (b["peak_mib"] - b["before_mib"] - a["peak_mib"] + a["before_mib"]) / (
-      b["batch"] - a["batch"])
+def _slope(a, b, key):
+  return (b[key] - a[key]) / (b["batch"] - a["batch"])
 
 
 def main():
@@ -162,27 +194,27 @@ def main():
       out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
       results[recompute, batch] = json.loads(out.strip().splitlines()[-1])
 
-  print(f"RevNet-50, filters_factor {args.filters_factor}, {args.image_size} px, one training "
-        "step; MiB of the CPU allocator (TF tensors), peak RSS beside it")
-  print(f"{'recompute':>9} {'batch':>5} {'before':>8} {'peak':>8} {'increment':>9} "
-        f"{'per image':>9} {'RSS peak':>9} {'RSS incr.':>9}")
+  print(f"RevNet-50, filters_factor {args.filters_factor}, {args.image_size} px. MiB the step "
+        "adds: TF's CPU allocator peak minus its use before the step (the second step; the "
+        "first in brackets), and the process's peak RSS minus RSS before it")
+  print(f"{'recompute':>9} {'batch':>5} {'before':>7} {'step adds':>9} {'per image':>9} "
+        f"{'(first step)':>12} {'RSS adds':>8} {'(first)':>8}")
   for recompute in (False, True):
     for batch in batches:
       r = results[recompute, batch]
-      extra = r["peak_mib"] - r["before_mib"]
-      print(f"{str(recompute):>9} {batch:5d} {r['before_mib']:8.1f} {r['peak_mib']:8.1f} "
-            f"{extra:9.1f} {extra / batch:9.2f} {r['rss_peak_mib']:9.0f} "
-            f"{r['rss_peak_mib'] - r['rss_before_mib']:9.0f}")
-  print("Per-image increment (MiB per added image) and ratio recompute / plain:")
-  for a, b in zip(batches, batches[1:]):
-    plain = _slope(results[False, a], results[False, b])
-    saving = _slope(results[True, a], results[True, b])
-    print(f"  batch {a:3d} -> {b:3d}: plain {plain:6.2f}  recompute {saving:6.2f}  "
-          f"ratio {saving / plain:.3f}")
+      print(f"{str(recompute):>9} {batch:5d} {r['before_mib']:7.1f} {r['extra_mib']:9.1f} "
+            f"{r['extra_mib'] / batch:9.2f} {r['first_extra_mib']:12.1f} "
+            f"{r['rss_extra_mib']:8.0f} {r['rss_first_extra_mib']:8.0f}")
+  print("MiB per added image (slope between batch sizes), ratio recompute / plain:")
+  for key, label in (("extra_mib", "allocator"), ("first_extra_mib", "allocator, first step"),
+                     ("rss_extra_mib", "RSS")):
+    for a, b in zip(batches, batches[1:]):
+      plain, saving = (_slope(results[m, a], results[m, b], key) for m in (False, True))
+      print(f"  {label:22s} batch {a:3d} -> {b:3d}: plain {plain:6.2f}  recompute "
+            f"{saving:6.2f}  ratio {saving / plain:.3f}")
   for batch in batches:
-    plain, saving = (results[m, batch]["peak_mib"] - results[m, batch]["before_mib"]
-                     for m in (False, True))
-    print(f"  increment / batch at {batch:3d}: plain {plain / batch:6.2f}  recompute "
+    plain, saving = (results[m, batch]["extra_mib"] for m in (False, True))
+    print(f"  step adds / batch at {batch:3d}: plain {plain / batch:6.2f}  recompute "
           f"{saving / batch:6.2f}  ratio {saving / plain:.3f}")
   if args.breakdown:
     for (recompute, batch), r in results.items():

@@ -260,3 +260,85 @@ def test_keras_file_round_trip_and_seeded_initialisation(tmp_path):
   x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
   np.testing.assert_allclose(loaded(x, training=False)["b5"], a(x, training=False)["b5"],
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_known", [True, False])
+def test_argmax_max_pool_equals_max_pooling2d(batch_known):
+  """The memory-saving pool (int32 indices when the batch is known, int64 otherwise) gives
+  MaxPooling2D's values and gradients; in inference it is MaxPooling2D."""
+  x = tf.random.stateless_normal([3, 15, 14, 8], seed=[5, 6])
+  w = tf.random.stateless_normal([3, 8, 7, 8], seed=[5, 7])
+  plain = keras.layers.MaxPooling2D(3, 2, padding="same")
+  saving = revnet.MaxPool()
+  spec = tf.TensorSpec([3 if batch_known else None, 15, 14, 8])
+
+  def run(layer):
+    @tf.function(input_signature=[spec])
+    def step(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * w)
+      return y, tape.gradient(loss, x)
+    return step(x)
+
+  (y0, g0), (y1, g1) = run(plain), run(saving)
+  np.testing.assert_array_equal(y1.numpy(), y0.numpy())
+  np.testing.assert_allclose(g1.numpy(), g0.numpy(), rtol=1e-6, atol=1e-6)
+  assert float(tf.reduce_max(tf.abs(g0))) > 0
+  np.testing.assert_array_equal(saving(x, training=False).numpy(), y0.numpy())
+
+
+def test_fused_recompute_batchnorm_equals_keras_batchnorm():
+  """The fused path of `update_stats=False` normalises and differentiates as Keras' training
+  mode does (batch statistics, biased variance), and moves no moving average."""
+  x = tf.random.stateless_normal([4, 5, 5, 8], seed=[7, 8]) * 3.0 + 1.0
+  w = tf.random.stateless_normal([4, 5, 5, 8], seed=[7, 9])
+  bn = revnet.BatchNorm(epsilon=1e-5)
+  bn.build(x.shape)
+  bn.gamma.assign(tf.linspace(0.5, 1.5, 8))
+  bn.beta.assign(tf.linspace(-0.3, 0.3, 8))
+
+  def run(update_stats):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(bn(x, training=True, update_stats=update_stats) * w)
+    return [loss] + tape.gradient(loss, [x, bn.gamma, bn.beta])
+
+  stats = [v.numpy().copy() for v in bn.non_trainable_weights]
+  fused = run(False)
+  for before, v in zip(stats, bn.non_trainable_weights):
+    np.testing.assert_array_equal(before, v.numpy())
+  reference = run(True)
+  for f, r in zip(fused, reference):
+    np.testing.assert_allclose(f.numpy(), r.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_recompute_halves_the_memory_per_added_image():
+  """The point of --recompute, measured by TensorFlow's CPU allocator on a small RevNet: the
+  training step's memory per added image with recomputation is at most half of without
+  (scripts/bench_revnet_memory.py measures the 224 px numbers in docs/RESULTS.md; the ratio
+  here is about 0.5 / 1.0 at 96 px, factor 1)."""
+  slopes = {}
+  for recompute in (False, True):
+    keras.utils.set_random_seed(5)
+    backbone = revnet.revnet50(filters_factor=1, recompute=recompute)
+    variables = backbone.trainable_variables
+
+    @tf.function
+    def step(images):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(backbone(images, training=True)["b5"]))
+      return tape.gradient(loss, variables)
+
+    increments = []
+    for batch in (2, 6):
+      images = tf.random.stateless_uniform([batch, 96, 96, 3], seed=[8, batch])
+      del step(images)  # The first call also optimises the graph; measure a later one.
+      tf.config.experimental.reset_memory_stats("CPU:0")
+      before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+      grads = step(images)
+      increments.append(tf.config.experimental.get_memory_info("CPU:0")["peak"] - before)
+      del grads
+    slopes[recompute] = (increments[1] - increments[0]) / 4
+  assert 0 < slopes[True] <= 0.5 * slopes[False], slopes
