@@ -34,14 +34,21 @@ the same table's 86M for "Rv50w4x" (``filters_factor=16``, 16 times the kernel w
 matches this implementation: 16 x 5.38M = 86M.
 
 **Recomputation** (``recompute=True``). In training mode each stage of reversible units runs
-under one `tf.custom_gradient` that keeps only the stage's input and output. The backward
-pass walks the units from the last to the first, rebuilds each unit's input from its output
-with the inverse above, recomputes ``F`` once under a local tape and backpropagates through
-it, so activation memory no longer grows with the number of units (Gomez et al.'s
-algorithm). BatchNorm inside ``F`` normalises with batch statistics both times; only the
-forward pass updates the moving averages (the recomputation passes ``update_stats=False``),
-so they move once per step as without recomputation. Inference mode and frozen blocks take
-the ordinary path.
+under one `tf.custom_gradient` that keeps only the stage's output. The backward pass walks
+the units from the last to the first, rebuilds each unit's input from its output with the
+inverse above, recomputes ``F`` once under a local tape and backpropagates through it, so
+activation memory no longer grows with the number of units (Gomez et al.'s algorithm). The
+halves stay separate tensors inside a stage, and each unit's recomputation waits for the
+gradient to reach it (`_after`). BatchNorm inside ``F`` normalises with batch statistics both
+times; only the forward pass updates the moving averages (the recomputation passes
+``update_stats=False`` and uses the fused kernel, whose gradient keeps no input-sized
+temporaries), so they move once per step as without recomputation. The stem's max-pool
+(`MaxPool`) keeps the argmax of each window instead of its 112x112 input (at 224 px), the
+largest activation of the network. What the step then keeps per image is the stem's
+argmax, each stage's output, the standardised image (for the root kernel's gradient) and
+the small final BatchNorm; its peak is the b1 output (forward) or its gradient (backward),
+which cross the b1/b2 block boundary in either mode.
+Inference mode and frozen blocks take the ordinary path.
 """
 
 import keras
