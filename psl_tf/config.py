@@ -5,7 +5,7 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a pre-training run needs; see `psl_tf/flagdefs.py` for each field's meaning.
+  """Everything a pre-training run needs; see `psl_tf/cli/flagdefs.py` for each field's meaning.
 
   The defaults are the offline demo's (small ResNet, 32 px, Adam, 30 epochs per stage: a run
   that learns in minutes on a CPU); the paper's settings are in `flags/*.flags`."""

@@ -17,7 +17,7 @@ import os
 import sys
 
 if __name__ == "__main__":
-  from psl_tf import quiet  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top
   quiet.import_tensorflow_quietly()
 
 from absl import app

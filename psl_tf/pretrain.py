@@ -20,7 +20,7 @@ from psl_tf import precision
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
-from psl_tf import visualize
+from psl_tf.tasks import visualize
 from psl_tf import workdir as wd
 from psl_tf import models
 from psl_tf.models import blocks as blocks_lib

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf = quiet.import_tensorflow_quietly()
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top
 
 # TensorFlow's C++ start-up lines would otherwise land after pytest's closing summary.
 tf = quiet.import_tensorflow_quietly()

@@ -13,11 +13,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from psl_tf import config as config_lib
-from psl_tf import probes
-from psl_tf import report
+from psl_tf.evaluation import probes
+from psl_tf.evaluation import report
 from psl_tf import runs
-from psl_tf import transfer
-from psl_tf import views
+from psl_tf.evaluation import transfer
+from psl_tf.data import views
 from psl_tf import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import pytest
 from psl_tf import models
 from psl_tf import stages
 from psl_tf import tasks
-from psl_tf import train
+from psl_tf.cli import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags")))

@@ -15,7 +15,7 @@ from psl_tf import config as config_lib
 from psl_tf import optim
 from psl_tf import stages
 from psl_tf import tasks
-from psl_tf import train
+from psl_tf.cli import train
 from psl_tf import trainer
 from psl_tf.models import blocks
 from psl_tf.models import build_backbone

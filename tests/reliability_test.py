@@ -19,12 +19,12 @@ from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf import export as export_lib
-from psl_tf import flagdefs
+from psl_tf.cli import flagdefs
 from psl_tf import guards
-from psl_tf import knn
-from psl_tf import metrics
+from psl_tf.evaluation import knn
+from psl_tf.evaluation import metrics
 from psl_tf import pretrain
-from psl_tf import quiet
+from psl_tf.cli import quiet
 from psl_tf import runs
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
@@ -218,7 +218,7 @@ def test_first_batch_watchdog_fires_and_is_cancelled():
 
 def test_every_numeric_flag_has_a_range():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top,unused-import
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top,unused-import
   numeric = {f.name for f in flags.FLAGS.get_flags_for_module(flagdefs)
              if isinstance(f.value, (int, float)) and not isinstance(f.value, bool)}
   assert numeric and numeric <= set(flagdefs.RANGES), sorted(numeric - set(flagdefs.RANGES))
@@ -233,7 +233,7 @@ def test_every_numeric_flag_has_a_range():
 @pytest.fixture
 def parsed_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
   flags.FLAGS.unparse_flags()
 
@@ -247,7 +247,7 @@ def parsed_flags():
     ("--contrastive_blur_prob=2", "--contrastive_blur_prob=2.0 is out of range"),
 ])
 def test_out_of_range_numbers_are_one_line(arg, message, tmp_path, parsed_flags, capsys):
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   parsed_flags([f"--workdir={tmp_path}/w", arg])
   with pytest.raises(SystemExit) as exit_info:
     train.main(["psl_tf.train"])
@@ -276,7 +276,7 @@ def test_flagfile_trailing_comment_names_file_and_line(tmp_path, capsys):
 
 def test_stray_positional_argument_is_one_line(capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top,unused-import
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top,unused-import
   parse = quiet.one_line_flags_parser("psl_tf.train")
   try:
     with pytest.raises(SystemExit) as exit_info:

@@ -176,7 +176,7 @@ def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
 @pytest.fixture
 def parsed_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
   flags.FLAGS.unparse_flags()
 
@@ -192,7 +192,7 @@ def parsed_flags():
     (["--workdir=/proc/psl_tf_test"], "cannot write the work directory /proc/psl_tf_test"),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path, parsed_flags, capsys):
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   extra = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}/w"]
   parsed_flags(extra + args)
   with pytest.raises(SystemExit) as exit_info:

@@ -1,5 +1,5 @@
 """Multi-level MoCo v2 (paper 4.1): momentum key encoder and a queue of negatives, with the
-augmentation ladder T1 ⊂ T2 ⊂ T3 of `psl_tf.augment`.
+augmentation ladder T1 ⊂ T2 ⊂ T3 of `psl_tf.data.augment`.
 
 Per stage, `build_stage_state` gives the StageModel (so `tf.train.Checkpoint(model=...)`
 saves and resumes them):

@@ -1,6 +1,6 @@
 """Multi-level SimCLR (paper 3.3.3 and 4.1): NT-Xent on two views under T1 ⊂ T2 ⊂ T3.
 
-Level k augments each image twice with the set T_k of `psl_tf.augment` (T1 crop + flip,
+Level k augments each image twice with the set T_k of `psl_tf.data.augment` (T1 crop + flip,
 T2 + colour distortion, T3 + blur and Sobel). Per stage the head is SimCLR's projection: global
 average pool, Dense(hidden) - BatchNorm - ReLU - Dense(128), and the loss is NT-Xent with
 negatives from every replica (`psl_tf.losses.nt_xent`).
@@ -25,7 +25,7 @@ import math
 import keras
 import tensorflow as tf
 
-from psl_tf import augment
+from psl_tf.data import augment
 from psl_tf import losses
 from psl_tf.tasks import base
 

@@ -126,7 +126,7 @@ def define_train_flags():
   flags.DEFINE_float("jigsaw_grayscale", 0.0, "Jigsaw: probability of a grayscale tile.")
   flags.DEFINE_string("jigsaw_cache_dir", "", "Jigsaw: permutation cache directory "
                       "(empty: $PSL_TF_CACHE or ~/.cache/psl_tf).")
-  # Contrastive ladders (psl_tf/augment.py, tasks/simclr.py, tasks/mocov2.py). The
+  # Contrastive ladders (psl_tf/data/augment.py, tasks/simclr.py, tasks/mocov2.py). The
   # contrastive_ flags reach both tasks; --head_hidden is the projection MLP's hidden width
   # (0: as wide as the stage's output features).
   flags.DEFINE_float("contrastive_crop_min_scale", 0.08, "Smallest random-resized-crop area "
