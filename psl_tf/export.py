@@ -16,16 +16,16 @@ model `backbone.keras` for fine-tuning in Keras (`keras.models.load_model` after
 import os
 import sys
 
-if __name__ == "__main__":
-  from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top
-  quiet.import_tensorflow_quietly()
+if __name__ == "__main__":  # python -m psl_tf.export: the program is psl_tf/cli/export.py
+  from psl_tf.cli import export as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run()
+  sys.exit(0)
 
-from absl import app
-from absl import flags
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import keras
 import tensorflow as tf
 
-from psl_tf import runs as runs_lib
+import psl_tf
 from psl_tf import workdir as wd
 from psl_tf.models import blocks as blocks_lib
 
@@ -67,7 +67,7 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
       `<workdir>/export_stage_<k>` for an earlier one).
     log: where progress lines go (the entry point prints them).
   """
-  run = runs_lib.load_run(workdir, stage)
+  run = wd.load_run(workdir, stage)
   if output is not None and os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f"--output={output} is a file; a SavedModel is a directory: pass a new "
                      "or existing directory")
@@ -84,28 +84,15 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   return output, keras_path, run
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet.warnings_only_unless_asked()
-  try:
-    if not FLAGS.workdir:
-      raise ValueError("--workdir is required (the work directory of a pre-training run)")
-    path, keras_path, run = export_run(FLAGS.workdir, FLAGS.stage, FLAGS.output,
-                                       log=lambda text: print(text, flush=True))
-  except (ValueError, OSError) as e:
-    print(f"psl_tf.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"exported stage {run.stage} of {run.workdir} ({run.config.backbone}, "
-        f"{run.config.image_size} px): SavedModel {path}, Keras model {keras_path}")
+def export(run, stage=None, output=None, log=None):
+  """Exports a finished stage of a run (a work directory or a `psl_tf.workdir.Run`) and
+  returns the SavedModel's directory (`backbone.keras` is inside it); `psl_tf.export(...)`.
+  """
+  if isinstance(run, wd.Run):
+    stage = run.stage if stage is None else stage
+    run = run.workdir
+  path, _, _ = export_run(run, stage, output, log=log or (lambda text: None))
+  return path
 
 
-if __name__ == "__main__":
-  # Defined here, not at import: `psl_tf.pretrain` imports this module next to the training
-  # flags, which have their own --workdir.
-  flags.DEFINE_string("workdir", None, "Work directory of the pre-training run.")
-  flags.DEFINE_integer("stage", None, "Finished stage to export (default: the last).")
-  flags.DEFINE_string("output", None, "Output directory (default: <workdir>/export, or "
-                      "<workdir>/export_stage_<k> for an earlier stage).")
-  FLAGS = flags.FLAGS
-  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.export"))
+psl_tf.make_module_callable(__name__, "export")

@@ -10,8 +10,12 @@ Layout (DESIGN.md 4)::
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
   export/                     SavedModel of the final backbone
+
+`load_run` reads a finished run back (its typed Config, a stage, its backbone) for
+evaluation and export.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -23,7 +27,9 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf.models import blocks as blocks_lib
+from psl_tf.models import build_backbone
 
 FLAGS_FILE = "flags.txt"
 SUMMARY_FILE = "summary.json"
@@ -186,7 +192,12 @@ def check_finite_weights(path):
 # ---- flags and summary -------------------------------------------------------------------
 
 def read_flags(workdir):
-  path = os.path.join(workdir, FLAGS_FILE)
+  """{name: text} of the run's flags.txt, or None when there is none."""
+  return read_flags_file(os.path.join(workdir, FLAGS_FILE))
+
+
+def read_flags_file(path):
+  """{name: text} of a flagfile (`--name=value` lines; a bare `--name` is true)."""
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
@@ -237,3 +248,65 @@ def _json_default(value):
 def remove_tree(path):
   if tf.io.gfile.exists(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- a finished run, read back -----------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """What evaluation and export need to know about one run.
+
+  Attributes:
+    workdir: the run's work directory.
+    config: its `psl_tf.config.Config`, rebuilt from `flags.txt`.
+    stage: the finished stage whose weights are used.
+    summary: the run's `summary.json` (empty dict if missing).
+  """
+  workdir: str
+  config: config_lib.Config
+  stage: int
+  summary: dict
+
+  @property
+  def name(self):
+    """A short row label: the work directory's base name and the mode."""
+    base = os.path.basename(os.path.normpath(self.workdir))
+    return f"{base} ({self.config.mode})" if self.config.mode not in base else base
+
+  @property
+  def weights_path(self):
+    return stage_weights_path(self.workdir, self.stage)
+
+  def build_backbone(self):
+    """A fresh backbone with this run's architecture and the stage's weights."""
+    backbone = build_backbone(self.config.backbone, **self.config.backbone_kwargs())
+    load_backbone_weights(backbone, self.weights_path)
+    return backbone
+
+
+def config_from_workdir(workdir):
+  """The Config of the run in `workdir`; ValueError if it has no flags.txt."""
+  values = read_flags(workdir)
+  if values is None:
+    raise ValueError(f"{workdir} is not a psl_tf work directory (no {FLAGS_FILE}); pass the "
+                     "--workdir of a pre-training run")
+  try:
+    return config_lib.from_flags(values)
+  except ValueError as e:
+    raise ValueError(f"cannot read {os.path.join(workdir, FLAGS_FILE)}: {e}") from None
+
+
+def load_run(workdir, stage=None):
+  """Opens a run at `stage` (default: its last finished stage); ValueError if unusable."""
+  config = config_from_workdir(workdir)
+  done = finished_stages(workdir)
+  if not done:
+    raise ValueError(f"{workdir} has no finished stage yet (no stage_<k>/{WEIGHTS_FILE}); "
+                     "let pre-training finish a stage first")
+  if stage is None:
+    stage = done[-1]
+  elif stage not in done:
+    raise ValueError(f"{workdir} has no finished stage {stage}; finished: "
+                     f"{', '.join(map(str, done))}")
+  check_finite_weights(stage_weights_path(workdir, stage))  # a diverged run scores nothing
+  return Run(workdir, config, stage, read_summary(workdir))

@@ -38,3 +38,12 @@ def two_replica_strategy():
   class _Mirrored(tf.distribute.MirroredStrategy):
     _collective_key_base = next(_collective_key_bases)
   return _Mirrored(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def train_flags():
+  """A fresh absl FlagValues holding every `python -m psl_tf.train` flag, unparsed: the CLI's
+  `main(argv, flag_values)` runs in-process on it without touching absl's global FLAGS."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import flagdefs  # pylint: disable=g-import-not-at-top
+  return flagdefs.define_train_flags(flags.FlagValues())

@@ -15,7 +15,6 @@ import tensorflow_datasets as tfds
 from psl_tf import config as config_lib
 from psl_tf.evaluation import probes
 from psl_tf.evaluation import report
-from psl_tf import runs
 from psl_tf.evaluation import transfer
 from psl_tf.data import views
 from psl_tf import workdir as wd
@@ -60,17 +59,17 @@ def demo_run(tmp_path_factory):
 
 def test_config_round_trips_through_flags_txt(fake_run):
   demo_run = fake_run
-  run = runs.load_run(demo_run)
+  run = wd.load_run(demo_run)
   assert run.stage == 3
   assert (run.config.backbone, run.config.depth, run.config.width) == ("cifar_resnet", 10, 8)
   assert run.config.image_size == 32 and run.config.epochs == (1,)
-  assert run.config.task_options == {"crop": "uniform"}
-  assert runs.load_run(demo_run, 1).stage == 1
+  assert run.config.task_options.crop == "uniform"
+  assert wd.load_run(demo_run, 1).stage == 1
   with pytest.raises(ValueError, match="no finished stage 4"):
-    runs.load_run(demo_run, 4)
+    wd.load_run(demo_run, 4)
   values = {"depth": "18", "recompute": "true", "epochs": "3,2,1", "data_dir": "None",
             "learning_rate": "0.5", "strategy": "mirrored"}
-  config = config_lib.from_flag_dict(values)
+  config = config_lib.from_flags(values)
   assert (config.depth, config.recompute, config.epochs) == (18, True, (3, 2, 1))
   assert config.data_dir is None and config.learning_rate == 0.5
 

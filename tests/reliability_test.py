@@ -25,7 +25,6 @@ from psl_tf.evaluation import knn
 from psl_tf.evaluation import metrics
 from psl_tf import pretrain
 from psl_tf.cli import quiet
-from psl_tf import runs
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
 
@@ -108,7 +107,7 @@ def test_evaluation_refuses_non_finite_backbone_weights(tmp_path):
   workdir = str(tmp_path)
   _fake_finished_run(workdir, poison=True)
   with pytest.raises(wd.NonFiniteWeightsError, match="non-finite weights .*b3"):
-    runs.load_run(workdir)
+    wd.load_run(workdir)
   with pytest.raises(wd.NonFiniteWeightsError, match="diverged"):
     wd.load_backbone_weights(build_backbone("cifar_resnet", depth=10, width=8),
                              wd.stage_weights_path(workdir, 1))
@@ -216,26 +215,25 @@ def test_first_batch_watchdog_fires_and_is_cancelled():
   assert not timer.is_alive() and fired.is_set()  # cancelled: exit_fn never ran
 
 
-def test_every_numeric_flag_has_a_range():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top,unused-import
-  numeric = {f.name for f in flags.FLAGS.get_flags_for_module(flagdefs)
-             if isinstance(f.value, (int, float)) and not isinstance(f.value, bool)}
+def test_every_numeric_flag_has_a_range(train_flags):
+  numeric = {name for name in flagdefs.declarations()
+             if isinstance(train_flags[name].value, (int, float))
+             and not isinstance(train_flags[name].value, bool)}
   assert numeric and numeric <= set(flagdefs.RANGES), sorted(numeric - set(flagdefs.RANGES))
   for name in numeric:  # every default is inside its own range
     low, high, low_open = flagdefs.RANGES[name]
-    default = flags.FLAGS[name].default
+    default = train_flags[name].default
     assert low <= default <= high and not (low_open and default == low), name
 
 
 # ---- 5. every misuse one line, exit 2 ----------------------------------------------------
 
 @pytest.fixture
-def parsed_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
-  yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
-  flags.FLAGS.unparse_flags()
+def parsed_flags(train_flags):
+  def parse(args):
+    train_flags(["psl_tf.train", f"--flagfile={SMOKE}", *args])
+    return train_flags
+  return parse
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -248,9 +246,9 @@ def parsed_flags():
 ])
 def test_out_of_range_numbers_are_one_line(arg, message, tmp_path, parsed_flags, capsys):
   from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
-  parsed_flags([f"--workdir={tmp_path}/w", arg])
+  flag_values = parsed_flags([f"--workdir={tmp_path}/w", arg])
   with pytest.raises(SystemExit) as exit_info:
-    train.main(["psl_tf.train"])
+    train.main(["psl_tf.train"], flag_values)
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(lines) == 1 and message in lines[0], lines
@@ -263,26 +261,19 @@ def test_flagfile_trailing_comment_names_file_and_line(tmp_path, capsys):
   inner.write_text("# a comment line is fine\n--batch_size=8\n--workdir=runs/a  # first run\n")
   outer = tmp_path / "outer.flags"
   outer.write_text(f"--flagfile={inner}\n")
-  parse = quiet.one_line_flags_parser("psl_tf.train")
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      parse(["psl_tf.train", f"--flagfile={outer}"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  parse = quiet.one_line_flags_parser("psl_tf.train", flagdefs.define_train_flags(
+      flags.FlagValues()))
+  with pytest.raises(SystemExit) as exit_info:
+    parse(["psl_tf.train", f"--flagfile={outer}"])
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(lines) == 1 and f"{inner}:3: trailing comment" in lines[0], lines
 
 
-def test_stray_positional_argument_is_one_line(capsys):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top,unused-import
-  parse = quiet.one_line_flags_parser("psl_tf.train")
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      parse(["psl_tf.train", "--task=rotation", "rotation"])
-  finally:
-    flags.FLAGS.unparse_flags()
+def test_stray_positional_argument_is_one_line(train_flags, capsys):
+  parse = quiet.one_line_flags_parser("psl_tf.train", train_flags)
+  with pytest.raises(SystemExit) as exit_info:
+    parse(["psl_tf.train", "--task=rotation", "rotation"])
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert lines == ["psl_tf.train: error: unexpected arguments: rotation (flags are written "

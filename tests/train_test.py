@@ -174,11 +174,11 @@ def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
 
 
 @pytest.fixture
-def parsed_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
-  yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
-  flags.FLAGS.unparse_flags()
+def parsed_flags(train_flags):
+  def parse(args):
+    train_flags(["psl_tf.train", f"--flagfile={SMOKE}", *args])
+    return train_flags
+  return parse
 
 
 @pytest.mark.parametrize("args, message", [
@@ -194,9 +194,9 @@ def parsed_flags():
 def test_user_errors_are_one_line(args, message, tmp_path, parsed_flags, capsys):
   from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   extra = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}/w"]
-  parsed_flags(extra + args)
+  flag_values = parsed_flags(extra + args)
   with pytest.raises(SystemExit) as exit_info:
-    train.main(["psl_tf.train"])
+    train.main(["psl_tf.train"], flag_values)
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(lines) == 1 and message in lines[0], lines

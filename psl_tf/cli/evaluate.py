@@ -11,11 +11,7 @@ table (rows = runs, columns = B1..B5) is printed and written with a plot into
 <workdir>/eval/ (or --output). A mistake in flags or paths ends in one line on stderr.
 """
 
-import json
-import os
-import re
 import sys
-import time
 
 from psl_tf.cli import quiet
 
@@ -25,289 +21,65 @@ quiet.import_tensorflow_quietly()
 from absl import app
 from absl import flags
 from absl import logging
-import keras
-import numpy as np
-import tensorflow as tf
 
-from psl_tf.evaluation import finetune as finetune_lib
-from psl_tf.evaluation import knn as knn_lib
-from psl_tf import precision
-from psl_tf.evaluation import probes
-from psl_tf import progress
+from psl_tf import config as config_lib
+from psl_tf import workdir as wd
+from psl_tf.cli import flagdefs
+from psl_tf.evaluation import protocols
 from psl_tf.evaluation import report
-from psl_tf import runs as runs_lib
-from psl_tf.evaluation import transfer
-from psl_tf.data import views
-from psl_tf.models import blocks as blocks_lib
-
-PROTOCOLS = ("linear", "knn", "finetune", "transfer")
-
-flags.DEFINE_string("workdir", None, "Work directory of the pre-training run to evaluate.")
-flags.DEFINE_integer("stage", None, "Finished stage whose weights to use (default: the last).")
-flags.DEFINE_list("compare", [], "More work directories to evaluate the same way; each becomes "
-                  "a row of the table and a line of the plot.")
-flags.DEFINE_enum("protocol", "linear", list(PROTOCOLS),
-                  "linear: probes on B1..B5; knn: weighted kNN on pooled features; finetune: "
-                  "whole network on label subsets; transfer: linear probes on --dataset.")
-flags.DEFINE_string("dataset", None, "Evaluation data (demo, folder:PATH or a TFDS name); "
-                    "default: the run's pre-training data (required for transfer).")
-flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-flags.DEFINE_string("train_split", "train", "Split the probes / kNN bank / fine-tuning use.")
-flags.DEFINE_string("eval_split", None, "Split to report on (default: test, or validation for "
-                    "data sets without a test split).")
-flags.DEFINE_integer("image_size", 0, "Image side (0: the run's --image_size).")
-flags.DEFINE_integer("resize", 0, "Shorter side before cropping (0: image_size * 256/224).")
-flags.DEFINE_list("blocks", list(blocks_lib.BLOCK_NAMES), "Blocks to evaluate.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of probes and fine-tuning.")
-flags.DEFINE_integer("epochs", 10, "Epochs of probe / fine-tuning training.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: train images // batch_size).")
-flags.DEFINE_float("learning_rate", 0.01, "SGD learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on linear / conv kernels.")
-flags.DEFINE_enum("lr_schedule", "step", ["step", "cosine", "constant"],
-                  "Fine-tuning schedule (probes always use the step schedule).")
-flags.DEFINE_string("lr_step_split", "10,10,8", "Step schedule: relative lengths of the "
-                    "constant pieces (Goyal et al.: 28 epochs, drops after 10 and 20).")
-flags.DEFINE_float("lr_decay", 0.1, "Step schedule: factor between pieces.")
-flags.DEFINE_enum("probe_inputs", "auto", ["auto", "features", "images"],
-                  "linear/transfer: train the heads on pooled features extracted once from "
-                  "centre crops (features: no augmentation, fast), on augmented images "
-                  "through the backbone at every step (images), or features when they fit in "
-                  "--feature_memory_gb (auto).")
-flags.DEFINE_float("feature_memory_gb", 8.0, "--probe_inputs=auto: most memory the stored "
-                   "features may take (float16).")
-flags.DEFINE_integer("knn_k", 200, "kNN: neighbours.")
-flags.DEFINE_float("knn_temperature", 0.07, "kNN: temperature of the exp(s/T) vote weights.")
-flags.DEFINE_enum("knn_pooling", "global", list(knn_lib.POOLINGS),
-                  "kNN features: global average pool, or the probes' ~9,000-value pooling.")
-flags.DEFINE_list("label_fractions", ["0.01", "0.1"], "finetune: fractions of labelled images.")
-flags.DEFINE_string("label_file", None, "finetune: file of image ids (one per line) to use "
-                    "as the labelled subset instead of --label_fractions.")
-flags.DEFINE_enum("precision", "float32", list(precision.PRECISIONS),
-                  "finetune: Keras mixed-precision policy of the fine-tuned network (as "
-                  "psl_tf.train --precision).")
-flags.DEFINE_integer("seed", 0, "Seed of the subsets, shuffling, augmentation and heads.")
-flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
-                    "<workdir>/eval).")
-flags.DEFINE_integer("verbose", 1, "0: quiet; 1: a line per probe / fine-tuning epoch (a "
-                     "Keras progress bar on a terminal); 2: a line per epoch.")
-FLAGS = flags.FLAGS
 
 
-def _slug(text):
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the evaluation flags: which runs, where the report goes, and one flag per field
+  of `psl_tf.evaluation.protocols.Settings` (idempotent)."""
+  if "protocol" in flag_values:
+    return flag_values
+  flags.DEFINE_string("workdir", None, "Work directory of the pre-training run to evaluate.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("stage", None, "Finished stage whose weights to use (default: the last).",
+                       flag_values=flag_values)
+  flags.DEFINE_list("compare", [], "More work directories to evaluate the same way; each "
+                    "becomes a row of the table and a line of the plot.", flag_values=flag_values)
+  flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
+                      "<workdir>/eval).", flag_values=flag_values)
+  for field in config_lib.options_of(protocols.Settings):
+    flagdefs.define_flag(field.name, field, flag_values)
+  return flag_values
 
 
-def _default_eval_split(dataset):
-  if dataset == "demo" or dataset.startswith("folder:"):
-    return "test"
-  return "validation" if dataset in ("imagenet2012", "imagenette", "places365_small") else "test"
+def settings_from_flags(flag_values):
+  """`Settings` from parsed flags (each value checked against its declaration)."""
+  return protocols.Settings(**{f.name: flag_values[f.name].value
+                               for f in config_lib.options_of(protocols.Settings)})
 
 
-def _steps(num_examples, batch_size, requested):
-  if requested:
-    return requested
-  if not num_examples:
-    raise ValueError("the size of the training split is unknown; set --steps_per_epoch")
-  return max(1, num_examples // batch_size)
-
-
-class Evaluation:
-  """The data and settings shared by every run of one `python -m psl_tf.evaluate` call."""
-
-  def __init__(self, primary, v):
-    config = primary.config
-    self.v = v
-    self.protocol = v.protocol
-    if v.protocol == "transfer" and not v.dataset:
-      raise ValueError("--protocol=transfer needs --dataset (the data set to transfer to)")
-    self.dataset = v.dataset or config.dataset
-    self.eval_split = v.eval_split or _default_eval_split(self.dataset)
-    self.image_size = v.image_size or config.image_size
-    self.resize = v.resize or (int(round(self.image_size * 256 / 224)) if v.image_size
-                               else config.resize_to)
-    unknown = [b for b in v.blocks if b not in blocks_lib.BLOCK_NAMES]
-    if unknown:
-      raise ValueError(f"--blocks must be among {','.join(blocks_lib.BLOCK_NAMES)}, got "
-                       f"{','.join(unknown)}")
-    data_dir = v.data_dir if v.data_dir is not None else (config.data_dir if not v.dataset
-                                                           else None)
-    self.train_source, self.multi_label = transfer.load_labelled(
-        self.dataset, v.train_split, data_dir, config.image_check)
-    self.eval_source, _ = transfer.load_labelled(self.dataset, self.eval_split, data_dir,
-                                                 config.image_check)
-    self.num_classes = self.train_source.num_classes
-    if not self.num_classes or self.num_classes < 2:
-      raise ValueError(f"{self.dataset} has no class labels; evaluation needs a labelled data "
-                       "set (class sub-folders for folder:PATH)")
-    if self.multi_label and v.protocol in ("knn", "finetune"):
-      raise ValueError(f"{self.dataset} is multi-label; use --protocol=linear or transfer")
-    self.key = _slug(f"{v.protocol}_{self.dataset}")
-    self.probe_inputs = v.probe_inputs
-
-  def resolve_probe_inputs(self, backbone):
-    """'features' or 'images' for this backbone (auto: features when they fit in memory)."""
-    if self.probe_inputs != "auto":
-      return self.probe_inputs
-    count = (self.train_source.num_examples or 0) + (self.eval_source.num_examples or 0)
-    if not count:
-      return "images"
-    sizes = probes.feature_sizes(backbone, self.image_size, tuple(self.v.blocks))
-    gigabytes = count * sum(sizes.values()) * np.dtype(probes.FEATURE_DTYPE).itemsize / 2**30
-    return "features" if gigabytes <= self.v.feature_memory_gb else "images"
-
-  def title(self):
-    text = f"{self.protocol} on {self.dataset} ({self.eval_split})"
-    if self.protocol in ("linear", "transfer"):
-      text += (", heads on stored centre-crop features (no augmentation)"
-               if self.probe_inputs == "features" else ", heads on augmented images")
-    return text
-
-  def dataset_of(self, source, training):
-    return views.labelled_dataset(source, self.image_size, self.resize, self.v.batch_size,
-                                  training, seed=self.v.seed)
-
-  def settings(self):
-    v = self.v
-    return {"protocol": self.protocol, "dataset": self.dataset, "train_split": v.train_split,
-            "eval_split": self.eval_split, "image_size": self.image_size, "resize": self.resize,
-            "num_classes": self.num_classes, "multi_label": self.multi_label,
-            "blocks": list(v.blocks), "batch_size": v.batch_size, "epochs": v.epochs,
-            "steps_per_epoch": v.steps_per_epoch, "learning_rate": v.learning_rate,
-            "momentum": v.momentum, "weight_decay": v.weight_decay,
-            "lr_step_split": v.lr_step_split, "lr_decay": v.lr_decay, "seed": v.seed,
-            **({"probe_inputs": self.probe_inputs}
-               if self.protocol in ("linear", "transfer") else {}),
-            **({"knn_k": v.knn_k, "knn_temperature": v.knn_temperature,
-                "knn_pooling": v.knn_pooling} if self.protocol == "knn" else {}),
-            **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
-                "lr_schedule": v.lr_schedule} if self.protocol == "finetune" else {})}
-
-  def _callbacks(self, label, steps):
-    """Epoch lines for a probe / fine-tuning fit (none with --verbose=0)."""
-    if not self.v.verbose:
-      return []
-    return [progress.fit_progress(label, self.v.epochs, steps, self.v.batch_size)]
-
-  def _fit_verbose(self):
-    return progress.fit_verbose(self.v.verbose)
-
-  def _say(self, text):
-    if self.v.verbose:
-      print(f"   {text}", flush=True)
-
-  def run(self, run):
-    """{column: metrics} of one run under this evaluation."""
-    v = self.v
-    keras.utils.set_random_seed(v.seed)
-    backbone = run.build_backbone()
-    if self.protocol in ("linear", "transfer"):
-      self.probe_inputs = self.resolve_probe_inputs(backbone)
-    if self.protocol in ("linear", "transfer") and self.probe_inputs == "features":
-      extract_batch = max(v.batch_size, 256)
-      results, poolings = probes.linear_probe_on_features(
-          backbone, views.labelled_dataset(self.train_source, self.image_size, self.resize,
-                                           extract_batch, training=False),
-          views.labelled_dataset(self.eval_source, self.image_size, self.resize,
-                                 extract_batch, training=False),
-          self.num_classes, self.image_size, v.epochs, v.batch_size, tuple(v.blocks),
-          v.learning_rate, v.momentum, v.weight_decay, v.lr_step_split, v.lr_decay,
-          self.multi_label, self.train_source.num_examples, self.eval_source.num_examples,
-          v.seed, log=lambda line: print(line, flush=True))
-    elif self.protocol in ("linear", "transfer"):
-      steps = _steps(self.train_source.num_examples, v.batch_size, v.steps_per_epoch)
-      self._say(f"training linear probes on {', '.join(v.blocks)}: {v.epochs} epochs x {steps} "
-                f"steps of {v.batch_size} {self.dataset} {v.train_split} images, then scoring "
-                f"the {self.eval_split} split")
-      results, poolings = probes.linear_probe(
-          backbone, self.dataset_of(self.train_source, True),
-          self.dataset_of(self.eval_source, False), self.num_classes, self.image_size,
-          v.epochs, steps, tuple(v.blocks), v.learning_rate, v.momentum, v.weight_decay,
-          v.lr_step_split, v.lr_decay, self.multi_label, self._fit_verbose(),
-          self._callbacks("probes", steps))
-    if self.protocol in ("linear", "transfer"):
-      for name, p in poolings.items():
-        results[name]["pooling"] = {"kernel": p.kernel, "stride": p.stride,
-                                    "padding": p.padding}
-      return results
-    if self.protocol == "knn":
-      self._say(f"extracting features of the {v.train_split} and {self.eval_split} splits "
-                f"(blocks {', '.join(v.blocks)}), then voting with k={v.knn_k}")
-      return knn_lib.knn_evaluate(
-          backbone, self.dataset_of(self.train_source, False),
-          self.dataset_of(self.eval_source, False), self.num_classes, tuple(v.blocks),
-          v.knn_k, v.knn_temperature, v.knn_pooling)
-    return self._finetune(run)
-
-  def _finetune(self, run):
-    v = self.v
-    labels, ids = finetune_lib.source_labels_and_ids(self.train_source)
-    if v.label_file:
-      subsets = {os.path.basename(v.label_file): finetune_lib.subset_from_ids(
-          ids, finetune_lib.read_id_file(v.label_file))}
-    else:
-      try:
-        fractions = [float(f) for f in v.label_fractions]
-      except ValueError:
-        raise ValueError(f"--label_fractions takes numbers like 0.01,0.1, got "
-                         f"{','.join(v.label_fractions)}") from None
-      subsets = {f"{100 * f:g}%": finetune_lib.balanced_subset(labels, f, v.seed)
-                 for f in fractions}
-    results = {}
-    for column, indices in subsets.items():
-      keras.utils.set_random_seed(v.seed)
-      with precision.policy_scope(v.precision):  # --precision: the fine-tuned backbone's
-        backbone = run.build_backbone()  # fresh weights for every subset
-      subset = finetune_lib.subset_source(self.train_source, indices)
-      steps = _steps(len(indices), v.batch_size, v.steps_per_epoch)
-      self._say(f"fine-tuning on {column} of the labels ({len(indices)} images): {v.epochs} "
-                f"epochs x {steps} steps")
-      results[column] = finetune_lib.finetune(
-          backbone, self.dataset_of(subset, True), self.dataset_of(self.eval_source, False),
-          self.num_classes, self.image_size, v.epochs, steps, v.learning_rate, v.momentum,
-          v.weight_decay, v.lr_schedule, v.lr_step_split, v.lr_decay, self._fit_verbose(),
-          self._callbacks(f"fine-tune {column}", steps), precision=precision.resolve(v.precision))
-      results[column]["labelled_images"] = int(len(indices))
-    return results
-
-
-def main(argv):
+def main(argv, flag_values=None):
+  """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
+  FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet.warnings_only_unless_asked()
   try:
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
+    settings = settings_from_flags(FLAGS)
     paths = [FLAGS.workdir] + [p for p in FLAGS.compare if p and p != FLAGS.workdir]
-    the_runs = [runs_lib.load_run(p, FLAGS.stage) for p in paths]
-    evaluation = Evaluation(the_runs[0], FLAGS)
+    the_runs = [wd.load_run(p, FLAGS.stage) for p in paths]
+    evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first
   except (ValueError, OSError) as e:  # DataError is a ValueError
     print(f"psl_tf.evaluate: error: {e}", file=sys.stderr)
     sys.exit(2)
-  rows = []
-  for run in the_runs:
-    print(f"== {evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split}): "
-          f"{run.workdir} stage {run.stage}", flush=True)
-    started = time.monotonic()
-    result = evaluation.run(run)
-    print(f"   {run.workdir} evaluated in "
-          f"{progress.format_duration(time.monotonic() - started)}", flush=True)
-    rows.append((f"{run.name} s{run.stage}", result))
-    own = os.path.join(run.workdir, "eval", f"{evaluation.key}_stage{run.stage}.json")
-    tf.io.gfile.makedirs(os.path.dirname(own))
-    with tf.io.gfile.GFile(own, "w") as f:
-      json.dump({"settings": evaluation.settings(), "stage": run.stage, "results": result},
-                f, indent=2, sort_keys=True)
-  title = evaluation.title()
-  out_dir = FLAGS.output or os.path.join(FLAGS.workdir, "eval")
-  paths = report.write_report(out_dir, evaluation.key, rows, evaluation.settings(), title)
-  print(report.markdown_table(rows, title=title))
-  logging.info("evaluation settings: %s", evaluation.settings())
-  print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
+  rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
+                                          log=lambda text: print(text, flush=True),
+                                          evaluation=evaluation)
+  print(report.markdown_table(rows, title=written["title"]))
+  logging.info("evaluation settings: %s", written["settings"])
+  print(f"wrote {written['markdown']}, {written['json']} and {written['plot']}")
 
 
 def run():
-  """The `python -m psl_tf.evaluate` program."""
+  """The `python -m psl_tf.evaluate` program: defines the flags, parses argv, runs `main`."""
+  define_flags()
   sys.modules["__main__"].__doc__ = __doc__  # --help shows this usage, not the shim's
   app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.evaluate"))
 

@@ -22,15 +22,17 @@ key view B. Not implemented: MoCo's shuffle BN across GPUs; the key encoder norm
 replica's key batch with its own statistics.
 """
 
+import dataclasses
 import threading
 
 import keras
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf import losses
 from psl_tf.models import blocks as blocks_lib
 from psl_tf.tasks import base
-from psl_tf.tasks import simclr
+from psl_tf.tasks import contrastive
 
 
 def update_synced(updates):
@@ -95,32 +97,29 @@ def _clone(model, name):
   return copy
 
 
-class MoCoV2Task(base.Task):
+class MoCoV2Task(contrastive.ContrastiveTask):
   """Query view A against its key view B and a queue of earlier keys."""
 
   name = "mocov2"
-  num_levels = simclr.augment.NUM_LEVELS
-  option_prefixes = ("contrastive", "mocov2")
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, temperature=0.2,
-               queue_size=65536, key_momentum=0.999, proj_dim=128, **augment_kwargs):
-    super().__init__(image_spec, head_hidden)
-    unknown = set(augment_kwargs) - set(simclr.AUGMENT_OPTIONS)
-    if unknown:
-      raise ValueError(f"mocov2 got unknown options {sorted(unknown)}")
-    if temperature <= 0:
-      raise ValueError(f"--mocov2_temperature must be positive, got {temperature}")
-    if queue_size < 1:
-      raise ValueError(f"--mocov2_queue_size must be positive, got {queue_size}")
-    if not 0.0 <= key_momentum <= 1.0:
-      raise ValueError(f"--mocov2_key_momentum must be in [0, 1], got {key_momentum}")
-    if proj_dim < 1:
-      raise ValueError(f"--contrastive_proj_dim must be positive, got {proj_dim}")
-    self.temperature = float(temperature)
-    self.queue_size = int(queue_size)
-    self.key_momentum = float(key_momentum)
-    self.proj_dim = int(proj_dim)
-    self.augment_options = simclr.augment_options(**augment_kwargs)
+  # Demo defaults: a queue smaller than one epoch of the 1,000 demo images (a longer one would
+  # hold stale keys of the very images it should tell apart) and a key encoder fast enough for
+  # a few hundred steps; the paper-scale values (65,536 and 0.999) are in the flagfiles.
+  @dataclasses.dataclass(frozen=True)
+  class Options(contrastive.ContrastiveOptions):
+    flag_prefix = "mocov2"
+    temperature: float = config_lib.option(0.2, "MoCo v2: InfoNCE temperature.",
+                                           range=(0.0, 100.0, True))
+    queue_size: int = config_lib.option(512, "MoCo v2: negatives in the queue (MoCo v2 on "
+                                        "ImageNet: 65536).", range=(1, 10**8))
+    key_momentum: float = config_lib.option(0.99, "MoCo v2: EMA momentum m of the key encoder "
+                                            "(MoCo v2 on ImageNet: 0.999).", range=(0.0, 1.0))
+
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
+    super().__init__(image_spec, head_hidden, options, **overrides)
+    self.temperature = self.options.temperature
+    self.queue_size = self.options.queue_size
+    self.key_momentum = self.options.key_momentum
     # Keys of the step being traced, per thread: MirroredStrategy traces each replica's step
     # in its own thread, and forward and after_update of one replica share it.
     self._pending = threading.local()
@@ -133,31 +132,14 @@ class MoCoV2Task(base.Task):
                        f"({config.batch_size}); use a queue of at least one global batch")
     return task
 
-  def describe_level(self, level):
-    self.check_level(level)
-    return simclr.describe_augmentations(level)
-
   def level_summary(self, level):
-    summary = simclr.SimCLRTask.level_summary(self, level)
-    summary.update({"queue_size": self.queue_size, "key_momentum": self.key_momentum})
-    return summary
-
-  def example_fn(self, level, training):
-    del training
-    self.check_level(level)
-    return simclr.two_view_example_fn(level, self.image_spec.size, self.augment_options)
-
-  def num_classes(self, level):
-    return self.proj_dim
+    return {**super().level_summary(level), "temperature": self.temperature,
+            "queue_size": self.queue_size, "key_momentum": self.key_momentum}
 
   def chance(self, level, batch_size):
     """The positive key among itself and the queue's negatives."""
     del level, batch_size
     return 1.0 / (self.queue_size + 1)
-
-  def build_head(self, feature_shape, level):
-    return simclr.build_projection_head(feature_shape, self.head_hidden, self.proj_dim,
-                                        f"head_{self.name}_l{level}")
 
   # ---- state ----------------------------------------------------------------------------
   def build_stage_state(self, ctx):

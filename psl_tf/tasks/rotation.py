@@ -22,10 +22,12 @@ Design decisions (documented in the README):
   closer to the paper's wording but leaks scale.
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf.tasks import base
 
 # Counter-clockwise degrees; R_k is the prefix of this list of length LEVEL_SIZES[k - 1].
@@ -80,13 +82,17 @@ class RotationTask(base.Task):
 
   name = "rotation"
   num_levels = 3
-  option_prefixes = ("rotation",)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, crop="uniform"):
-    super().__init__(image_spec, head_hidden)
-    if crop not in CROP_MODES:
-      raise ValueError(f"rotation crop must be one of {CROP_MODES}, got {crop!r}")
-    self.crop = crop
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    flag_prefix = "rotation"
+    crop: str = config_lib.option(
+        "uniform", "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
+        "each angle's largest crop (leaks a zoom cue).", choices=CROP_MODES)
+
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
+    super().__init__(image_spec, head_hidden, options, **overrides)
+    self.crop = self.options.crop
 
   def angles(self, level):
     self.check_level(level)
