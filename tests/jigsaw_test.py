@@ -64,7 +64,7 @@ def _seed(i):
 def test_resize_to_the_same_size_is_exact():
   # The undo tests below rely on the pipeline not blurring an image already at its size.
   image = tf.constant(_coordinate_image())
-  out = jigsaw.base.resize_shorter_side(jigsaw.base.to_float(image), SIDE)
+  out = jigsaw.image_lib.resize_shorter_side(jigsaw.image_lib.to_float(image), SIDE)
   np.testing.assert_array_equal(np.rint(out.numpy() * 255).astype(np.uint8), image.numpy())
 
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from psl_tf import config as config_lib
 from psl_tf.models import blocks as blocks_lib
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 from psl_tf.tasks import permutations as perms_lib
 
@@ -90,7 +91,7 @@ def normalize_tiles(tiles, eps=1e-3):
 
 def jitter_tile(tile, seed, strength, grayscale):
   """Colour jitter of strength `strength` and grayscale with probability `grayscale`."""
-  seeds = base.split_seed(seed, 5)
+  seeds = image_lib.split_seed(seed, 5)
   if strength > 0:
     tile = tf.image.stateless_random_brightness(tile, 0.4 * strength, seeds[0])
     tile = tf.image.stateless_random_contrast(tile, 1 - 0.4 * strength, 1 + 0.4 * strength,
@@ -249,15 +250,15 @@ class JigsawTask(base.Task):
 
     def fn(image, label, seed):
       del label  # the pretext target is the permutation index
-      crop_seed, flip_seed, offset_seed, perm_seed, jitter_seed = base.split_seed(seed, 5)
-      image = base.resize_shorter_side(base.to_float(image), resize)
+      crop_seed, flip_seed, offset_seed, perm_seed, jitter_seed = image_lib.split_seed(seed, 5)
+      image = image_lib.resize_shorter_side(image_lib.to_float(image), resize)
       if training:
-        square = base.random_square_crop(image, crop, crop_seed)
+        square = image_lib.random_square_crop(image, crop, crop_seed)
         square = tf.image.stateless_random_flip_left_right(square, flip_seed)
         offsets = tf.random.stateless_uniform([NUM_TILES, 2], offset_seed, 0, cell - tile + 1,
                                               dtype=tf.int32)
       else:
-        square = base.center_crop(image, crop)
+        square = image_lib.center_crop(image, crop)
         offsets = tf.fill([NUM_TILES, 2], (cell - tile) // 2)
       square = tf.ensure_shape(square, [crop, crop, 3])
       tiles = grid_tiles(square, cell, tile, offsets)
@@ -292,13 +293,13 @@ class JigsawTask(base.Task):
 
     def fn(images, labels, seeds):
       del labels
-      images = base.resize_shorter_side_batch(base.to_float(images), resize)
+      images = image_lib.resize_shorter_side_batch(image_lib.to_float(images), resize)
       shape = tf.shape(images)[1:]
 
       def draws(seed):
-        crop_seed, flip_seed, offset_seed, perm_seed, _ = base.split_seed(seed, 5)
-        corner = base.random_crop_offset(shape, crop, crop_seed)
-        flip = base.random_flip_coin(flip_seed)
+        crop_seed, flip_seed, offset_seed, perm_seed, _ = image_lib.split_seed(seed, 5)
+        corner = image_lib.random_crop_offset(shape, crop, crop_seed)
+        flip = image_lib.random_flip_coin(flip_seed)
         offsets = tf.random.stateless_uniform([NUM_TILES, 2], offset_seed, 0, cell - tile + 1,
                                               dtype=tf.int32)
         target = tf.random.stateless_uniform([], perm_seed, 0, num, dtype=tf.int32)

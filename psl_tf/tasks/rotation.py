@@ -28,6 +28,7 @@ import math
 import tensorflow as tf
 
 from psl_tf import config as config_lib
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 
 # Counter-clockwise degrees; R_k is the prefix of this list of length LEVEL_SIZES[k - 1].
@@ -139,13 +140,13 @@ class RotationTask(base.Task):
 
     def fn(images, labels, seeds):
       del labels
-      images = base.resize_shorter_side_batch(base.to_float(images), spec.resize)
+      images = image_lib.resize_shorter_side_batch(image_lib.to_float(images), spec.resize)
       shape = tf.shape(images)[1:]
 
       def draws(seed):
-        crop_seed, flip_seed, angle_seed = base.split_seed(seed, 3)
-        offset = base.random_crop_offset(shape, spec.resize, crop_seed)
-        flip = base.random_flip_coin(flip_seed)
+        crop_seed, flip_seed, angle_seed = image_lib.split_seed(seed, 3)
+        offset = image_lib.random_crop_offset(shape, spec.resize, crop_seed)
+        flip = image_lib.random_flip_coin(flip_seed)
         target = tf.random.stateless_uniform([], angle_seed, 0, n, dtype=tf.int32)
         return offset, flip, target
 
@@ -183,13 +184,13 @@ class RotationTask(base.Task):
 
     def fn(image, label, seed):
       del label  # the pretext label is the angle
-      crop_seed, flip_seed, angle_seed = base.split_seed(seed, 3)
-      image = base.resize_shorter_side(base.to_float(image), spec.resize)
+      crop_seed, flip_seed, angle_seed = image_lib.split_seed(seed, 3)
+      image = image_lib.resize_shorter_side(image_lib.to_float(image), spec.resize)
       if training:
-        square = base.random_square_crop(image, spec.resize, crop_seed)
+        square = image_lib.random_square_crop(image, spec.resize, crop_seed)
         square = tf.image.stateless_random_flip_left_right(square, flip_seed)
       else:
-        square = base.center_crop(image, spec.resize)
+        square = image_lib.center_crop(image, spec.resize)
       target = tf.random.stateless_uniform([], angle_seed, 0, n, dtype=tf.int32)
       angle = angles[target]
       return self.rotated_view(square, angle), target

@@ -23,17 +23,18 @@ from psl_tf.data import augment
 from psl_tf import data
 from psl_tf.evaluation import report
 from psl_tf import tasks as tasks_lib
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 from psl_tf.tasks import jigsaw as jigsaw_lib
 
 
 def _square(task, image):
   """The task's evaluation square of an image (float [0, 1]), before the pretext transform."""
-  image = base.to_float(tf.convert_to_tensor(image))
+  image = image_lib.to_float(tf.convert_to_tensor(image))
   if isinstance(task, jigsaw_lib.JigsawTask):
-    return base.center_crop(base.resize_shorter_side(image, task.resize), task.crop)
+    return image_lib.center_crop(image_lib.resize_shorter_side(image, task.resize), task.crop)
   spec = task.image_spec
-  return base.center_crop(base.resize_shorter_side(image, spec.resize), spec.resize)
+  return image_lib.center_crop(image_lib.resize_shorter_side(image, spec.resize), spec.resize)
 
 
 def jigsaw_mosaic(tiles, gap=2):
