@@ -2,9 +2,11 @@ r"""SavedModel export of a backbone for downstream use.
 
   python -m psl_tf.export --workdir=runs/rot [--stage=2] [--output=DIR]
 
-The default endpoint (`serving_default`) takes a batch of uint8 RGB images of any size,
-resizes them to the size the backbone was trained at, and returns the per-block feature
-maps ``b1``..``b5`` and their global-average-pooled vectors ``b1_pool``..``b5_pool``. The
+The default endpoint (`serving_default`) takes a batch of uint8 RGB images of any size (one
+size per batch), gives them the evaluation view of the run (shorter side to the run's resize,
+then the central image_size x image_size crop: what `psl_tf.evaluate` feeds the backbone), and
+returns the per-block feature maps ``b1``..``b5`` and their global-average-pooled vectors
+``b1_pool``..``b5_pool``. The
 SavedModel needs only TensorFlow to load: no `psl_tf`, no Keras.
 
 The entry point rebuilds the backbone of any finished stage of a run (architecture and image
@@ -27,16 +29,23 @@ import tensorflow as tf
 
 import psl_tf
 from psl_tf import workdir as wd
+from psl_tf.data import images as image_lib
 from psl_tf.models import blocks as blocks_lib
 
 KERAS_FILE = "backbone.keras"
 
 
-def features_fn(backbone, image_size):
-  """`uint8 images [N, H, W, 3] -> {b1..b5, b1_pool..b5_pool}` for a backbone."""
+def features_fn(backbone, image_size, resize=None):
+  """`uint8 images [N, H, W, 3] -> {b1..b5, b1_pool..b5_pool}` for a backbone.
+
+  The images get the evaluation view (`psl_tf.data.views.eval_view_fn`): shorter side to
+  `resize` (default image_size x 256/224, as in training), then the central crop."""
+  resize = resize or int(round(image_size * 256 / 224))
+
   def serve(images):
-    x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [image_size, image_size],
-                        antialias=True)
+    x = image_lib.resize_shorter_side_batch(image_lib.to_float(images), resize)
+    x = tf.ensure_shape(image_lib.center_crop_batch(x, image_size),
+                        [None, image_size, image_size, 3])
     # float32 features whatever the backbone computes in (a --precision=mixed_* run).
     maps = {k: tf.cast(v, tf.float32) for k, v in backbone(x, training=False).items()}
     outputs = {name: maps[name] for name in blocks_lib.BLOCK_NAMES}
@@ -46,12 +55,12 @@ def features_fn(backbone, image_size):
   return serve
 
 
-def export_backbone(backbone, path, image_size):
+def export_backbone(backbone, path, image_size, resize=None):
   """Writes the backbone as a SavedModel at `path` (see the module docstring)."""
   archive = keras.export.ExportArchive()
   archive.track(backbone)
   archive.add_endpoint(
-      "serving_default", features_fn(backbone, image_size),
+      "serving_default", features_fn(backbone, image_size, resize),
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
   archive.write_out(path, verbose=False)
   return path
@@ -77,7 +86,7 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   log(f"   building {run.config.backbone} and loading stage {run.stage} of {workdir}")
   backbone = run.build_backbone()
   log(f"   tracing and writing the SavedModel to {output}")
-  export_backbone(backbone, output, run.config.image_size)
+  export_backbone(backbone, output, run.config.image_size, run.config.resize_to)
   keras_path = os.path.join(output, KERAS_FILE)
   log(f"   writing the Keras model {keras_path}")
   backbone.save(keras_path)

@@ -298,7 +298,7 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     # Written next to its place and renamed, so a kill never leaves a half-written export/.
     partial = path + wd.PARTIAL_SUFFIX
     wd.remove_tree(partial)
-    export_lib.export_backbone(backbone, partial, config.image_size)
+    export_lib.export_backbone(backbone, partial, config.image_size, config.resize_to)
     wd.crash_point("export_written")
     wd.remove_tree(path)
     os.replace(partial, path)

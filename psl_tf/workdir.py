@@ -5,7 +5,7 @@ Layout (DESIGN.md 4)::
   flags.txt                   resolved flags, usable as --flagfile
   summary.json                per stage: steps, loss, pretext accuracy, time, images/s
   stage_<k>/stage_summary.json    the finished stage's entry of summary.json
-  stage_<k>/backbone.weights.h5   written when stage k finishes (HDF5, b1..b5 groups)
+  stage_<k>/backbone.weights.h5   written when stage k finishes (Keras weights format)
   stage_<k>/DONE                  written last: stage k is finished (summary and weights)
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
@@ -133,27 +133,46 @@ def finished_stages(workdir):
 # ---- backbone weights --------------------------------------------------------------------
 
 def save_backbone_weights(backbone, path):
-  """Writes every backbone variable as HDF5 dataset `<block>/<layer>/<variable>`.
+  """Writes the backbone's weights in Keras 3's own format (`backbone.save_weights`), so
+  `backbone.load_weights(path)` reads them into a backbone built the same way.
 
   The file is written to a temporary name and renamed, so a killed run never leaves a
   half-written file that would look like a finished stage.
   """
   tf.io.gfile.makedirs(os.path.dirname(path))
-  fd, tmp = tempfile.mkstemp(suffix=".h5", dir=os.path.dirname(path))
+  fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=os.path.dirname(path))
   os.close(fd)
-  with h5py.File(tmp, "w") as f:
-    for block in blocks_lib.get_blocks(backbone):
-      group = f.create_group(block.name)
-      for variable in block.weights:
-        group.create_dataset(variable.path, data=np.asarray(variable.numpy()))
+  backbone.save_weights(tmp, overwrite=True)
   crash_point("weights_tmp_written")
   os.replace(tmp, path)
 
 
+def is_block_layout(path):
+  """True for a weights file in the layout of runs written before the Keras format: HDF5
+  groups `b1`..`b5`, datasets `<layer>/<variable>` (`load_backbone_weights` reads both)."""
+  with h5py.File(path, "r") as f:
+    return "b1" in f and "layers" not in f
+
+
 def load_backbone_weights(backbone, path):
-  """Loads weights written by `save_backbone_weights`; every variable must match."""
+  """Loads stage weights into `backbone`; refuses non-finite weights (a diverged run).
+
+  Reads the Keras format (`backbone.load_weights`) and the older per-block layout."""
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"no backbone weights at {path}")
+  if is_block_layout(path):
+    _load_block_layout(backbone, path)
+    return
+  backbone.load_weights(path)
+  for variable in backbone.weights:
+    if not np.all(np.isfinite(variable.numpy())):
+      raise NonFiniteWeightsError(
+          f"{path} holds non-finite weights ({variable.path}): the run that wrote them "
+          "diverged; retrain with a lower --learning_rate")
+
+
+def _load_block_layout(backbone, path):
+  """Reads the per-block layout (`<block>/<variable path>`); every variable must match."""
   with h5py.File(path, "r") as f:
     for block in blocks_lib.get_blocks(backbone):
       if block.name not in f:

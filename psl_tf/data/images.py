@@ -68,6 +68,14 @@ def center_crop(image, side):
   return image[top:top + side, left:left + side]
 
 
+def center_crop_batch(images, side):
+  """The central side x side crop of a batch [B, H, W, C] of images of one size."""
+  shape = tf.shape(images)
+  top = (shape[1] - side) // 2
+  left = (shape[2] - side) // 2
+  return images[:, top:top + side, left:left + side]
+
+
 def center_crop_resize(image, resize, size):
   """Evaluation view: shorter side to `resize`, then the central `size` x `size` crop."""
   image = resize_shorter_side(image, resize)
