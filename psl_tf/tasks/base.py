@@ -14,11 +14,19 @@ trainer asks it for four things per stage:
   (per-example 0/1, the pretext accuracy that `summary.json` reports).
 
 Tasks with state across steps (MoCo's key encoder and queue) also override
-``build_stage_state`` (variables created there on ``ctx``, the StageModel, are checkpointed
-with it) and ``after_update``; ``write_artifacts(workdir)`` saves task files with the run.
+``build_stage_state(ctx)``, which returns one object (a `keras.layers.Layer`) that the
+StageModel keeps as ``ctx.task_state`` (tracked, so the epoch checkpoints save and restore
+it), ``forward_with_extras`` (the training forward pass, returning what the update needs) and
+``after_update(ctx, extras)``, which gets those extras explicitly after the optimizer step.
+``write_artifacts(workdir)`` saves task files with the run.
+
+Every method that takes a ``level`` has it checked (1..num_levels) by the base class, so no
+subclass repeats the check.
 """
 
 import dataclasses
+import functools
+import inspect
 
 import keras
 import tensorflow as tf
@@ -36,6 +44,22 @@ class ImageSpec:
   """
   size: int = 224
   resize: int = 256
+
+
+# Methods whose `level` argument the base class checks, in every subclass that defines them.
+LEVEL_METHODS = ("example_fn", "batch_fn", "build_head", "describe_level", "level_summary",
+                 "num_classes", "output_width", "chance")
+
+
+def _checks_level(method):
+  signature = inspect.signature(method)
+
+  @functools.wraps(method)
+  def checked(self, *args, **kwargs):
+    self.check_level(signature.bind(self, *args, **kwargs).arguments["level"])
+    return method(self, *args, **kwargs)
+  checked.checks_level = True
+  return checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +81,13 @@ class Task:
   name = "task"
   num_levels = 3
   Options = NoOptions
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    for name in LEVEL_METHODS:
+      method = cls.__dict__.get(name)
+      if method is not None and not getattr(method, "checks_level", False):
+        setattr(cls, name, _checks_level(method))
 
   def __init__(self, image_spec=ImageSpec(), head_hidden=512, options=None, **overrides):
     self.image_spec = image_spec
@@ -128,15 +159,25 @@ class Task:
     return keras.Model(inputs, logits, name=f"head_{self.name}_l{level}")
 
   def build_stage_state(self, ctx):
-    """Creates per-stage state (variables) the task needs beyond the head. Default: none."""
+    """Per-stage state beyond the head (variables, models), or None (the default).
+
+    The StageModel `ctx` keeps what this returns as `ctx.task_state`, a tracked attribute,
+    so the epoch checkpoints save and restore it with the model."""
     del ctx
+    return None
 
   def forward(self, ctx, inputs, training):
     return ctx.head(ctx.features(inputs, training), training=training)
 
-  def after_update(self, ctx):
-    """Called inside the train step after the optimizer update (e.g. EMA updates)."""
-    del ctx
+  def forward_with_extras(self, ctx, inputs, training):
+    """The forward pass of a train step: (outputs, extras), where extras is what
+    `after_update` needs from this step (a dict of tensors). Default: no extras."""
+    return self.forward(ctx, inputs, training), {}
+
+  def after_update(self, ctx, extras):
+    """Called inside the train step after the optimizer update (e.g. EMA updates), with the
+    extras of this step's `forward_with_extras`."""
+    del ctx, extras
 
   def extra_trainable_variables(self, ctx):
     """Variables beyond the stage's blocks and head that get gradients. Default: none."""

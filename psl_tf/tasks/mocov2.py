@@ -1,18 +1,20 @@
 """Multi-level MoCo v2 (paper 4.1): momentum key encoder and a queue of negatives, with the
 augmentation ladder T1 ⊂ T2 ⊂ T3 of `psl_tf.data.augment`.
 
-Per stage, `build_stage_state` gives the StageModel (so `tf.train.Checkpoint(model=...)`
-saves and resumes them):
+Per stage, `build_stage_state` returns a `MoCoState` that the StageModel keeps as
+`task_state` (so `tf.train.Checkpoint(model=...)` saves and resumes it):
 
-* ``moco_key_b<i>`` for every block i the stage trains, and ``moco_key_head``: copies of the
+* ``key_blocks`` (a copy of every block the stage trains) and ``key_head``: copies of the
   query's blocks and head (same initial weights), the momentum **key encoder**. Blocks below
-  the stage are frozen, so they are shared: the key view goes through the same frozen blocks
-  and then the key copies. The keys are wrapped in `stop_gradient` and the key variables are
-  not among `trained_variables()`, so the key encoder never gets a gradient.
-* ``moco_queue`` [queue_size, proj_dim] (L2-normalised keys; random unit vectors at first)
-  and ``moco_queue_ptr``: a FIFO ring buffer of negatives.
+  the stage are frozen, so they are shared: the key view takes the StageModel's own
+  frozen-block path (`features(..., stage_blocks=key_blocks)`) and then the key copies. The
+  keys are wrapped in `stop_gradient` and the key variables are not among
+  `trained_variables()`, so the key encoder never gets a gradient.
+* ``queue`` [queue_size, proj_dim] (L2-normalised keys; random unit vectors at first) and
+  ``queue_ptr``: a FIFO ring buffer of negatives.
 
-Each train step (``after_update``, after the optimizer): the key encoder moves by
+Each train step (``after_update``, after the optimizer, given the step's keys by
+``forward_with_extras``): the key encoder moves by
 ``key = m * key + (1 - m) * query`` over the trainable parameters (m = 0.999; BatchNorm
 moving statistics of the key encoder follow its own forward passes, as in MoCo), then the
 step's keys - gathered from every replica under a strategy - overwrite the oldest queue rows.
@@ -23,14 +25,12 @@ replica's key batch with its own statistics.
 """
 
 import dataclasses
-import threading
 
 import keras
 import tensorflow as tf
 
 from psl_tf import config as config_lib
 from psl_tf import losses
-from psl_tf.models import blocks as blocks_lib
 from psl_tf.tasks import base
 from psl_tf.tasks import contrastive
 
@@ -60,23 +60,15 @@ def update_synced(updates):
 
 def ema_pairs(ctx):
   """(key variable, query variable) pairs of the trainable parameters, in matching order."""
-  query_models = [ctx.blocks[i - 1] for i in key_block_ids(ctx)] + [ctx.head]
-  key_models = key_blocks(ctx) + [ctx.moco_key_head]
+  state = ctx.task_state
+  query_models = [ctx.blocks[i - 1] for i in state.block_ids] + [ctx.head]
+  key_models = list(state.key_blocks) + [state.key_head]
   pairs = []
   for query_model, key_model in zip(query_models, key_models):
     for q, k in zip(query_model.weights, key_model.weights):
       if q.trainable:
         pairs.append((k, q))
   return pairs
-
-
-def key_block_ids(ctx):
-  """Blocks with a key copy: those the stage trains (the frozen ones below are shared)."""
-  return list(range(ctx.stage.grad_first, ctx.stage.last + 1))
-
-
-def key_blocks(ctx):
-  return [getattr(ctx, f"moco_key_b{i}") for i in key_block_ids(ctx)]
 
 
 def enqueue(queue, ptr, keys):
@@ -95,6 +87,44 @@ def _clone(model, name):
   copy.name = name
   copy.set_weights(model.get_weights())
   return copy
+
+
+class MoCoState(keras.layers.Layer):
+  """MoCo's per-stage state, kept by the StageModel as `task_state` (so the epoch
+  checkpoints save and restore it): the key encoder and the queue.
+
+  Attributes:
+    block_ids: the blocks with a key copy: those the stage trains (the frozen ones below are
+      shared with the query).
+    key_b<i>: a copy of block i for each of those (same initial weights); `key_blocks` lists
+      them in order.
+    key_head: a copy of the stage's head.
+    queue: [queue_size, proj_dim] L2-normalised keys (random unit vectors at first).
+    queue_ptr: the next row to overwrite (FIFO ring buffer).
+  """
+
+  def __init__(self, ctx, queue_size, proj_dim):
+    super().__init__(name="moco_state")
+    self.block_ids = list(range(ctx.stage.grad_first, ctx.stage.last + 1))
+    # One attribute per copy (key_b3, key_b4, ...): attributes are what the checkpoint's
+    # object graph follows (a list attribute of a Keras layer is not).
+    for i in self.block_ids:
+      setattr(self, f"key_b{i}", _clone(ctx.blocks[i - 1], f"moco_key_b{i}"))
+    self.key_head = _clone(ctx.head, "moco_key_head")
+    initial = tf.math.l2_normalize(
+        tf.random.stateless_normal([queue_size, proj_dim], seed=[0, 1]), axis=1)
+    self.queue = tf.Variable(initial, trainable=False, name="moco_queue")
+    self.queue_ptr = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                 name="moco_queue_ptr")
+
+  @property
+  def key_blocks(self):
+    """The key copies, in block order."""
+    return [self.key_block(i) for i in self.block_ids]
+
+  def key_block(self, index):
+    """The key copy of block `index` (1-based, as B1..B5)."""
+    return getattr(self, f"key_b{index}")
 
 
 class MoCoV2Task(contrastive.ContrastiveTask):
@@ -120,9 +150,6 @@ class MoCoV2Task(contrastive.ContrastiveTask):
     self.temperature = self.options.temperature
     self.queue_size = self.options.queue_size
     self.key_momentum = self.options.key_momentum
-    # Keys of the step being traced, per thread: MirroredStrategy traces each replica's step
-    # in its own thread, and forward and after_update of one replica share it.
-    self._pending = threading.local()
 
   @classmethod
   def from_config(cls, config):
@@ -143,53 +170,38 @@ class MoCoV2Task(contrastive.ContrastiveTask):
 
   # ---- state ----------------------------------------------------------------------------
   def build_stage_state(self, ctx):
-    """Key encoder (copies of the stage's blocks and head) and the queue, on `ctx`."""
-    for i in key_block_ids(ctx):
-      setattr(ctx, f"moco_key_b{i}", _clone(ctx.blocks[i - 1], f"moco_key_b{i}"))
-    ctx.moco_key_head = _clone(ctx.head, "moco_key_head")
-    initial = tf.math.l2_normalize(
-        tf.random.stateless_normal([self.queue_size, self.proj_dim], seed=[0, 1]), axis=1)
-    ctx.moco_queue = tf.Variable(initial, trainable=False, name="moco_queue")
-    ctx.moco_queue_ptr = tf.Variable(tf.constant(0, tf.int64), trainable=False,
-                                     name="moco_queue_ptr")
+    """Key encoder (copies of the stage's blocks and head) and the queue."""
+    return MoCoState(ctx, self.queue_size, self.proj_dim)
 
   def key_encode(self, ctx, views, training):
-    """Keys of `views`: shared frozen blocks, key blocks, key head; no gradient."""
-    first = ctx.stage.grad_first
-    x = views
-    if first > 1:
-      frozen_training = training and ctx.frozen_bn == "batch_stats"
-      x = blocks_lib.run_blocks(ctx.blocks, x, 1, first - 1, training=frozen_training)
-    for block in key_blocks(ctx):
-      x = block(x, training=training)
-    k = ctx.moco_key_head(x, training=training)
+    """Keys of `views`: the shared frozen blocks, the key blocks, the key head; no gradient."""
+    state = ctx.task_state
+    k = state.key_head(ctx.features(views, training, stage_blocks=state.key_blocks),
+                       training=training)
     return tf.stop_gradient(tf.math.l2_normalize(tf.cast(k, tf.float32), axis=1))
 
-  def forward(self, ctx, inputs, training):
-    """[N, 2, S, S, 3] -> logits [N, 1 + queue_size]; column 0 is the positive key."""
+  def forward_with_extras(self, ctx, inputs, training):
+    """[N, 2, S, S, 3] -> (logits [N, 1 + queue_size], {"keys": [N, proj_dim]}); column 0 of
+    the logits is the positive key; the keys go to the queue in `after_update`."""
     q = ctx.head(ctx.features(inputs[:, 0], training), training=training)
     q = tf.math.l2_normalize(tf.cast(q, tf.float32), axis=1)
     k = self.key_encode(ctx, inputs[:, 1], training)
     positive = tf.reduce_sum(q * k, axis=1, keepdims=True)
-    negatives = tf.matmul(q, tf.stop_gradient(tf.convert_to_tensor(ctx.moco_queue)),
+    negatives = tf.matmul(q, tf.stop_gradient(tf.convert_to_tensor(ctx.task_state.queue)),
                           transpose_b=True)
-    if training:
-      # after_update (same train step, same trace, same replica thread) enqueues these keys.
-      self._pending.keys = k
-    return tf.concat([positive, negatives], axis=1) / self.temperature
+    return tf.concat([positive, negatives], axis=1) / self.temperature, {"keys": k}
 
-  def after_update(self, ctx):
+  def forward(self, ctx, inputs, training):
+    return self.forward_with_extras(ctx, inputs, training)[0]
+
+  def after_update(self, ctx, extras):
     """EMA of the key encoder, then FIFO enqueue of this step's keys from every replica."""
-    keys = getattr(self._pending, "keys", None)
-    if keys is None:
-      raise ValueError("mocov2: after_update needs a training forward pass first")
-    self._pending.keys = None
     m = self.key_momentum
     update_synced([(k, lambda var, value: var.assign(m * var + (1.0 - m) * value),
                     (keras.ops.convert_to_tensor(q),))
                    for k, q in ema_pairs(ctx)])
-    all_keys, _ = losses.replica_gather(keys)
-    enqueue(ctx.moco_queue, ctx.moco_queue_ptr, all_keys)
+    all_keys, _ = losses.replica_gather(extras["keys"])
+    enqueue(ctx.task_state.queue, ctx.task_state.queue_ptr, all_keys)
 
   # ---- objective ------------------------------------------------------------------------
   def loss(self, targets, outputs):
