@@ -47,3 +47,26 @@ def train_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from psl_tf.cli import flagdefs  # pylint: disable=g-import-not-at-top
   return flagdefs.define_train_flags(flags.FlagValues())
+
+
+class RunInterrupted(Exception):
+  """What `stop_after_epoch`'s callback raises where a kill would land."""
+
+
+@pytest.fixture
+def stop_after_epoch():
+  """`stop_after_epoch(stage_name, epoch)`: a Keras callback that raises RunInterrupted
+  (`stop_after_epoch.error`) at the end of that epoch of that stage, as a kill would."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  class StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, stage_name, epoch):
+      super().__init__()
+      self.stage_name, self.epoch = stage_name, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+      if self.model.name == self.stage_name and epoch + 1 == self.epoch:
+        raise RunInterrupted(f"{self.stage_name} after epoch {self.epoch}")
+
+  StopAfterEpoch.error = RunInterrupted
+  return StopAfterEpoch

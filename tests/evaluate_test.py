@@ -90,6 +90,7 @@ def _check_outputs(out, eval_dir, names):
   return table
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
                  "--steps_per_epoch=2", "--batch_size=32"])
@@ -101,6 +102,7 @@ def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   assert "\x1b" not in result.stdout and "\r" not in result.stdout
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_on_images_prints_probe_epochs(fake_run):
   result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
                  "--steps_per_epoch=2", "--batch_size=32", "--probe_inputs=images",
@@ -126,11 +128,36 @@ def test_evaluate_cli_on_a_trained_demo_run_with_compare(demo_run, tmp_path):
   assert os.path.exists(os.path.join(other, "eval", "linear_demo_stage3.json"))
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_errors_are_one_line(tmp_path):
   result = _run(["psl_tf.evaluate", f"--workdir={tmp_path}"])
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("psl_tf.evaluate: error: ") and "flags.txt" in last
+
+
+def test_evaluate_api_and_program_in_process(fake_run, capsys):
+  # The Python API: no flags; the same evaluation the command line runs.
+  import psl_tf  # pylint: disable=g-import-not-at-top
+  result = psl_tf.evaluate(fake_run, protocol="linear", stage=2, epochs=1, steps_per_epoch=2,
+                           batch_size=32, probe_inputs="features", log=None, verbose=0)
+  assert [label for label, _ in result.rows] == ["rot_psl s2"]
+  assert sorted(result.results) == ["b1", "b2", "b3", "b4", "b5"]
+  assert "| Method | B1 | B2 | B3 | B4 | B5 |" in result.table()
+  assert os.path.exists(result.paths["plot"])
+  with open(os.path.join(fake_run, "eval", "linear_demo_stage2.json")) as f:
+    assert json.load(f)["settings"]["epochs"] == 1
+  # The program's main on its own flags, in this process: a mistake is one line, exit 2.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import evaluate as cli  # pylint: disable=g-import-not-at-top
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.evaluate", f"--workdir={os.path.dirname(fake_run)}", "--epochs=1"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["psl_tf.evaluate"], flag_values)
+  assert exit_info.value.code == 2
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("psl_tf.evaluate: error: ")
+  assert "flags.txt" in lines[0]
 
 
 def test_report_table_layout(tmp_path):

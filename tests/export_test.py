@@ -77,6 +77,7 @@ def test_export_loads_without_psl_tf_and_matches_keras(tmp_path):
     np.testing.assert_allclose(np.asarray(theirs[name]), np.asarray(mine[name]), atol=1e-5)
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_cli_exports_last_stage_by_default(tmp_path):
   run = tmp_path / "run"
   _fake_run(run)
@@ -88,6 +89,21 @@ def test_cli_exports_last_stage_by_default(tmp_path):
   assert os.path.exists(run / "export" / "saved_model.pb")
   assert os.path.exists(run / "export" / export.KERAS_FILE)
   # The entry point prints a ValueError as one line (exit 2); this is the one it would get.
+  with pytest.raises(ValueError, match="no finished stage 7; finished: 1, 2"):
+    export.export_run(str(run), stage=7)
+
+
+def test_export_program_in_process_exports_the_last_stage(tmp_path, capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import export as cli  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  _fake_run(run)
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.export", f"--workdir={run}"])
+  cli.main(["psl_tf.export"], flag_values)
+  assert "exported stage 2" in capsys.readouterr().out
+  assert os.path.exists(run / "export" / "saved_model.pb")
+  assert os.path.exists(run / "export" / export.KERAS_FILE)
   with pytest.raises(ValueError, match="no finished stage 7; finished: 1, 2"):
     export.export_run(str(run), stage=7)
 

@@ -152,6 +152,7 @@ def test_divergence_stops_at_the_step_keeping_what_was_good(tmp_path):
   assert ckpt and ckpt.endswith("ckpt-1")
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_cli_divergence_is_one_line_with_a_non_zero_exit(tmp_path):
   # SGD at lr 100 with weight decay 1 overflows a BatchNorm variance while the loss stays
   # finite (the demo default, Adam, bounds each step and does not).
@@ -310,30 +311,16 @@ def test_each_epoch_of_the_pipeline_depends_only_on_its_number():
   assert not np.array_equal(whole[0][1], whole[3][1])  # epochs differ from each other
 
 
-class _Interrupt(Exception):
-  pass
-
-
-class _StopAfterEpoch(keras.callbacks.Callback):
-
-  def __init__(self, stage_name, epoch):
-    super().__init__()
-    self.stage_name, self.epoch = stage_name, epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.model.name == self.stage_name and epoch + 1 == self.epoch:
-      raise _Interrupt()
-
-
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+@pytest.mark.slow  # integration tier: two whole runs (the kill drill checks this too)
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, stop_after_epoch):
   strategy = distribute.make_strategy("one_device")
   reference = str(tmp_path / "ref")
   pretrain.run(_tiny_config(reference), strategy, log=lambda m: None)
   resumed = str(tmp_path / "resumed")
   config = _tiny_config(resumed)
-  with pytest.raises(_Interrupt):  # mid-stage: stage 2 after its second of three epochs
+  with pytest.raises(stop_after_epoch.error):  # mid-stage: stage 2 after 2 of its 3 epochs
     pretrain.run(config, strategy, log=lambda m: None,
-                 callbacks=[_StopAfterEpoch("stage_2", 2)])
+                 callbacks=[stop_after_epoch("stage_2", 2)])
   messages = []
   pretrain.run(config, strategy, log=messages.append)
   assert any("resuming stage 2 from epoch 2" in m for m in messages)
@@ -388,6 +375,7 @@ def test_summary_gets_back_a_stage_finished_before_summary_json_said_so(tmp_path
 
 # ---- 2. dependencies: a real TFDS data set, prepared offline -----------------------------
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_train_on_a_tfds_data_set_prepared_offline(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / "tfds")

@@ -40,6 +40,7 @@ def smoke_run(tmp_path_factory):
   return workdir, result
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_log_is_plain_lines_with_run_progress_and_summary(smoke_run):
   workdir, result = smoke_run
   for stream in (result.stdout, result.stderr):
@@ -60,6 +61,7 @@ def test_log_is_plain_lines_with_run_progress_and_summary(smoke_run):
   assert f"python -m psl_tf.export --workdir={workdir}" in table
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_work_directory_layout(smoke_run):
   workdir, result = smoke_run
   for k in (1, 2, 3):
@@ -84,6 +86,7 @@ def test_work_directory_layout(smoke_run):
   assert f"exported the backbone (stage 3) to {workdir}/export" in result.stdout
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_flags_txt_is_a_reusable_flagfile(smoke_run):
   workdir, _ = smoke_run
   flags = wd.read_flags(workdir)
@@ -95,6 +98,7 @@ def test_flags_txt_is_a_reusable_flagfile(smoke_run):
   assert result.stdout.count("already finished") == 3
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_export_matches_the_keras_backbone(smoke_run):
   workdir, _ = smoke_run
   loaded = tf.saved_model.load(os.path.join(workdir, "export"))
@@ -111,31 +115,15 @@ def test_export_matches_the_keras_backbone(smoke_run):
                                expected[name].numpy().mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
 
 
-class _Interrupt(Exception):
-  pass
-
-
-class _StopAfterEpoch(keras.callbacks.Callback):
-  """Raises after the given epoch of the given stage, as a kill would."""
-
-  def __init__(self, stage_name, epoch):
-    super().__init__()
-    self.stage_name, self.epoch = stage_name, epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.model.name == self.stage_name and epoch + 1 == self.epoch:
-      raise _Interrupt()
-
-
-def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path):
+def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epoch):
   config = config_lib.Config(
       task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
       image_size=16, head_hidden=16, batch_size=8, epochs=(3,), steps_per_epoch=2,
       workdir=str(tmp_path), export=False, verbose=0)
   strategy = distribute.make_strategy("one_device")
-  with pytest.raises(_Interrupt):
+  with pytest.raises(stop_after_epoch.error):
     pretrain.run(config, strategy, log=lambda m: None,
-                 callbacks=[_StopAfterEpoch("stage_2", 2)])
+                 callbacks=[stop_after_epoch("stage_2", 2)])
   stage1 = wd.stage_weights_path(str(tmp_path), 1)
   stamp = os.stat(stage1).st_mtime_ns
   assert os.listdir(os.path.join(str(tmp_path), "stage_2", "ckpt"))
@@ -149,6 +137,7 @@ def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path):
   assert all(wd.stage_done(str(tmp_path), k) for k in (1, 2, 3))
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
   workdir = str(tmp_path)
   args = [sys.executable, "-m", "psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}",
@@ -163,7 +152,9 @@ def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.exists(stage1)
+  # The kill landed mid-run: the process died by it, after stage 1 and before stage 3.
+  assert proc.returncode == -signal.SIGKILL, proc.returncode
+  assert os.path.exists(stage1) and not wd.stage_done(workdir, 3)
   stamp = os.stat(stage1).st_mtime_ns
   result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -202,6 +193,7 @@ def test_user_errors_are_one_line(args, message, tmp_path, parsed_flags, capsys)
   assert len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 @pytest.mark.parametrize("args, message", [
     (["--task=jigsaw2"], "psl_tf.train: error: unknown task 'jigsaw2'; known: "),
     (["--mode=psl2"], "flag --mode=psl2: value should be one of <psl|sl|psl_f|e2e|greedy>"),
@@ -213,6 +205,7 @@ def test_command_line_errors_are_one_line_without_start_up_noise(args, message, 
   assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_changed_flags_on_an_existing_workdir_are_refused(smoke_run):
   workdir, _ = smoke_run
   result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--learning_rate=0.5")
