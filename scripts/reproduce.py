@@ -66,14 +66,17 @@ PRESETS = {
               "probe_inputs": "images"},
     # The campaign: e2e sees 15 passes over CIFAR-10 train (5 per stage for three-stage rows),
     # probes train on the pooled features of all 50,000 train images until they plateau.
+    # Each block's probe weight decay is chosen on 5,000 held-out training images.
     "cifar10": {"depth": 10, "width": 16, "image_size": 32, "batch_size": 128,
                 "stage_epochs": 5, "steps_per_epoch": 390, "probe_epochs": 15,
                 "probe_batch_size": 256, "probe_learning_rate": 0.01,
-                "probe_inputs": "features"},
+                "probe_inputs": "features", "probe_weight_decays": "5e-4,5e-3,5e-2,5e-1"},
 }
+# How a run is probed; a stored record probed differently is probed again (its weights kept).
+PROBE_SETTINGS = ("probe_epochs", "probe_steps", "probe_batch_size", "probe_learning_rate",
+                  "probe_inputs", "probe_weight_decays")
 SETTINGS = ("depth", "width", "image_size", "batch_size", "stage_epochs", "steps_per_epoch",
-            "probe_epochs", "probe_steps", "probe_batch_size", "probe_learning_rate",
-            "probe_inputs")
+            *PROBE_SETTINGS)
 
 # Pre-training settings shared by every row (the CIFAR-10 flagfiles' optimiser). Every learning
 # flag is explicit, so a later change of the command line's defaults (they are the demo's) cannot
@@ -102,7 +105,8 @@ def parse_args(argv=None):
   parser.add_argument("--preset", "--budget", dest="preset", default="small",
                       choices=sorted(PRESETS))
   for name in SETTINGS:
-    kind = {"probe_learning_rate": float, "probe_inputs": str}.get(name, int)
+    kind = {"probe_learning_rate": float, "probe_inputs": str,
+            "probe_weight_decays": str}.get(name, int)
     parser.add_argument(f"--{name}", type=kind, default=None, help="overrides the preset")
   parser.add_argument("--phase", default="all", choices=("all", "table"),
                       help="all: run what is missing, then the tables; table: tables only")
@@ -251,7 +255,14 @@ def eval_command(args, row, seed):
          f"--output={os.path.join(workdir, 'eval')}"]
   if args.probe_steps:
     cmd.append(f"--steps_per_epoch={args.probe_steps}")
+  if args.probe_weight_decays:
+    cmd += [f"--probe_weight_decays={args.probe_weight_decays}", "--probe_val_fraction=0.1"]
   return cmd
+
+
+def probe_settings(settings):
+  """The probe protocol part of a record's settings (absent keys of older records: None)."""
+  return {k: settings.get(k) or None for k in PROBE_SETTINGS}
 
 
 def _finished(workdir, row):
@@ -274,14 +285,25 @@ def _run(cmd, log_path):
   return time.time() - start
 
 
-def _find_probe_json(workdir, row):
-  """The run's own linear-probe JSON from psl_tf.evaluate (its name holds the data path)."""
+def _find_probe_json(args, workdir, row):
+  """The run's own linear-probe JSON from psl_tf.evaluate (its name holds the data path), if
+  it was probed the way `args` asks."""
   eval_dir = os.path.join(workdir, "eval")
   if not os.path.isdir(eval_dir):
     return None
   suffix = f"_stage{STAGES_PER_MODE[ROWS[row][0]]}.json"
   hits = sorted(n for n in os.listdir(eval_dir) if n.startswith("linear_") and n.endswith(suffix))
-  return os.path.join(eval_dir, hits[-1]) if hits else None
+  if not hits:
+    return None
+  path = os.path.join(eval_dir, hits[-1])
+  with open(path) as f:
+    got = json.load(f).get("settings", {})
+  decays = ",".join(f"{d:g}" for d in got.get("probe_weight_decays", []))
+  want = ",".join(f"{float(d):g}" for d in (args.probe_weight_decays or "").split(",") if d)
+  same = (got.get("epochs") == args.probe_epochs and got.get("batch_size") ==
+          args.probe_batch_size and got.get("learning_rate") == args.probe_learning_rate and
+          got.get("probe_inputs") == args.probe_inputs and decays == want)
+  return path if same else None
 
 
 def write_random_run(args, seed):
@@ -318,13 +340,17 @@ def code_version():
 
 
 def read_record(args, row, seed):
-  """The stored record of a finished run, or None."""
+  """The stored record of a finished run probed the way `args` asks, or None."""
   path = os.path.join(stored_dir(args, row, seed), "record.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
     record = json.load(f)
-  return record if record.get("probes") else None
+  if not record.get("probes"):
+    return None
+  if probe_settings(record["settings"]) != probe_settings(vars(args)):
+    return None
+  return record
 
 
 def run_one(args, row, seed, log=print):
@@ -353,13 +379,29 @@ def run_one(args, row, seed, log=print):
     if not _finished(workdir, row):
       write_random_run(args, seed)
   elif not _finished(workdir, row):
+    if os.path.exists(os.path.join(stored_dir(args, row, seed), "record.json")):
+      log(f"-- {run_name(args, row, seed)} is stored with other probe settings, but its "
+          f"weights are not in {workdir}: pre-training it again")
     log(f"-- pre-training {args.task} {row} seed {seed} ({workdir})")
     record["train_process_s"] = round(_run(train_command(args, row, seed), log_path), 1)
-  probe_json = _find_probe_json(workdir, row)
+  else:
+    # Pre-trained earlier (e.g. a record stored with other probe settings): keep the commit
+    # and the time of its pre-training; `probe_code_version` says what probed it.
+    previous = os.path.join(stored_dir(args, row, seed), "record.json")
+    if os.path.exists(previous):
+      with open(previous) as f:
+        old = json.load(f)
+      record["code_version"] = old.get("code_version", "unknown (not recorded)")
+      if "train_process_s" in old:
+        record["train_process_s"] = old["train_process_s"]
+  probe_json = _find_probe_json(args, workdir, row)
   if probe_json is None:
     log(f"-- linear probes for {row} seed {seed}")
+    record["probe_code_version"] = code_version()
     record["probe_process_s"] = round(_run(eval_command(args, row, seed), log_path), 1)
-    probe_json = _find_probe_json(workdir, row)
+    probe_json = _find_probe_json(args, workdir, row)
+    if probe_json is None:
+      raise RuntimeError(f"psl_tf.evaluate left no probe results in {workdir}/eval")
   with open(probe_json) as f:
     probes = json.load(f)
   record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
@@ -384,14 +426,19 @@ def run_one(args, row, seed, log=print):
 
 # ---- tables --------------------------------------------------------------------------------
 
-def load_records(results, task, tag=""):
-  """Every stored record of `task` with variant `tag`, in a stable order."""
+def load_records(results, task, tag="", probes=None):
+  """Every stored record of `task` with variant `tag` (and, if given, probed with the
+  `probes` settings: a table never mixes probe protocols), in a stable order."""
   records = []
   for path in sorted(glob.glob(os.path.join(results, task, "*", "record.json"))):
     with open(path) as f:
       record = json.load(f)
-    if record.get("probes") and record.get("tag", "") == tag:
-      records.append(record)
+    if not record.get("probes") or record.get("tag", "") != tag:
+      continue
+    if probes is not None and probe_settings(record["settings"]) != probes:
+      print(f"reproduce: {path} was probed with other settings; left out of the table")
+      continue
+    records.append(record)
   return records
 
 
@@ -505,12 +552,15 @@ def markdown(args, records, table):
     lines.append(f"| {r['row']} s{r['seed']} | " + " | ".join(cells) +
                  f" | {heldout or '–'} | {r.get('train_wall_s', 0):.0f} |")
   s = records[0]["settings"] if records else {k: getattr(args, k) for k in SETTINGS}
+  decay = (f"chosen per block among {s['probe_weight_decays']} on 10 % of train held out"
+           if s.get("probe_weight_decays") else "5e-4")
   lines += ["", f"Settings: preset {records[0]['preset'] if records else args.preset}, "
             f"cifar_resnet depth {s['depth']} width {s['width']}, {s['image_size']} px, batch "
             f"{s['batch_size']}, {s['steps_per_epoch']} steps per epoch, E = "
             f"{s['stage_epochs']} epochs per stage for the equal-images rows (e2e {3 * s['stage_epochs']}), "
             f"probes: {s['probe_epochs']} epochs on {s['probe_inputs']}, batch "
-            f"{s['probe_batch_size']}, lr {s['probe_learning_rate']}; extra flags: "
+            f"{s['probe_batch_size']}, lr {s['probe_learning_rate']}, weight decay {decay}; "
+            "extra flags: "
             f"{' '.join(args.extra) or 'none'}.", ""]
   return "\n".join(lines)
 
@@ -531,7 +581,8 @@ def plot(table, path, title):
 
 def write_results(args, records=None):
   """Writes results.md/.json/.png under <results>/<task>/ from the stored records."""
-  records = load_records(args.results, args.task, args.tag) if records is None else records
+  if records is None:
+    records = load_records(args.results, args.task, args.tag, probe_settings(vars(args)))
   out_dir = os.path.join(args.results, args.task)
   os.makedirs(out_dir, exist_ok=True)
   table = aggregate(records)

@@ -225,3 +225,4 @@ def test_report_plot_draws_untrained_floor_and_seed_error_bars():
   np.testing.assert_allclose(floor_line[0].get_ydata(), [3.0, 6.0, 9.0, 12.0, 15.0])
   assert axes.get_xlabel() == "block of the frozen backbone" and axes.get_ylabel() == "top1 (%)"
   plt.close(figure)
+

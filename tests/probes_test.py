@@ -206,3 +206,87 @@ def test_non_finite_backbone_features_are_refused():
   with pytest.raises(ValueError, match="non-finite"):
     probes.extract_features(extract, probes.tf_dataset_from_arrays(images, np.arange(4), 4,
                                                                    False))
+
+
+def _stored_toy(n, dims, seed, signal):
+  """{block: float16 features}, labels: b1's first dimension carries the class, b2 is noise."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % 2).astype(np.int64)
+  b1 = rng.normal(size=(n, dims)).astype(np.float32)
+  b1[:, 0] += signal * (2 * labels - 1)
+  b2 = rng.normal(size=(n, dims)).astype(np.float32)
+  return {"b1": b1.astype(np.float16), "b2": b2.astype(np.float16)}, labels
+
+
+def test_heads_sharing_a_block_learn_what_each_would_learn_alone():
+  features, labels = _stored_toy(96, 6, 0, 2.0)
+  sizes = {k: v.shape[1] for k, v in features.items()}
+  alone = probes.build_feature_heads(sizes, 2, 1e-2)
+  together = probes.build_feature_heads(sizes, 2, (1e-3, 1e-2))
+  assert set(together.output) == {"b1@wd=0.001", "b1@wd=0.01", "b2@wd=0.001", "b2@wd=0.01"}
+  for block in sizes:  # the same starting point for the 1e-2 heads
+    together.get_layer(f"{block}_linear_wd0.01").set_weights(
+        alone.get_layer(f"{block}_linear").get_weights())
+  for model in (alone, together):
+    probes.train_feature_heads(model, features, labels, epochs=3, batch_size=16,
+                               learning_rate=0.1, lr_step_split="2,1", seed=4)
+  for block in sizes:
+    for a, b in zip(alone.get_layer(f"{block}_linear").get_weights(),
+                    together.get_layer(f"{block}_linear_wd0.01").get_weights()):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_is_chosen_per_block_on_held_out_training_rows_only():
+  features, labels = _stored_toy(200, 4, 1, 3.0)
+  sizes = {k: v.shape[1] for k, v in features.items()}
+  decays = (1e-4, 1.0)
+  model = probes.build_feature_heads(sizes, 2, decays)
+  order = np.random.default_rng(0).permutation(200)
+  fit, val = np.sort(order[:120]), np.sort(order[120:])
+  history = probes.train_feature_heads(model, features, labels, epochs=6, batch_size=20,
+                                       learning_rate=0.1, lr_step_split="1", rows=fit)
+  assert set(history) == set(model.output) and all(len(h) == 6 for h in history.values())
+  chosen, table = probes.select_weight_decays(model, features, labels, val, decays)
+  scores = probes.predict_features(model, features, rows=val)
+  for block in sizes:
+    by_decay = {wd: probes.score(scores[f"{block}@wd={wd:g}"], labels[val])["top1"]
+                for wd in decays}
+    assert table[block] == {f"{wd:g}": v for wd, v in by_decay.items()}
+    best = max(by_decay.values())
+    assert chosen[block] == min(wd for wd, v in by_decay.items() if v == best)
+  assert table["b1"][f"{chosen['b1']:g}"] > 90.0  # b1 carries the class, b2 is noise
+  # Only the validation rows are scored: flipping every training label changes nothing.
+  flipped = labels.copy()
+  flipped[fit] = 1 - flipped[fit]
+  assert probes.select_weight_decays(model, features, flipped, val, decays) == (chosen, table)
+
+
+def test_probe_on_features_reports_the_chosen_decay_and_trains_it_on_all_rows():
+  backbone = _small_backbone()
+  train_x, train_y = _toy(200, 1)
+  test_x, test_y = _toy(100, 2)
+  results, _ = probes.linear_probe_on_features(
+      backbone, probes.tf_dataset_from_arrays(train_x, train_y, 50, False),
+      probes.tf_dataset_from_arrays(test_x, test_y, 50, False), num_classes=4, image_size=16,
+      epochs=4, batch_size=32, learning_rate=0.05, weight_decay=(5e-4, 1e-2),
+      lr_step_split="3,1", num_train=200, block_names=("b1", "b5"))
+  for block in ("b1", "b5"):
+    val = results[block]["val_by_weight_decay"]
+    assert set(val) == {"0.0005", "0.01"}
+    assert results[block]["weight_decay"] == min(
+        (wd for wd in (5e-4, 1e-2) if val[f"{wd:g}"] == max(val.values())))
+    assert len(results[block]["train_curve"]) == 4 and results[block]["top1"] > 50.0  # chance 25
+  with pytest.raises(ValueError, match="validation part"):
+    probes.linear_probe_on_features(
+        backbone, probes.tf_dataset_from_arrays(train_x, train_y, 50, False),
+        probes.tf_dataset_from_arrays(test_x, test_y, 50, False), num_classes=4,
+        image_size=16, epochs=1, batch_size=32, weight_decay=(5e-4, 1e-2), val_fraction=0.0,
+        block_names=("b1",))
+
+
+def test_weight_decay_lists_are_parsed_or_refused_in_one_line():
+  assert probes.parse_weight_decays(["5e-4", "0.05"]) == (5e-4, 0.05)
+  assert probes.parse_weight_decays([]) == ()
+  for bad in (["x"], ["-1"], ["nan"], ["2"], ["0.1", "1e-1"]):
+    with pytest.raises(ValueError, match="--probe_weight_decays"):
+      probes.parse_weight_decays(bad)

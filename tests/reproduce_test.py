@@ -106,8 +106,10 @@ def test_random_baseline_is_the_seeds_initialisation(tmp_path):
 
 def _record(row, seed, b1, b5, heldout=0.5):
   mode, protocol = reproduce.ROWS[row]
+  settings = {k: (reproduce.PRESETS["small"].get(k) if k in reproduce.PROBE_SETTINGS else 1)
+              for k in reproduce.SETTINGS}
   return {"row": row, "mode": mode or "random", "protocol": protocol, "seed": seed, "tag": "",
-          "preset": "tiny", "settings": {k: 1 for k in reproduce.SETTINGS},
+          "preset": "small", "settings": settings,
           "probes": {"b1": {"top1": b1}, "b5": {"top1": b5}}, "train_wall_s": 60.0 + seed,
           "pretext_accuracy": 0.6, "heldout_accuracy": heldout,
           "stage_heldout_accuracy": [0.9, 0.7, heldout], "training_tflops": 2.0,
@@ -144,7 +146,13 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   (results / "rotation" / "psl_x_s5" / "record.json").write_text(json.dumps(other))
   (results / "rotation" / "psl_s9").mkdir()
   (results / "rotation" / "psl_s9" / "record.json").write_text(json.dumps({"row": "psl"}))
-  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results)])
+  # So is a record probed another way: a table never mixes probe protocols.
+  reprobed = _record("psl", 7, 99.0, 99.0)
+  reprobed["settings"]["probe_weight_decays"] = "5e-4,5e-2"
+  (results / "rotation" / "psl_s7").mkdir()
+  (results / "rotation" / "psl_s7" / "record.json").write_text(json.dumps(reprobed))
+  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
+                  "--preset=small"])
   text = (results / "rotation" / "results.md").read_text()
   assert "| psl | 0,1,2 | 1 | 41.0 ± 1.0 |" in text
   assert "| random | 0,1 |" in text
@@ -188,3 +196,43 @@ def test_every_row_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
     raise AssertionError(f"re-ran {cmd}")
   monkeypatch.setattr(reproduce, "_run", no_run)
   reproduce.main(argv)
+
+
+def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path, monkeypatch):
+  data = tmp_path / "data"
+  for split in ("train", "test"):
+    (data / split).mkdir(parents=True)
+  argv = ["--task=rotation", "--data", str(data), "--root", str(tmp_path / "runs"),
+          "--results", str(tmp_path / "results"), "--preset=tiny", "--seeds=0"]
+  calls = []
+
+  def fake_probe(cmd, log_path):  # what psl_tf.evaluate leaves in <workdir>/eval
+    calls.append(cmd)
+    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    decays = [float(d) for d in flags.get("probe_weight_decays", "").split(",") if d]
+    os.makedirs(os.path.join(flags["workdir"], "eval"), exist_ok=True)
+    with open(os.path.join(flags["workdir"], "eval", "linear_x_stage1.json"), "w") as f:
+      json.dump({"settings": {"epochs": int(flags["epochs"]),
+                              "batch_size": int(flags["batch_size"]),
+                              "learning_rate": float(flags["learning_rate"]),
+                              "probe_inputs": flags["probe_inputs"],
+                              **({"probe_weight_decays": decays} if decays else {})},
+                 "results": {"b1": {"top1": 50.0 + len(decays)}}}, f)
+    return 1.0
+
+  monkeypatch.setattr(reproduce, "_run", fake_probe)
+  first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
+  assert first["probes"]["b1"]["top1"] == 50.0 and len(calls) == 1
+  # The same settings: stored, nothing runs.
+  reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 1
+  # Other probe settings: probed again (and only probed), the record replaced.
+  args = reproduce.parse_args(argv + ["--probe_weight_decays=5e-4,5e-2"])
+  second = reproduce.run_one(args, reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 2 and calls[1][1:3] == ["-m", "psl_tf.evaluate"]
+  assert "--probe_weight_decays=5e-4,5e-2" in calls[1]
+  assert second["probes"]["b1"]["top1"] == 52.0
+  # The record keeps the commit that pre-trained it and says which one probed it.
+  assert second["code_version"] == first["code_version"] and "probe_code_version" in second
+  assert reproduce.read_record(args, reproduce.RANDOM, 0)["probes"]["b1"]["top1"] == 52.0
+  assert reproduce.read_record(reproduce.parse_args(argv), reproduce.RANDOM, 0) is None

@@ -237,30 +237,65 @@ def extract_features(extract, dataset, num_examples=None, log=None, what="featur
   return features, np.concatenate(labels)
 
 
+def _decays_of(weight_decay, names):
+  """{block: (weight decays...)} from one value, a sequence, or a per-block mapping."""
+  if isinstance(weight_decay, dict):
+    out = {k: weight_decay[k] for k in names}
+  else:
+    out = {k: weight_decay for k in names}
+  return {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in out.items()}
+
+
+def head_name(block, weight_decay, several):
+  """Output name of a head: the block alone, or `<block>@wd=<value>` when a block has several."""
+  return f"{block}@wd={weight_decay:g}" if several else block
+
+
+def block_of(head):
+  return head.split("@", 1)[0]
+
+
 def build_feature_heads(sizes, num_classes, weight_decay=5e-4):
-  """One BatchNorm-without-affine + linear head per block, on pooled feature vectors."""
-  regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  """BatchNorm-without-affine + linear heads on pooled feature vectors.
+
+  Args:
+    sizes: {block: pooled feature length}.
+    num_classes: outputs of every head.
+    weight_decay: PyTorch-style L2 coefficient (gradient wd * w) of the linear kernels: one
+      value, a sequence of values (one head per block and value, named `<block>@wd=<value>`,
+      all sharing the block's normalisation, which does not depend on the decay), or a
+      {block: value or sequence} mapping.
+  """
+  decays = _decays_of(weight_decay, list(sizes))
   inputs, outputs = {}, {}
   for name, size in sizes.items():
     inputs[name] = keras.Input((size,), name=name)
     x = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_bn")(
         inputs[name])
-    outputs[name] = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
-                                       name=f"{name}_linear")(x)
+    several = len(decays[name]) > 1
+    for wd in decays[name]:
+      head = head_name(name, wd, several)
+      regularizer = keras.regularizers.L2(wd / 2) if wd else None
+      outputs[head] = keras.layers.Dense(
+          num_classes, kernel_regularizer=regularizer,
+          name=f"{name}_linear" + (f"_wd{wd:g}" if several else ""))(x)
   return keras.Model(inputs, outputs, name="linear_probes_on_features")
 
 
 def train_feature_heads(model, features, labels, epochs, batch_size, learning_rate=0.01,
                         momentum=0.9, lr_step_split="10,10,8", lr_decay=0.1, multi_label=False,
-                        seed=0, log=None):
-  """Trains every head on stored features; returns {block: [train top-1 % per epoch]} (or
-  mAP-free loss-only history for multi-label data: {block: [mean loss per epoch]}).
+                        seed=0, log=None, rows=None):
+  """Trains every head on stored features; returns {head: [train top-1 % per epoch]} (or
+  mAP-free loss-only history for multi-label data: {head: [mean loss per epoch]}).
 
   Each epoch visits every training example once in a fresh random order (the last partial
-  batch included); the step schedule runs over all epochs' steps.
+  batch included); the step schedule runs over all epochs' steps. `rows` restricts training to
+  those rows of the stored arrays (a validation split held out without copying them).
   """
   names = list(features)
-  n = len(labels)
+  heads = list(model.output)  # {head: logits} of build_feature_heads
+  rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+  n = len(rows)
   steps_per_epoch = max(1, math.ceil(n / batch_size))
   schedule = optim.make_schedule("step", learning_rate, epochs * steps_per_epoch,
                                  lr_step_split, lr_decay)
@@ -283,68 +318,127 @@ def train_feature_heads(model, features, labels, epochs, batch_size, learning_ra
     y = tf.gather(stored_labels, idx)
     with tf.GradientTape() as tape:
       out = model(xs, training=True)
-      losses = {k: loss_fn(y, out[k]) for k in names}
+      losses = {h: loss_fn(y, out[h]) for h in heads}
       total = tf.add_n(list(losses.values()) + list(model.losses))
     optimizer.apply(tape.gradient(total, variables), variables)
     if multi_label:
-      return {k: v * tf.cast(tf.shape(idx)[0], tf.float32) for k, v in losses.items()}
-    return {k: tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out[k], axis=1, output_type=tf.int64),
+      return {h: v * tf.cast(tf.shape(idx)[0], tf.float32) for h, v in losses.items()}
+    return {h: tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out[h], axis=1, output_type=tf.int64),
                                               tf.cast(y, tf.int64)), tf.float32))
-            for k in names}
+            for h in heads}
 
   rng = np.random.default_rng(seed)
-  history = {k: [] for k in names}
+  history = {h: [] for h in heads}
   start = time.time()
   for epoch in range(epochs):
-    order = rng.permutation(n)
-    sums = {k: tf.constant(0.0) for k in names}
+    order = rows[rng.permutation(n)]
+    sums = {h: tf.constant(0.0) for h in heads}
     for i in range(steps_per_epoch):
       out = step(stored, stored_labels, tf.constant(order[i * batch_size:(i + 1) * batch_size]))
-      sums = {k: sums[k] + out[k] for k in names}
-    sums = {k: float(v) for k, v in sums.items()}
-    for k in names:
-      history[k].append(sums[k] / n if multi_label else 100.0 * sums[k] / n)
+      sums = {h: sums[h] + out[h] for h in heads}
+    sums = {h: float(v) for h, v in sums.items()}
+    for h in heads:
+      history[h].append(sums[h] / n if multi_label else 100.0 * sums[h] / n)
     if log:
-      shown = " ".join(f"{k} {history[k][-1]:.1f}" for k in names)
+      shown = " ".join(f"{h} {history[h][-1]:.1f}" for h in heads)
       log(f"   probe epoch {epoch + 1}/{epochs} ({time.time() - start:.0f} s): train "
           f"{'top-1 %' if not multi_label else 'loss'} {shown}")
   return history
 
 
-def predict_features(model, features, batch_size=1024):
-  """{block: scores [N, C]} of the heads on stored features."""
+def predict_features(model, features, batch_size=1024, rows=None):
+  """{head: scores [N, C]} of the heads on stored features (only `rows` of them if given)."""
   names = list(features)
-  n = len(next(iter(features.values())))
-  scores = {k: [] for k in names}
-  for start in range(0, n, batch_size):
-    out = model({k: tf.convert_to_tensor(features[k][start:start + batch_size], tf.float32)
-                 for k in names}, training=False)
-    for k in names:
-      scores[k].append(np.asarray(out[k]))
-  return {k: np.concatenate(v) for k, v in scores.items()}
+  rows = np.arange(len(next(iter(features.values())))) if rows is None else np.asarray(rows)
+  scores = {}
+  for start in range(0, len(rows), batch_size):
+    idx = rows[start:start + batch_size]
+    out = model({k: tf.convert_to_tensor(features[k][idx], tf.float32) for k in names},
+                training=False)
+    for h, value in out.items():
+      scores.setdefault(h, []).append(np.asarray(value))
+  return {h: np.concatenate(v) for h, v in scores.items()}
+
+
+def parse_weight_decays(values, flag="--probe_weight_decays"):
+  """A list of weight decays given as text, as floats; ValueError in one line for a bad one."""
+  out = []
+  for text in values:
+    try:
+      value = float(text)
+    except ValueError:
+      value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+      raise ValueError(f"{flag} takes numbers in [0, 1], got {text!r}")
+    out.append(value)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{flag} lists a value twice: {','.join(values)}")
+  return tuple(out)
+
+
+def select_weight_decays(model, features, labels, val_rows, weight_decays, multi_label=False):
+  """({block: best decay}, {block: {decay: validation metric}}) of heads trained with several
+  decays, by top-1 (mAP for multi-label data) on the held-out `val_rows`; ties go to the
+  smaller decay."""
+  scores = predict_features(model, features, rows=val_rows)
+  chosen, table = {}, {}
+  for block in features:
+    table[block] = {}
+    for wd in sorted(weight_decays):
+      metrics = score(scores[head_name(block, wd, True)], labels[val_rows], multi_label)
+      table[block][f"{wd:g}"] = metrics["mAP" if multi_label else "top1"]
+    best = max(sorted(weight_decays), key=lambda wd, b=block: table[b][f"{wd:g}"])
+    chosen[block] = best
+  return chosen, table
 
 
 def linear_probe_on_features(backbone, train_dataset, eval_dataset, num_classes, image_size,
                              epochs, batch_size, block_names=blocks_lib.BLOCK_NAMES,
                              learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
                              lr_step_split="10,10,8", lr_decay=0.1, multi_label=False,
-                             num_train=None, num_eval=None, seed=0, log=None):
+                             num_train=None, num_eval=None, seed=0, log=None,
+                             val_fraction=0.1):
   """Extracts pooled features once, trains the heads on them, scores the test features.
 
   Args:
     train_dataset, eval_dataset: one pass each of (centre-view images, labels) batches.
     num_train, num_eval: their sizes if known (arrays allocated once).
+    weight_decay: one value, or a sequence to choose from per block: heads with every value
+      are trained on the training split minus a random `val_fraction` of it, each block takes
+      the value whose head scores best on that held-out part, and the chosen heads are then
+      trained again on the whole training split. The test split is never used to choose.
     Others as `linear_probe`; `epochs` are passes over the stored training features.
 
   Returns:
-    ({block: metrics, with 'train_top1' per epoch for class labels}, {block: Pooling}).
+    ({block: metrics, with 'train_curve' per epoch for class labels, and 'weight_decay' plus
+    'val_by_weight_decay' when a value was chosen}, {block: Pooling}).
   """
   backbone.trainable = False
   extract, poolings = feature_extractor(backbone, image_size, block_names)
   train, train_labels = extract_features(extract, train_dataset, num_train, log, "train features")
   test, test_labels = extract_features(extract, eval_dataset, num_eval, log, "test features")
-  model = build_feature_heads({k: v.shape[1] for k, v in train.items()}, num_classes,
-                              weight_decay)
+  sizes = {k: v.shape[1] for k, v in train.items()}
+  decays = (tuple(weight_decay) if isinstance(weight_decay, (list, tuple)) else (weight_decay,))
+  chosen, table = weight_decay if len(decays) > 1 else decays[0], None
+  if len(decays) > 1:
+    n = len(train_labels)
+    held = int(round(val_fraction * n))
+    if not 0 < held < n:
+      raise ValueError(f"choosing among weight decays needs a validation part of the training "
+                       f"split: val_fraction {val_fraction} of {n} images leaves none")
+    order = np.random.default_rng(seed).permutation(n)
+    fit_rows, val_rows = np.sort(order[held:]), np.sort(order[:held])
+    if log:
+      log(f"   choosing the weight decay of every head among {', '.join(f'{d:g}' for d in decays)}"
+          f" on {held} held-out training images")
+    model = build_feature_heads(sizes, num_classes, decays)
+    train_feature_heads(model, train, train_labels, epochs, batch_size, learning_rate,
+                        momentum, lr_step_split, lr_decay, multi_label, seed, log, fit_rows)
+    chosen, table = select_weight_decays(model, train, train_labels, val_rows, decays,
+                                         multi_label)
+    if log:
+      log("   chosen: " + ", ".join(f"{b} {d:g}" for b, d in chosen.items()))
+  model = build_feature_heads(sizes, num_classes, chosen)
   history = train_feature_heads(model, train, train_labels, epochs, batch_size, learning_rate,
                                 momentum, lr_step_split, lr_decay, multi_label, seed, log)
   scores = predict_features(model, test)
@@ -353,4 +447,7 @@ def linear_probe_on_features(backbone, train_dataset, eval_dataset, num_classes,
     results[name] = score(scores[name], test_labels, multi_label)
     results[name]["train_curve" if not multi_label else "train_loss_curve"] = [
         round(v, 3) for v in history[name]]
+    if table is not None:
+      results[name]["weight_decay"] = chosen[name]
+      results[name]["val_by_weight_decay"] = {k: round(v, 3) for k, v in table[name].items()}
   return results, poolings

@@ -55,6 +55,14 @@ class Settings:
   momentum: float = option(0.9, "SGD momentum.", range=(0.0, 1.0))
   weight_decay: float = option(5e-4, "L2 weight decay on linear / conv kernels.",
                                range=(0.0, 1.0))
+  probe_weight_decays: tuple = option((), "linear/transfer on stored features: weight decays "
+                                      "to choose from, per block, by accuracy on a held-out "
+                                      "--probe_val_fraction of the training split (never the "
+                                      "test split); the chosen heads are then trained on the "
+                                      "whole training split. Empty: --weight_decay for every "
+                                      "head.", kind="str_list")
+  probe_val_fraction: float = option(0.1, "Share of the training split held out to choose "
+                                     "among --probe_weight_decays.", range=(0.0, 1.0))
   lr_schedule: str = option("step", "Fine-tuning schedule (probes always use the step "
                             "schedule).", choices=("step", "cosine", "constant"))
   lr_step_split: str = option("10,10,8", "Step schedule: relative lengths of the constant "
@@ -142,6 +150,14 @@ class Evaluation:
       raise ValueError(f"{self.dataset} is multi-label; use --protocol=linear or transfer")
     self.key = _slug(f"{v.protocol}_{self.dataset}")
     self.probe_inputs = v.probe_inputs
+    self.weight_decays = probes.parse_weight_decays(v.probe_weight_decays)
+    if self.weight_decays and not 0.0 < v.probe_val_fraction < 1.0:
+      raise ValueError(f"--probe_val_fraction={v.probe_val_fraction} must be between 0 and 1")
+    if self.weight_decays and (v.protocol not in ("linear", "transfer")
+                               or v.probe_inputs == "images"):
+      raise ValueError("--probe_weight_decays chooses among linear heads trained on stored "
+                       "features: it needs --protocol=linear or transfer and --probe_inputs="
+                       "features or auto")
 
   def resolve_probe_inputs(self, backbone):
     """'features' or 'images' for this backbone (auto: features when they fit in memory)."""
@@ -176,6 +192,8 @@ class Evaluation:
             "lr_step_split": v.lr_step_split, "lr_decay": v.lr_decay, "seed": v.seed,
             **({"probe_inputs": self.probe_inputs}
                if self.protocol in ("linear", "transfer") else {}),
+            **({"probe_weight_decays": list(self.weight_decays),
+                "probe_val_fraction": v.probe_val_fraction} if self.weight_decays else {}),
             **({"knn_k": v.knn_k, "knn_temperature": v.knn_temperature,
                 "knn_pooling": v.knn_pooling} if self.protocol == "knn" else {}),
             **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
@@ -201,6 +219,10 @@ class Evaluation:
     backbone = run.build_backbone()
     if self.protocol in ("linear", "transfer"):
       self.probe_inputs = self.resolve_probe_inputs(backbone)
+      if self.weight_decays and self.probe_inputs != "features":
+        raise ValueError("--probe_weight_decays chooses among heads trained on stored "
+                         "features; it needs --probe_inputs=features (or auto with enough "
+                         "--feature_memory_gb)")
     if self.protocol in ("linear", "transfer") and self.probe_inputs == "features":
       extract_batch = max(v.batch_size, 256)
       results, poolings = probes.linear_probe_on_features(
@@ -209,9 +231,10 @@ class Evaluation:
           views.labelled_dataset(self.eval_source, self.image_size, self.resize,
                                  extract_batch, training=False),
           self.num_classes, self.image_size, v.epochs, v.batch_size, tuple(v.blocks),
-          v.learning_rate, v.momentum, v.weight_decay, v.lr_step_split, v.lr_decay,
-          self.multi_label, self.train_source.num_examples, self.eval_source.num_examples,
-          v.seed, log=lambda line: self._say(line.lstrip()))
+          v.learning_rate, v.momentum, self.weight_decays or v.weight_decay, v.lr_step_split,
+          v.lr_decay, self.multi_label, self.train_source.num_examples,
+          self.eval_source.num_examples, v.seed, log=lambda line: self._say(line.lstrip()),
+          val_fraction=v.probe_val_fraction)
     elif self.protocol in ("linear", "transfer"):
       steps = _steps(self.train_source.num_examples, v.batch_size, v.steps_per_epoch)
       self._say(f"training linear probes on {', '.join(v.blocks)}: {v.epochs} epochs x {steps} "
