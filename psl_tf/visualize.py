@@ -1,7 +1,5 @@
-"""`python -m psl_tf.visualize`: pictures of a task ladder (psl_tf/tasks/visualize.py)."""
+"""`python -m psl_tf.visualize`: pictures of a task ladder (psl_tf/cli/visualize.py)."""
 
 if __name__ == "__main__":
-  from psl_tf.cli import quiet as _quiet  # pylint: disable=g-import-not-at-top
-  _quiet.import_tensorflow_quietly()
-  from psl_tf.tasks import visualize as _visualize  # pylint: disable=g-import-not-at-top
-  _visualize.run()
+  from psl_tf.cli import visualize as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run()

@@ -13,17 +13,14 @@ training stage uses to put a grid of its inputs into TensorBoard (`logs/stage_<k
 Images), so a run shows exactly what its network was fed.
 """
 
-import sys
-
 import numpy as np
 
 import tensorflow as tf
 
-from psl_tf.data import augment
 from psl_tf import data
-from psl_tf.evaluation import report
-from psl_tf import tasks as tasks_lib
+from psl_tf.data import augment
 from psl_tf.data import images as image_lib
+from psl_tf.evaluation import report
 from psl_tf.tasks import base
 from psl_tf.tasks import jigsaw as jigsaw_lib
 
@@ -168,46 +165,3 @@ def log_stage_inputs(logdir, task, level, source, batch_size=16, seed=0):
     tf.summary.image(f"inputs/level_{level}", input_grid(inputs), step=0,
                      description=f"{task.name} level {level}: {task.describe_level(level)}")
   writer.close()
-
-
-def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import quiet as quiet_lib  # pylint: disable=g-import-not-at-top
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    print(f"psl_tf.visualize: error: unexpected arguments: {' '.join(argv[1:])}",
-          file=sys.stderr)
-    sys.exit(2)
-  quiet_lib.warnings_only_unless_asked()
-  try:
-    if FLAGS.images < 1:
-      raise ValueError(f"--images must be at least 1, got {FLAGS.images}")
-    task = tasks_lib.build_task(
-        FLAGS.task, image_spec=base.ImageSpec(FLAGS.image_size,
-                                              int(round(FLAGS.image_size * 256 / 224))))
-    source = data.load_source(FLAGS.dataset, FLAGS.split)
-    images = [image.numpy() for image, _ in source.images().take(FLAGS.images)]
-    if not images:
-      raise ValueError(f"{FLAGS.dataset} split {FLAGS.split} has no images")
-    output = FLAGS.output or f"ladder_{FLAGS.task}.png"
-  except (ValueError, OSError) as e:
-    print(f"psl_tf.visualize: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  path = ladder_figure(task, images, output, FLAGS.seed)
-  print(f"wrote {path}: {len(images)} image(s) x {task.num_levels} levels of {task.name}")
-
-
-def run():
-  """The `python -m psl_tf.visualize` program."""
-  sys.modules["__main__"].__doc__ = __doc__  # --help shows this usage, not the shim's
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf.cli import quiet as quiet_lib  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_enum("task", "rotation", sorted(tasks_lib.TASKS), "Task ladder to draw.")
-  flags.DEFINE_string("dataset", "demo", "demo, folder:PATH or a TFDS name.")
-  flags.DEFINE_string("split", "test", "Split to take the images from.")
-  flags.DEFINE_integer("images", 2, "How many images (rows of levels each).")
-  flags.DEFINE_integer("image_size", 96, "Side the task's pipeline produces.")
-  flags.DEFINE_integer("seed", 0, "Seed of the random choices.")
-  flags.DEFINE_string("output", "", "PNG path (default: ladder_<task>.png).")
-  app.run(main, flags_parser=quiet_lib.one_line_flags_parser("psl_tf.visualize"))
