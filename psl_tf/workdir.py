@@ -164,11 +164,12 @@ def load_backbone_weights(backbone, path):
     _load_block_layout(backbone, path)
     return
   backbone.load_weights(path)
-  for variable in backbone.weights:
-    if not np.all(np.isfinite(variable.numpy())):
-      raise NonFiniteWeightsError(
-          f"{path} holds non-finite weights ({variable.path}): the run that wrote them "
-          "diverged; retrain with a lower --learning_rate")
+  for block in blocks_lib.get_blocks(backbone):
+    for variable in block.weights:
+      if not np.all(np.isfinite(variable.numpy())):
+        raise NonFiniteWeightsError(
+            f"{path} holds non-finite weights ({block.name}/{variable.path}): the run that "
+            "wrote them diverged; retrain with a lower --learning_rate")
 
 
 def _load_block_layout(backbone, path):
