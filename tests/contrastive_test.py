@@ -255,7 +255,8 @@ def _smoke_run(task, workdir):
 
 # SimCLR runs by default; the MoCo v2 run (same pipeline, its state is covered by the unit
 # tests above) is marked slow to keep the default suite short on 2 cores.
-@pytest.mark.parametrize("task", ["simclr", pytest.param("mocov2", marks=pytest.mark.slow)])
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI per task
+@pytest.mark.parametrize("task", ["simclr", "mocov2"])
 def test_psl_smoke_run_leaves_the_work_directory(tmp_path, task):
   workdir = str(tmp_path / task)
   result = _smoke_run(task, workdir)
