@@ -3,8 +3,8 @@ r"""Measures SimCLR PSL's train steps beside its augmentation pipeline, in one r
 For each psl stage k (S1 = B1-B3 on T1, S2 = B2-B4 on T2, S3 = B3-B5 on T3):
 
 1. the augmentation pipeline's rate on this machine's cores: the `tf.data` input_fn of a real
-   run (shuffle, decode, two views under T_k, batch) on --dataset, in images per second (one
-   image = one pair of views);
+   run (shuffle, decode, two views under T_k, batch; the batched views when --dataset is held
+   in memory, as `demo` is) on --dataset, in images per second (one image = one pair of views);
 2. the stage's train step (frozen blocks, stage blocks on 2N views, projection head, NT-Xent,
    LARS), with one batch held in memory so only the step is timed, in images per second.
 
@@ -69,7 +69,8 @@ def main(argv):
   for index in (int(s) for s in FLAGS.stages):
     stage = stages_lib.make_stages("psl", 3)[index - 1]
     pipe, batch = benchmark.pipeline_rate(source, task.example_fn(stage.level, training=True),
-                                          FLAGS.batch_size, FLAGS.pipeline_batches)
+                                          FLAGS.batch_size, FLAGS.pipeline_batches,
+                                          batch_fn=task.batch_fn(stage.level, training=True))
     step = step_rate(task, stage, batch, FLAGS.steps)
     print(f"stage {index} (train B{stage.first}-B{stage.last}, {task.describe_level(stage.level)}): "
           f"pipeline {pipe:.1f} images/s, train step {step:.1f} images/s, "

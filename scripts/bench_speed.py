@@ -9,7 +9,7 @@ Prints, on one batch and one backbone:
   blocks' FLOPs predict (frozen blocks cost one forward pass, trained blocks about three:
   forward, gradient to the input and gradient to the weights);
 * our e2e step against a plain `keras.applications.ResNet50` compile/fit step of the same
-  size (with --backbone=resnet50);
+  size (with --backbone=resnet50), as wall-time and CPU-time ratios at each precision;
 * each task's input pipeline in images/s beside the e2e step's consumption in images/s;
 * with --memory, the peak resident memory of a process that runs each stage, minus that of a
   process that only builds the model (one subprocess per measurement);
@@ -119,15 +119,21 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
   pipeline CPU share)} of the e2e step.
 
   Pipelines: 'as configured' (--cache, the task's batched map unless --no_batch_fn) and,
-  with --compare_pipelines, also 'per-example, decoded per epoch' (the pipeline before
-  --cache and batched maps). The CPU share is (CPU time per image with the real pipeline -
-  CPU time per image with the in-memory batch) / CPU time per image with the real pipeline:
-  the part of the cores the pipeline took. CPU time is less disturbed by other jobs on the
-  machine than wall time.
+  with --compare_pipelines, also 'per-example, cached' (the same in-memory source mapped
+  image by image: what the batched map alone changes) and 'per-example, decoded per epoch'
+  (the pipeline before --cache and batched maps). The CPU share is (CPU time per image with
+  the real pipeline - CPU time per image with the in-memory batch) / CPU time per image with
+  the real pipeline: the part of the cores the pipeline took. CPU time is less disturbed by
+  other jobs on the machine than wall time. Each arm's CPU time runs until its pipelines'
+  background refills have stopped (`_settle`): the live iterators keep prefetching after
+  an arm's last step, and that work would otherwise be charged to the next arm (the
+  in-memory one, whose share then came out negative).
   """
   e2e = stages_lib.make_stages("e2e", 3)[0]
   variants = [("configured", _source(args), not args.no_batch_fn)]
   if args.compare_pipelines:
+    if _source(args).in_memory and not args.no_batch_fn:
+      variants.append(("per-example+cache", _source(args), False))
     variants.append(("per-example+decode", data.load_source(args.data, "train"), False))
   arms = {}
   with precision_lib.policy_scope(policy):
@@ -159,14 +165,18 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
         start, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(steps_per_round):
           model.train_on_batch(*next(iterator))
+        wall_time = time.perf_counter() - start
+        _settle()  # the refill of this arm's prefetch buffers is this arm's CPU time
         if keep:
-          wall[(name, label)].append(time.perf_counter() - start)
+          wall[(name, label)].append(wall_time)
           cpu[(name, label)] += time.process_time() - cpu0
       start, cpu0 = time.perf_counter(), time.process_time()
       for _ in range(steps_per_round):
         model.train_on_batch(*batch)
+      wall_time = time.perf_counter() - start
+      _settle()
       if keep:
-        wall_mem[name].append(time.perf_counter() - start)
+        wall_mem[name].append(wall_time)
         cpu_mem[name] += time.process_time() - cpu0
   images = steps_per_round * args.batch_size
   results = {}
@@ -178,6 +188,19 @@ def real_vs_memory(args, task_names, policy, rounds, steps_per_round):
     results[(name, label)] = (images / statistics.median(times),
                               images / statistics.median(memory), ratios, share)
   return results
+
+
+def _settle(poll=0.2, idle_cpu=0.02, limit=10.0):
+  """Waits until this process's background work (tf.data prefetching and parallel maps
+  refilling their buffers) has stopped: no more than `idle_cpu` CPU seconds per `poll`
+  seconds, or `limit` seconds. Called after each timed arm and counted in its CPU time, so
+  the batches an arm took are refilled on its account, not on the next arm's."""
+  deadline = time.perf_counter() + limit
+  while time.perf_counter() < deadline:
+    cpu = time.process_time()
+    time.sleep(poll)
+    if time.process_time() - cpu < idle_cpu:
+      return
 
 
 def time_steps(named_models, batches, rounds, warmup=2):
@@ -297,6 +320,14 @@ def step_table(args, policies):
     median = statistics.median(times[name])
     print(f"{name:<32}{1000 * median:>10.1f}{args.batch_size / median:>10.1f}"
           f"{statistics.median(ratios):>8.2f}{pred:>15}{speedup:>12}{cpu_speedup:>16}")
+  for policy in policies:
+    suffix = "" if len(policies) == 1 else f"@{policy}"
+    if "keras_resnet50" + suffix in times:
+      ours, keras_times = times["e2e" + suffix], times["keras_resnet50" + suffix]
+      wall = statistics.median([o / k for o, k in zip(ours, keras_times)])
+      cpu = sum(cpu_times["e2e" + suffix]) / sum(cpu_times["keras_resnet50" + suffix])
+      print(f"e2e step / keras.applications.ResNet50 step at {policy}: {wall:.2f}x wall time "
+            f"(median of per-round ratios), {cpu:.2f}x CPU time")
   e2e_name = "e2e" if len(policies) == 1 else f"e2e@{policies[0]}"
   e2e_rate = args.batch_size / statistics.median(times[e2e_name])
   print(f"\ninput pipelines ({args.data}), images/s vs the {e2e_name} step's "
@@ -337,8 +368,8 @@ def main():
   parser.add_argument("--cache", default="auto", choices=data.CACHE_MODES,
                       help="decode the source into memory first (as --cache in training)")
   parser.add_argument("--compare_pipelines", action="store_true",
-                      help="--real_vs_memory also with the per-example pipeline that decodes "
-                           "every epoch (no cache, no batched map)")
+                      help="--real_vs_memory also with per-example maps on the cached source "
+                           "and with the per-example pipeline that decodes every epoch")
   parser.add_argument("--no_batch_fn", action="store_true",
                       help="per-example task maps even where a task has a batched form")
   parser.add_argument("--skip_steps", action="store_true",

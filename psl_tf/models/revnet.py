@@ -34,14 +34,21 @@ the same table's 86M for "Rv50w4x" (``filters_factor=16``, 16 times the kernel w
 matches this implementation: 16 x 5.38M = 86M.
 
 **Recomputation** (``recompute=True``). In training mode each stage of reversible units runs
-under one `tf.custom_gradient` that keeps only the stage's input and output. The backward
-pass walks the units from the last to the first, rebuilds each unit's input from its output
-with the inverse above, recomputes ``F`` once under a local tape and backpropagates through
-it, so activation memory no longer grows with the number of units (Gomez et al.'s
-algorithm). BatchNorm inside ``F`` normalises with batch statistics both times; only the
-forward pass updates the moving averages (the recomputation passes ``update_stats=False``),
-so they move once per step as without recomputation. Inference mode and frozen blocks take
-the ordinary path.
+under one `tf.custom_gradient` that keeps only the stage's output. The backward pass walks
+the units from the last to the first, rebuilds each unit's input from its output with the
+inverse above, recomputes ``F`` once under a local tape and backpropagates through it, so
+activation memory no longer grows with the number of units (Gomez et al.'s algorithm). The
+halves stay separate tensors inside a stage, and each unit's recomputation waits for the
+gradient to reach it (`_after`). BatchNorm inside ``F`` normalises with batch statistics both
+times; only the forward pass updates the moving averages (the recomputation passes
+``update_stats=False`` and uses the fused kernel, whose gradient keeps no input-sized
+temporaries), so they move once per step as without recomputation. The stem's max-pool
+(`MaxPool`) keeps the argmax of each window instead of its 112x112 input (at 224 px), the
+largest activation of the network. What the step then keeps per image is the stem's
+argmax, each stage's output, the standardised image (for the root kernel's gradient) and
+the small final BatchNorm; its peak is the b1 output (forward) or its gradient (backward),
+which cross the b1/b2 block boundary in either mode.
+Inference mode and frozen blocks take the ordinary path.
 """
 
 import keras
@@ -72,11 +79,27 @@ class BatchNorm(layers.BatchNormalization):
   but leaves ``moving_mean`` / ``moving_variance`` alone. The reversible backward pass needs
   this: it reruns the residual functions in training mode, and a second update per step
   would square the effective momentum.
+
+  That path uses TensorFlow's fused kernel where it exists (float32, float16, bfloat16 on
+  4-D channels-last inputs, not synchronised): its gradient needs only the input and the
+  incoming gradient, where the composite ops Keras uses (moments, then scale and shift) keep
+  several input-sized temporaries; the recomputation's backward pass is where memory peaks.
+  Other cases (float64, sync BN) compute the same thing from Keras ops.
   """
 
   def call(self, inputs, training=None, mask=None, update_stats=True):
     if not (training and self.trainable) or update_stats or mask is not None:
       return super().call(inputs, training=training, mask=mask)
+    if (not self.synchronized and len(inputs.shape) == 4 and self.axis % 4 == 3
+        and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)):
+      channels = inputs.shape[-1]
+      # Normalises with the biased batch variance, as Keras does; statistics in float32.
+      outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          inputs,
+          tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels]),
+          tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels]),
+          epsilon=self.epsilon, is_training=True)
+      return ops.cast(outputs, self.compute_dtype)
     # Statistics in at least float32, as the parent class computes them.
     x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
     axes = [i for i in range(len(x.shape)) if i != (self.axis % len(x.shape))]
@@ -164,25 +187,28 @@ def _after(x, dependency):
 def _reversible_backward(units, y, dy, variables):
   """Backpropagates `dy` through `units` given only their final output `y`.
 
-  Unit by unit from the top: rebuild the input from the output, rerun F(x2) once under a
-  tape, and send the gradient on. With ``y = [x2, x1 + F(x2)]`` and ``dy = [g2, g1]``:
-  ``dx1 = g1``, ``dx2 = g2 + (dF/dx2)^T g1`` and ``dW = (dF/dW)^T g1``.
+  Unit by unit from the top: rebuild the input from the output, rerun F once under a tape,
+  and send the gradient on. A unit maps the halves ``(a, b)`` to ``(b, a + F(b))``; with
+  output halves ``(y1, y2)`` and their gradients ``(g1, g2)``: ``b = y1``,
+  ``a = y2 - F(b)``, ``da = g2``, ``db = g1 + (dF/db)^T g2`` and ``dW = (dF/dW)^T g2``.
+  The halves stay separate tensors from the first split to the last concatenation, so no
+  unit copies the whole state.
   """
   var_grads = [None] * len(variables)
+  y1, y2 = tf.split(y, 2, axis=-1)
+  g1, g2 = tf.split(dy, 2, axis=-1)
   for unit in reversed(units):
-    x2, y1 = tf.split(y, 2, axis=-1)
-    g2, g1 = tf.split(dy, 2, axis=-1)
-    x2 = _after(x2, g1)
+    b = _after(y1, g2)
     with tf.GradientTape() as tape:
-      tape.watch(x2)
-      fx2 = unit.residual(x2, training=True, update_stats=False)
-    grads = tape.gradient(fx2, [x2] + variables, output_gradients=g1)
-    y = tf.concat([y1 - fx2, x2], axis=-1)
-    dy = tf.concat([g1, g2 + grads[0]], axis=-1)
+      tape.watch(b)
+      fb = unit.residual(b, training=True, update_stats=False)
+    grads = tape.gradient(fb, [b] + variables, output_gradients=g2)
+    y1, y2 = y2 - fb, b
+    g1, g2 = g2, g1 + grads[0]
     for i, g in enumerate(grads[1:]):
       if g is not None:
         var_grads[i] = g if var_grads[i] is None else var_grads[i] + g
-  return dy, var_grads
+  return tf.concat([g1, g2], axis=-1), var_grads
 
 
 def run_reversible(units, x):
@@ -193,9 +219,10 @@ def run_reversible(units, x):
   """
   @tf.custom_gradient
   def forward(x):
-    y = x
+    a, b = tf.split(x, 2, axis=-1)
     for unit in units:
-      y = unit(y, training=True)
+      a, b = b, a + unit.residual(b, training=True)
+    y = tf.concat([a, b], axis=-1)
 
     def backward(dy, variables=None):
       return _reversible_backward(units, y, dy, list(variables or []))
@@ -203,6 +230,55 @@ def run_reversible(units, x):
     return y, backward
 
   return forward(x)
+
+
+@keras.saving.register_keras_serializable(package="psl_tf")
+class MaxPool(layers.MaxPooling2D):
+  """3x3 stride-2 max-pool whose gradient needs only the argmax, not the input.
+
+  TensorFlow's max-pool gradient keeps the pool's input for the backward pass; at the
+  RevNet's root that is the 112x112 (at 224 px) b1 output, the largest activation of the
+  network. In training mode (when trainable) this layer stores the flat index of each
+  window's maximum instead (int32 where the batch's indices fit: a quarter of the input's
+  size) and adds the incoming gradient at those positions. The forward values are
+  `MaxPooling2D`'s, the gradient is MaxPoolGrad's up to the order of float additions.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("pool_size", 3)
+    kwargs.setdefault("strides", 2)
+    kwargs.setdefault("padding", "same")
+    super().__init__(**kwargs)
+
+  def call(self, inputs, training=None):
+    if not (training and self.trainable):
+      return super().call(inputs)
+    return _max_pool_keeping_argmax(inputs, self.pool_size, self.strides, self.padding.upper())
+
+
+def _max_pool_keeping_argmax(x, pool_size, strides, padding):
+  ksize, stride = [1, *pool_size, 1], [1, *strides, 1]
+  # Flat indices over the whole batch; int32 (half the memory of int64) whenever they fit.
+  size = x.shape.num_elements()
+  index_dtype = tf.int32 if size is not None and size < 2**31 else tf.int64
+
+  @tf.custom_gradient
+  def pool(x):
+    y, argmax = tf.nn.max_pool_with_argmax(x, ksize, stride, padding, output_dtype=index_dtype,
+                                           include_batch_in_index=True)
+    shape = tf.shape(x, out_type=index_dtype)  # Only the shape of x, so x itself can be freed.
+
+    def grad(dy):
+      # Each window's gradient goes to its maximum; overlapping windows add up. This is what
+      # MaxPoolGrad computes, without the input (the gradient op TensorFlow registers for
+      # max_pool_with_argmax still takes it, and has no int32 CPU kernel).
+      dx = tf.math.unsorted_segment_sum(tf.reshape(dy, [-1]), tf.reshape(argmax, [-1]),
+                                        tf.reduce_prod(shape))
+      return tf.reshape(dx, shape)
+
+    return y, grad
+
+  return pool(x)
 
 
 @keras.saving.register_keras_serializable(package="psl_tf")
@@ -269,7 +345,9 @@ def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
       if transition:
         x = Transition(name=f"transition{index}")(x)
       else:
-        x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+        # Same values either way; the memory-saving pool keeps only argmax for its gradient.
+        x = (MaxPool(name="pool1") if recompute else
+             layers.MaxPooling2D(3, 2, padding="same", name="pool1"))(x)
       x = ReversibleStage(channels, UNITS[index - 2], recompute=recompute,
                           name=f"rev{index}")(x)
       if index == 5:

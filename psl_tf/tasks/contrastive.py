@@ -10,6 +10,7 @@ import tensorflow as tf
 from psl_tf import config as config_lib
 from psl_tf.data import augment
 from psl_tf.tasks import base
+from psl_tf.tasks import contrastive_aug
 
 # The contrastive options that are fields of `augment.AugmentOptions`.
 AUGMENT_OPTIONS = ("crop_min_scale", "color_strength", "color_prob", "gray_prob", "blur_prob",
@@ -98,6 +99,11 @@ class ContrastiveTask(base.Task):
   def example_fn(self, level, training):
     del training  # both views are random in training and in the held-out pretext loss
     return two_view_example_fn(level, self.image_spec.size, self.augment_options)
+
+  def batch_fn(self, level, training):
+    """`example_fn` over a batch held in memory, equal to float rounding (`contrastive_aug`)."""
+    del training
+    return contrastive_aug.two_view_batch_fn(level, self.image_spec.size, self.augment_options)
 
   def output_width(self, level):
     del level
