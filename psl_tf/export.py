@@ -2,9 +2,11 @@ r"""SavedModel export of a backbone for downstream use.
 
   python -m psl_tf.export --workdir=runs/rot [--stage=2] [--output=DIR]
 
-The default endpoint (`serving_default`) takes a batch of uint8 RGB images of any size,
-resizes them to the size the backbone was trained at, and returns the per-block feature
-maps ``b1``..``b5`` and their global-average-pooled vectors ``b1_pool``..``b5_pool``. The
+The default endpoint (`serving_default`) takes a batch of uint8 RGB images of any size (one
+size per batch), gives them the evaluation view of the run (shorter side to the run's resize,
+then the central image_size x image_size crop: what `psl_tf.evaluate` feeds the backbone), and
+returns the per-block feature maps ``b1``..``b5`` and their global-average-pooled vectors
+``b1_pool``..``b5_pool``. The
 SavedModel needs only TensorFlow to load: no `psl_tf`, no Keras.
 
 The entry point rebuilds the backbone of any finished stage of a run (architecture and image
@@ -16,27 +18,34 @@ model `backbone.keras` for fine-tuning in Keras (`keras.models.load_model` after
 import os
 import sys
 
-if __name__ == "__main__":
-  from psl_tf import quiet  # pylint: disable=g-import-not-at-top
-  quiet.import_tensorflow_quietly()
+if __name__ == "__main__":  # python -m psl_tf.export: the program is psl_tf/cli/export.py
+  from psl_tf.cli import export as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run()
+  sys.exit(0)
 
-from absl import app
-from absl import flags
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import keras
 import tensorflow as tf
 
-from psl_tf import runs as runs_lib
+import psl_tf
 from psl_tf import workdir as wd
+from psl_tf.data import images as image_lib
 from psl_tf.models import blocks as blocks_lib
 
 KERAS_FILE = "backbone.keras"
 
 
-def features_fn(backbone, image_size):
-  """`uint8 images [N, H, W, 3] -> {b1..b5, b1_pool..b5_pool}` for a backbone."""
+def features_fn(backbone, image_size, resize=None):
+  """`uint8 images [N, H, W, 3] -> {b1..b5, b1_pool..b5_pool}` for a backbone.
+
+  The images get the evaluation view (`psl_tf.data.views.eval_view_fn`): shorter side to
+  `resize` (default image_size x 256/224, as in training), then the central crop."""
+  resize = resize or int(round(image_size * 256 / 224))
+
   def serve(images):
-    x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [image_size, image_size],
-                        antialias=True)
+    x = image_lib.resize_shorter_side_batch(image_lib.to_float(images), resize)
+    x = tf.ensure_shape(image_lib.center_crop_batch(x, image_size),
+                        [None, image_size, image_size, 3])
     # float32 features whatever the backbone computes in (a --precision=mixed_* run).
     maps = {k: tf.cast(v, tf.float32) for k, v in backbone(x, training=False).items()}
     outputs = {name: maps[name] for name in blocks_lib.BLOCK_NAMES}
@@ -46,12 +55,12 @@ def features_fn(backbone, image_size):
   return serve
 
 
-def export_backbone(backbone, path, image_size):
+def export_backbone(backbone, path, image_size, resize=None):
   """Writes the backbone as a SavedModel at `path` (see the module docstring)."""
   archive = keras.export.ExportArchive()
   archive.track(backbone)
   archive.add_endpoint(
-      "serving_default", features_fn(backbone, image_size),
+      "serving_default", features_fn(backbone, image_size, resize),
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
   archive.write_out(path, verbose=False)
   return path
@@ -67,7 +76,7 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
       `<workdir>/export_stage_<k>` for an earlier one).
     log: where progress lines go (the entry point prints them).
   """
-  run = runs_lib.load_run(workdir, stage)
+  run = wd.load_run(workdir, stage)
   if output is not None and os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f"--output={output} is a file; a SavedModel is a directory: pass a new "
                      "or existing directory")
@@ -77,35 +86,22 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   log(f"   building {run.config.backbone} and loading stage {run.stage} of {workdir}")
   backbone = run.build_backbone()
   log(f"   tracing and writing the SavedModel to {output}")
-  export_backbone(backbone, output, run.config.image_size)
+  export_backbone(backbone, output, run.config.image_size, run.config.resize_to)
   keras_path = os.path.join(output, KERAS_FILE)
   log(f"   writing the Keras model {keras_path}")
   backbone.save(keras_path)
   return output, keras_path, run
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet.warnings_only_unless_asked()
-  try:
-    if not FLAGS.workdir:
-      raise ValueError("--workdir is required (the work directory of a pre-training run)")
-    path, keras_path, run = export_run(FLAGS.workdir, FLAGS.stage, FLAGS.output,
-                                       log=lambda text: print(text, flush=True))
-  except (ValueError, OSError) as e:
-    print(f"psl_tf.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"exported stage {run.stage} of {run.workdir} ({run.config.backbone}, "
-        f"{run.config.image_size} px): SavedModel {path}, Keras model {keras_path}")
+def export(run, stage=None, output=None, log=None):
+  """Exports a finished stage of a run (a work directory or a `psl_tf.workdir.Run`) and
+  returns the SavedModel's directory (`backbone.keras` is inside it); `psl_tf.export(...)`.
+  """
+  if isinstance(run, wd.Run):
+    stage = run.stage if stage is None else stage
+    run = run.workdir
+  path, _, _ = export_run(run, stage, output, log=log or (lambda text: None))
+  return path
 
 
-if __name__ == "__main__":
-  # Defined here, not at import: `psl_tf.pretrain` imports this module next to the training
-  # flags, which have their own --workdir.
-  flags.DEFINE_string("workdir", None, "Work directory of the pre-training run.")
-  flags.DEFINE_integer("stage", None, "Finished stage to export (default: the last).")
-  flags.DEFINE_string("output", None, "Output directory (default: <workdir>/export, or "
-                      "<workdir>/export_stage_<k> for an earlier stage).")
-  FLAGS = flags.FLAGS
-  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.export"))
+psl_tf.make_module_callable(__name__, "export")

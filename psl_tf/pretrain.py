@@ -1,5 +1,8 @@
 """The stage loop (paper Algorithm 1): for each stage, a fresh head, optimizer and schedule,
-then `fit`, then the stage's backbone weights on disk. Resumable at every epoch."""
+then `fit`, then the stage's backbone weights on disk. Resumable at every epoch.
+
+`psl_tf.pretrain(config)` (this module, called; `pretrain` below) runs a whole run from a
+`Config`, in Python, with no flags."""
 
 import dataclasses
 import os
@@ -10,6 +13,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+import psl_tf
+from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf import export as export_lib
@@ -20,7 +25,7 @@ from psl_tf import precision
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
-from psl_tf import visualize
+from psl_tf.tasks import visualize
 from psl_tf import workdir as wd
 from psl_tf import models
 from psl_tf.models import blocks as blocks_lib
@@ -293,7 +298,7 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     # Written next to its place and renamed, so a kill never leaves a half-written export/.
     partial = path + wd.PARTIAL_SUFFIX
     wd.remove_tree(partial)
-    export_lib.export_backbone(backbone, partial, config.image_size)
+    export_lib.export_backbone(backbone, partial, config.image_size, config.resize_to)
     wd.crash_point("export_written")
     wd.remove_tree(path)
     os.replace(partial, path)
@@ -302,3 +307,57 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     log(f"exported the backbone (stage {previous}) to {path}")
   logging.info("run finished: %s", workdir)
   return summary
+
+
+def check_resume(config):
+  """Raises ValueError if `config.workdir` holds a run made with other learning settings.
+
+  The run's flags.txt is read back into a Config and compared setting by setting, except the
+  resume-safe ones (`option(..., resume_safe=True)`: verbosity, export, held-out split, cache,
+  ...) and the work directory's own name. Flags that are not settings (--strategy, another
+  task's options) and settings missing from an older flags.txt (their default) never block a
+  resume."""
+  old_values = wd.read_flags(config.workdir)
+  if old_values is None:
+    return
+  old = config_lib.from_flags(old_values)
+  old_texts, new_texts = config_lib.to_flags(old), config_lib.to_flags(config)
+  safe = {f.name for f in config_lib.options_of(config_lib.Config) if f.metadata["resume_safe"]}
+  safe |= {name for name, field in config_lib.task_option_fields(config.task_options).items()
+           if field.metadata["resume_safe"]}
+  safe.add("workdir")
+  changed = sorted(k for k in set(old_texts) | set(new_texts)
+                   if k not in safe and old_texts.get(k) != new_texts.get(k))
+  if changed:
+    diffs = ", ".join(f"--{k}={old_texts.get(k)} -> {new_texts.get(k)}" for k in changed[:4])
+    raise ValueError(f"{config.workdir} holds a run with other flags ({diffs}); resume with "
+                     f"the same flags (--flagfile={os.path.join(config.workdir, wd.FLAGS_FILE)})"
+                     " or pick a new --workdir")
+
+
+def pretrain(config, strategy=None, log=print, callbacks=()):
+  """Runs (or resumes) the pre-training `config` describes: the Python form of
+  `python -m psl_tf.train`.
+
+  Checks the work directory against the config (a different run there is refused), writes
+  its flags.txt (so `psl_tf.evaluate` and `psl_tf.export` can read the run back), runs every
+  stage and exports the backbone when `config.export`. Returns the summary (summary.json).
+
+  Args:
+    config: a `psl_tf.config.Config`.
+    strategy: a `tf.distribute.Strategy` (default: `psl_tf.distribute.make_strategy("auto")`).
+    log: where the one-line messages go.
+    callbacks: extra Keras callbacks for every stage's `fit`.
+  """
+  strategy = strategy or distribute.make_strategy("auto")
+  check_resume(config)
+  the_plan = plan(config)
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise ValueError(f"batch_size={config.batch_size} does not split over "
+                     f"{strategy.num_replicas_in_sync} replicas")
+  if distribute.is_chief(strategy):
+    wd.write_flags(config.workdir, config_lib.to_flags(config))
+  return run(config, strategy, log=log, the_plan=the_plan, callbacks=callbacks)
+
+
+psl_tf.make_module_callable(__name__, "pretrain")

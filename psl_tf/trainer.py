@@ -55,7 +55,9 @@ class StageModel(keras.Model):
     # Mean global gradient norm: watched by psl_tf.guards.NonFiniteGuard, which stops a
     # diverging run at the first step whose loss or gradients are not finite.
     self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
-    task.build_stage_state(self)
+    # The task's per-stage state (MoCo: key encoder and queue), tracked: checkpointed with
+    # the model. None for tasks without state.
+    self.task_state = task.build_stage_state(self)
 
   def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     # Keras 3 (3.15) learns the input shapes from the first distributed batch by MEAN-reducing
@@ -85,16 +87,27 @@ class StageModel(keras.Model):
     variables.extend(self.task.extra_trainable_variables(self))
     return variables
 
-  def features(self, x, training=False):
-    """Stage features: frozen blocks, stop-gradient at the stage input, stage blocks."""
+  def features(self, x, training=False, stage_blocks=None):
+    """Stage features: frozen blocks, stop-gradient at the stage input, stage blocks.
+
+    The one place the frozen-block path is written. `stage_blocks` replaces the stage's own
+    blocks after the cut (MoCo's key encoder: its copies of the stage's blocks behind the
+    same shared frozen blocks)."""
     first = self.stage.grad_first
     if first > 1:
       frozen_training = training and self.frozen_bn == "batch_stats"
       x = blocks_lib.run_blocks(self.blocks, x, 1, first - 1, training=frozen_training)
       x = keras.ops.stop_gradient(x)
-    return blocks_lib.run_blocks(self.blocks, x, first, self.stage.last, training=training)
+    if stage_blocks is None:
+      return blocks_lib.run_blocks(self.blocks, x, first, self.stage.last, training=training)
+    for block in stage_blocks:
+      x = block(x, training=training)
+    return x
 
-  def call(self, inputs, training=False):
+  def call(self, inputs, training=False, with_extras=False):
+    """The task's outputs; with `with_extras`, (outputs, what `after_update` needs)."""
+    if with_extras:
+      return self.task.forward_with_extras(self, inputs, training)
     return self.task.forward(self, inputs, training)
 
   def regularization(self, variables):
@@ -109,7 +122,8 @@ class StageModel(keras.Model):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       # Losses and metrics in float32 whatever the layers compute in (--precision).
-      outputs = precision.to_float32(self(inputs, training=True))
+      outputs, extras = self(inputs, training=True, with_extras=True)
+      outputs = precision.to_float32(outputs)
       task_loss = self.task.loss(targets, outputs)
       total = task_loss + self.regularization(variables)
       # Gradients are summed over replicas, so each replica's mean loss is scaled once.
@@ -121,7 +135,7 @@ class StageModel(keras.Model):
     # Read before `apply`, which may change the loss scale (mixed_float16).
     grad_norm, grad_norm_weight = precision.unscaled_grad_norm(self.optimizer, gradients)
     self.optimizer.apply(gradients, variables)
-    self.task.after_update(self)
+    self.task.after_update(self, extras)
     self.loss_tracker.update_state(task_loss)
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
     self.grad_norm_tracker.update_state(grad_norm, sample_weight=grad_norm_weight)

@@ -5,13 +5,17 @@ Layout (DESIGN.md 4)::
   flags.txt                   resolved flags, usable as --flagfile
   summary.json                per stage: steps, loss, pretext accuracy, time, images/s
   stage_<k>/stage_summary.json    the finished stage's entry of summary.json
-  stage_<k>/backbone.weights.h5   written when stage k finishes (HDF5, b1..b5 groups)
+  stage_<k>/backbone.weights.h5   written when stage k finishes (Keras weights format)
   stage_<k>/DONE                  written last: stage k is finished (summary and weights)
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
   export/                     SavedModel of the final backbone
+
+`load_run` reads a finished run back (its typed Config, a stage, its backbone) for
+evaluation and export.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -23,7 +27,9 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf.models import blocks as blocks_lib
+from psl_tf.models import build_backbone
 
 FLAGS_FILE = "flags.txt"
 SUMMARY_FILE = "summary.json"
@@ -127,27 +133,47 @@ def finished_stages(workdir):
 # ---- backbone weights --------------------------------------------------------------------
 
 def save_backbone_weights(backbone, path):
-  """Writes every backbone variable as HDF5 dataset `<block>/<layer>/<variable>`.
+  """Writes the backbone's weights in Keras 3's own format (`backbone.save_weights`), so
+  `backbone.load_weights(path)` reads them into a backbone built the same way.
 
   The file is written to a temporary name and renamed, so a killed run never leaves a
   half-written file that would look like a finished stage.
   """
   tf.io.gfile.makedirs(os.path.dirname(path))
-  fd, tmp = tempfile.mkstemp(suffix=".h5", dir=os.path.dirname(path))
+  fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=os.path.dirname(path))
   os.close(fd)
-  with h5py.File(tmp, "w") as f:
-    for block in blocks_lib.get_blocks(backbone):
-      group = f.create_group(block.name)
-      for variable in block.weights:
-        group.create_dataset(variable.path, data=np.asarray(variable.numpy()))
+  backbone.save_weights(tmp, overwrite=True)
   crash_point("weights_tmp_written")
   os.replace(tmp, path)
 
 
+def is_block_layout(path):
+  """True for a weights file in the layout of runs written before the Keras format: HDF5
+  groups `b1`..`b5`, datasets `<layer>/<variable>` (`load_backbone_weights` reads both)."""
+  with h5py.File(path, "r") as f:
+    return "b1" in f and "layers" not in f
+
+
 def load_backbone_weights(backbone, path):
-  """Loads weights written by `save_backbone_weights`; every variable must match."""
+  """Loads stage weights into `backbone`; refuses non-finite weights (a diverged run).
+
+  Reads the Keras format (`backbone.load_weights`) and the older per-block layout."""
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"no backbone weights at {path}")
+  if is_block_layout(path):
+    _load_block_layout(backbone, path)
+    return
+  backbone.load_weights(path)
+  for block in blocks_lib.get_blocks(backbone):
+    for variable in block.weights:
+      if not np.all(np.isfinite(variable.numpy())):
+        raise NonFiniteWeightsError(
+            f"{path} holds non-finite weights ({block.name}/{variable.path}): the run that "
+            "wrote them diverged; retrain with a lower --learning_rate")
+
+
+def _load_block_layout(backbone, path):
+  """Reads the per-block layout (`<block>/<variable path>`); every variable must match."""
   with h5py.File(path, "r") as f:
     for block in blocks_lib.get_blocks(backbone):
       if block.name not in f:
@@ -186,7 +212,12 @@ def check_finite_weights(path):
 # ---- flags and summary -------------------------------------------------------------------
 
 def read_flags(workdir):
-  path = os.path.join(workdir, FLAGS_FILE)
+  """{name: text} of the run's flags.txt, or None when there is none."""
+  return read_flags_file(os.path.join(workdir, FLAGS_FILE))
+
+
+def read_flags_file(path):
+  """{name: text} of a flagfile (`--name=value` lines; a bare `--name` is true)."""
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
@@ -237,3 +268,65 @@ def _json_default(value):
 def remove_tree(path):
   if tf.io.gfile.exists(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- a finished run, read back -----------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """What evaluation and export need to know about one run.
+
+  Attributes:
+    workdir: the run's work directory.
+    config: its `psl_tf.config.Config`, rebuilt from `flags.txt`.
+    stage: the finished stage whose weights are used.
+    summary: the run's `summary.json` (empty dict if missing).
+  """
+  workdir: str
+  config: config_lib.Config
+  stage: int
+  summary: dict
+
+  @property
+  def name(self):
+    """A short row label: the work directory's base name and the mode."""
+    base = os.path.basename(os.path.normpath(self.workdir))
+    return f"{base} ({self.config.mode})" if self.config.mode not in base else base
+
+  @property
+  def weights_path(self):
+    return stage_weights_path(self.workdir, self.stage)
+
+  def build_backbone(self):
+    """A fresh backbone with this run's architecture and the stage's weights."""
+    backbone = build_backbone(self.config.backbone, **self.config.backbone_kwargs())
+    load_backbone_weights(backbone, self.weights_path)
+    return backbone
+
+
+def config_from_workdir(workdir):
+  """The Config of the run in `workdir`; ValueError if it has no flags.txt."""
+  values = read_flags(workdir)
+  if values is None:
+    raise ValueError(f"{workdir} is not a psl_tf work directory (no {FLAGS_FILE}); pass the "
+                     "--workdir of a pre-training run")
+  try:
+    return config_lib.from_flags(values)
+  except ValueError as e:
+    raise ValueError(f"cannot read {os.path.join(workdir, FLAGS_FILE)}: {e}") from None
+
+
+def load_run(workdir, stage=None):
+  """Opens a run at `stage` (default: its last finished stage); ValueError if unusable."""
+  config = config_from_workdir(workdir)
+  done = finished_stages(workdir)
+  if not done:
+    raise ValueError(f"{workdir} has no finished stage yet (no stage_<k>/{WEIGHTS_FILE}); "
+                     "let pre-training finish a stage first")
+  if stage is None:
+    stage = done[-1]
+  elif stage not in done:
+    raise ValueError(f"{workdir} has no finished stage {stage}; finished: "
+                     f"{', '.join(map(str, done))}")
+  check_finite_weights(stage_weights_path(workdir, stage))  # a diverged run scores nothing
+  return Run(workdir, config, stage, read_summary(workdir))

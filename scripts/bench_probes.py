@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf = quiet.import_tensorflow_quietly()
 
@@ -35,12 +35,12 @@ import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psl_tf import probes  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psl_tf import runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.evaluation import probes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psl_tf import views  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.data import views  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args():
@@ -57,7 +57,7 @@ def parse_args():
 
 def backbone_of(args):
   if args.workdir:
-    return runs.load_run(args.workdir).build_backbone()
+    return wd.load_run(args.workdir).build_backbone()
   keras.utils.set_random_seed(0)
   return models.build_backbone("cifar_resnet", depth=10, width=16)
 

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from psl_tf import benchmark
+from psl_tf.data import benchmark
 from psl_tf import data
 from psl_tf import optim
 from psl_tf import stages as stages_lib

@@ -37,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf = quiet.import_tensorflow_quietly()
 tf.get_logger().setLevel("ERROR")  # the FLOPs profiler warns about its own v1 API
@@ -45,7 +45,7 @@ tf.get_logger().setLevel("ERROR")  # the FLOPs profiler warns about its own v1 A
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from psl_tf import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.data import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position

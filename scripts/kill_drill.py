@@ -25,43 +25,30 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _drills  # scripts/_drills.py, next to this file
+
+ROOT = _drills.ROOT
 KINDS = ("mid_epoch", "weights_write", "between_stages", "export", "before_marker")
-STAGES = 3
+STAGES = _drills.STAGES
 CRASH_POINTS = {"weights_write": "weights_tmp_written", "before_marker": "stage_weights_written",
                 "between_stages": "stage_finished", "export": "export_written"}
 
 
 def command(workdir):
-  return [sys.executable, "-m", "psl_tf.train", "--task=rotation",
-          f"--flagfile={os.path.join(ROOT, 'flags', 'smoke.flags')}", "--epochs=3",
-          "--steps_per_epoch=3", "--heldout_split=none", "--deterministic",
-          f"--workdir={workdir}"]
+  return _drills.smoke_command(workdir)
 
 
 def environment(crash_at=None):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("PSL_TF_CRASH_AT", None)
-  if crash_at:
-    env["PSL_TF_CRASH_AT"] = crash_at
-  return env
+  return _drills.environment(crash_at=crash_at)
 
 
-def weights(workdir):
-  out = {}
-  for k in range(1, STAGES + 1):
-    with h5py.File(os.path.join(workdir, f"stage_{k}", "backbone.weights.h5")) as f:
-      f.visititems(lambda name, item, k=k: out.__setitem__(f"stage_{k}/{name}", item[()])
-                   if isinstance(item, h5py.Dataset) else None)
-  return out
+weights = _drills.stage_weights
 
 
 def run_to_end(workdir, timeout):
@@ -78,7 +65,7 @@ def kill_at(kind, stage, workdir, rng, timeout):
     point = CRASH_POINTS[kind] + ("" if kind == "export" else f":{stage}")
     proc = subprocess.run(command(workdir), cwd=ROOT, env=environment(point),
                           capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != -signal.SIGKILL:
+    if not _drills.killed(proc.returncode):
       raise RuntimeError(f"expected death by SIGKILL at {point}, got exit {proc.returncode}: "
                          f"{proc.stderr.strip()[-300:]}")
     return point
@@ -91,10 +78,9 @@ def kill_at(kind, stage, workdir, rng, timeout):
       time.sleep(0.05)
     delay = rng.uniform(0.0, 1.5)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
   finally:
-    proc.wait()
-  if proc.returncode != -signal.SIGKILL:
+    _drills.kill(proc)
+  if not _drills.killed(proc.returncode):
     raise RuntimeError(f"the run ended (exit {proc.returncode}) before the kill")
   return f"stage {stage} epoch checkpoint + {delay:.2f} s"
 

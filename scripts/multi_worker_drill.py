@@ -42,19 +42,17 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = 3
+import _drills  # scripts/_drills.py, next to this file
+
+ROOT = _drills.ROOT
+STAGES = _drills.STAGES
 _children = []
 
 
 def command(workdir, *extra):
-  return [sys.executable, "-m", "psl_tf.train", "--task=rotation",
-          f"--flagfile={os.path.join(ROOT, 'flags', 'smoke.flags')}", "--epochs=3",
-          "--steps_per_epoch=3", "--heldout_split=none", "--deterministic", "--verbose=0",
-          f"--workdir={workdir}", *extra]
+  return _drills.smoke_command(workdir, "--verbose=0", *extra)
 
 
 def free_ports(n):
@@ -72,14 +70,8 @@ def free_ports(n):
 
 
 def environment(tf_config=None, tmpdir=None):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  for name in ("TF_CONFIG", "PSL_TF_CRASH_AT"):
-    env.pop(name, None)
+  env = _drills.environment(tf_config=tf_config, tmpdir=tmpdir)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if tf_config is not None:
-    env["TF_CONFIG"] = json.dumps(tf_config)
-  if tmpdir:
-    env["TMPDIR"] = tmpdir
   return env
 
 
@@ -94,12 +86,7 @@ def start(cmd, env, log_path):
 
 def kill(proc):
   """SIGKILLs `proc` and its process group (it leads its own session), then reaps it."""
-  if proc.poll() is None:
-    try:
-      os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-  proc.wait()
+  _drills.kill(proc, group=True)
 
 
 def kill_all_children():
@@ -164,13 +151,7 @@ class Cluster:
                          f"worker1: {tail(self.log(1))}")
 
 
-def weights(workdir):
-  out = {}
-  for k in range(1, STAGES + 1):
-    with h5py.File(os.path.join(workdir, f"stage_{k}", "backbone.weights.h5")) as f:
-      f.visititems(lambda name, item, k=k: out.__setitem__(f"stage_{k}/{name}", item[()])
-                   if isinstance(item, h5py.Dataset) else None)
-  return out
+weights = _drills.stage_weights
 
 
 def max_diff(a, b):
@@ -330,7 +311,7 @@ def main():
       survivor_text = (f"the survivor (worker {1 - args.kill_worker}) was still running "
                        f"{args.survivor_timeout:.0f} s after the kill; killed")
       survivor_ok = False
-    report("kill", victim.returncode == -signal.SIGKILL and mid_stage,
+    report("kill", _drills.killed(victim.returncode) and mid_stage,
            f"worker {args.kill_worker} SIGKILLed {delay:.2f} s after the chief's first epoch "
            f"checkpoint of stage {args.kill_stage} ({checkpoint_line}); "
            f"{'mid-stage' if mid_stage else 'too late: the stage had finished'}")

@@ -24,11 +24,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from psl_tf import quiet  # pylint: disable=unused-import,g-bad-import-order
+from psl_tf.cli import quiet  # pylint: disable=unused-import,g-bad-import-order
 import numpy as np  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 
-from psl_tf import probes, runs, transfer, views  # pylint: disable=g-import-not-at-top
+from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+from psl_tf.data import views  # pylint: disable=g-import-not-at-top
+from psl_tf.evaluation import probes, transfer  # pylint: disable=g-import-not-at-top
 from psl_tf.models import blocks as blocks_lib  # pylint: disable=g-import-not-at-top
 
 BLOCKS = blocks_lib.BLOCK_NAMES
@@ -45,7 +47,7 @@ def features_of(workdir, data, cache):
       with np.load(paths[what]) as z:
         out += [{b: z[b] for b in BLOCKS}, z["labels"]]
     return out
-  run = runs.load_run(workdir)
+  run = wd.load_run(workdir)
   config = run.config
   backbone = run.build_backbone()
   backbone.trainable = False

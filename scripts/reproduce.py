@@ -567,7 +567,7 @@ def markdown(args, records, table):
 
 def plot(table, path, title):
   """Accuracy per block, one line per row with sd error bars, the random floor dashed."""
-  from psl_tf import report  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  from psl_tf.evaluation import report  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   def result(entry):
     return {b: {"top1": entry[b][0], **({"top1_sd": entry[b][1]} if entry[b][1] else {})}
             for b in BLOCKS if entry[b][0] is not None}

@@ -15,14 +15,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf = quiet.import_tensorflow_quietly()
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from psl_tf.tasks import ImageSpec  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.data import images as image_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf.tasks import rotation  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -39,9 +39,9 @@ def main():
   laplacian = tf.constant([[0, 1, 0], [1, -4, 1], [0, 1, 0]], tf.float32)[:, :, None, None]
   energy = {a: [] for a in rotation.ANGLES}
   for path in files:
-    image = base.to_float(tf.io.decode_image(tf.io.read_file(path), channels=3,
+    image = image_lib.to_float(tf.io.decode_image(tf.io.read_file(path), channels=3,
                                              expand_animations=False))
-    square = base.center_crop(base.resize_shorter_side(image, resize), resize)
+    square = image_lib.center_crop(image_lib.resize_shorter_side(image, resize), resize)
     for angle in rotation.ANGLES:
       gray = tf.reduce_mean(task.rotated_view(square, angle), -1, keepdims=True)[None]
       energy[angle].append(float(tf.reduce_mean(tf.abs(tf.nn.conv2d(gray, laplacian, 1,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import augment
+from psl_tf.data import augment
 
 SIZE = 24
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from psl_tf import quiet  # pylint: disable=g-import-not-at-top
+from psl_tf.cli import quiet  # pylint: disable=g-import-not-at-top
 
 # TensorFlow's C++ start-up lines would otherwise land after pytest's closing summary.
 tf = quiet.import_tensorflow_quietly()
@@ -38,3 +38,35 @@ def two_replica_strategy():
   class _Mirrored(tf.distribute.MirroredStrategy):
     _collective_key_base = next(_collective_key_bases)
   return _Mirrored(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def train_flags():
+  """A fresh absl FlagValues holding every `python -m psl_tf.train` flag, unparsed: the CLI's
+  `main(argv, flag_values)` runs in-process on it without touching absl's global FLAGS."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import flagdefs  # pylint: disable=g-import-not-at-top
+  return flagdefs.define_train_flags(flags.FlagValues())
+
+
+class RunInterrupted(Exception):
+  """What `stop_after_epoch`'s callback raises where a kill would land."""
+
+
+@pytest.fixture
+def stop_after_epoch():
+  """`stop_after_epoch(stage_name, epoch)`: a Keras callback that raises RunInterrupted
+  (`stop_after_epoch.error`) at the end of that epoch of that stage, as a kill would."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  class StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, stage_name, epoch):
+      super().__init__()
+      self.stage_name, self.epoch = stage_name, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+      if self.model.name == self.stage_name and epoch + 1 == self.epoch:
+        raise RunInterrupted(f"{self.stage_name} after epoch {self.epoch}")
+
+  StopAfterEpoch.error = RunInterrupted
+  return StopAfterEpoch

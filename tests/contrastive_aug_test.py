@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import augment
+from psl_tf.data import augment
 from psl_tf import data
 from psl_tf.tasks import ImageSpec
 from psl_tf.tasks import build_task

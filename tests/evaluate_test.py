@@ -13,11 +13,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from psl_tf import config as config_lib
-from psl_tf import probes
-from psl_tf import report
-from psl_tf import runs
-from psl_tf import transfer
-from psl_tf import views
+from psl_tf.evaluation import probes
+from psl_tf.evaluation import report
+from psl_tf.evaluation import transfer
+from psl_tf.data import views
 from psl_tf import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,17 +59,17 @@ def demo_run(tmp_path_factory):
 
 def test_config_round_trips_through_flags_txt(fake_run):
   demo_run = fake_run
-  run = runs.load_run(demo_run)
+  run = wd.load_run(demo_run)
   assert run.stage == 3
   assert (run.config.backbone, run.config.depth, run.config.width) == ("cifar_resnet", 10, 8)
   assert run.config.image_size == 32 and run.config.epochs == (1,)
-  assert run.config.task_options == {"crop": "uniform"}
-  assert runs.load_run(demo_run, 1).stage == 1
+  assert run.config.task_options.crop == "uniform"
+  assert wd.load_run(demo_run, 1).stage == 1
   with pytest.raises(ValueError, match="no finished stage 4"):
-    runs.load_run(demo_run, 4)
+    wd.load_run(demo_run, 4)
   values = {"depth": "18", "recompute": "true", "epochs": "3,2,1", "data_dir": "None",
             "learning_rate": "0.5", "strategy": "mirrored"}
-  config = config_lib.from_flag_dict(values)
+  config = config_lib.from_flags(values)
   assert (config.depth, config.recompute, config.epochs) == (18, True, (3, 2, 1))
   assert config.data_dir is None and config.learning_rate == 0.5
 
@@ -91,6 +90,7 @@ def _check_outputs(out, eval_dir, names):
   return table
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
                  "--steps_per_epoch=2", "--batch_size=32"])
@@ -102,6 +102,7 @@ def test_evaluate_cli_on_a_run_prints_table_and_writes_plot(fake_run):
   assert "\x1b" not in result.stdout and "\r" not in result.stdout
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_on_images_prints_probe_epochs(fake_run):
   result = _run(["psl_tf.evaluate", f"--workdir={fake_run}", "--stage=2", "--epochs=1",
                  "--steps_per_epoch=2", "--batch_size=32", "--probe_inputs=images",
@@ -127,11 +128,36 @@ def test_evaluate_cli_on_a_trained_demo_run_with_compare(demo_run, tmp_path):
   assert os.path.exists(os.path.join(other, "eval", "linear_demo_stage3.json"))
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_evaluate_cli_errors_are_one_line(tmp_path):
   result = _run(["psl_tf.evaluate", f"--workdir={tmp_path}"])
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("psl_tf.evaluate: error: ") and "flags.txt" in last
+
+
+def test_evaluate_api_and_program_in_process(fake_run, capsys):
+  # The Python API: no flags; the same evaluation the command line runs.
+  import psl_tf  # pylint: disable=g-import-not-at-top
+  result = psl_tf.evaluate(fake_run, protocol="linear", stage=2, epochs=1, steps_per_epoch=2,
+                           batch_size=32, probe_inputs="features", log=None, verbose=0)
+  assert [label for label, _ in result.rows] == ["rot_psl s2"]
+  assert sorted(result.results) == ["b1", "b2", "b3", "b4", "b5"]
+  assert "| Method | B1 | B2 | B3 | B4 | B5 |" in result.table()
+  assert os.path.exists(result.paths["plot"])
+  with open(os.path.join(fake_run, "eval", "linear_demo_stage2.json")) as f:
+    assert json.load(f)["settings"]["epochs"] == 1
+  # The program's main on its own flags, in this process: a mistake is one line, exit 2.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import evaluate as cli  # pylint: disable=g-import-not-at-top
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.evaluate", f"--workdir={os.path.dirname(fake_run)}", "--epochs=1"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["psl_tf.evaluate"], flag_values)
+  assert exit_info.value.code == 2
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("psl_tf.evaluate: error: ")
+  assert "flags.txt" in lines[0]
 
 
 def test_report_table_layout(tmp_path):

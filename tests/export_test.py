@@ -5,11 +5,15 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from psl_tf import export
+from psl_tf.data import views
+from psl_tf.evaluation import protocols
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
 
@@ -48,7 +52,7 @@ def test_export_loads_without_psl_tf_and_matches_keras(tmp_path):
   backbones = _fake_run(run)
   path, keras_path, info = export.export_run(str(run), stage=1)
   assert info.stage == 1 and path == os.path.join(str(run), "export_stage_1")
-  # Images of a size other than the training size: the endpoint resizes.
+  # Images of a size other than the training size: the endpoint gives them the eval view.
   images = np.random.default_rng(0).integers(0, 256, (3, 30, 41, 3), dtype=np.uint8)
   np.save(tmp_path / "images.npy", images)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -73,6 +77,7 @@ def test_export_loads_without_psl_tf_and_matches_keras(tmp_path):
     np.testing.assert_allclose(np.asarray(theirs[name]), np.asarray(mine[name]), atol=1e-5)
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_cli_exports_last_stage_by_default(tmp_path):
   run = tmp_path / "run"
   _fake_run(run)
@@ -84,6 +89,21 @@ def test_cli_exports_last_stage_by_default(tmp_path):
   assert os.path.exists(run / "export" / "saved_model.pb")
   assert os.path.exists(run / "export" / export.KERAS_FILE)
   # The entry point prints a ValueError as one line (exit 2); this is the one it would get.
+  with pytest.raises(ValueError, match="no finished stage 7; finished: 1, 2"):
+    export.export_run(str(run), stage=7)
+
+
+def test_export_program_in_process_exports_the_last_stage(tmp_path, capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import export as cli  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  _fake_run(run)
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.export", f"--workdir={run}"])
+  cli.main(["psl_tf.export"], flag_values)
+  assert "exported stage 2" in capsys.readouterr().out
+  assert os.path.exists(run / "export" / "saved_model.pb")
+  assert os.path.exists(run / "export" / export.KERAS_FILE)
   with pytest.raises(ValueError, match="no finished stage 7; finished: 1, 2"):
     export.export_run(str(run), stage=7)
 
@@ -104,3 +124,58 @@ def test_backbone_initialisation_follows_the_seed():
   assert all(np.array_equal(x, y) for x, y in zip(a, c))
   assert not any(np.array_equal(x, y) for x, y in zip(a, b))
   assert a[1].shape == a[2].shape and not np.array_equal(a[1], a[2])
+
+
+def test_exported_features_are_the_evaluation_features_on_a_non_square_image(tmp_path):
+  # The SavedModel used to squeeze every image to a square; evaluation resizes the shorter
+  # side and centre-crops. On a non-square image the two now give the same features.
+  run_dir = tmp_path / "run"
+  _fake_run(run_dir)
+  path = export.export(str(run_dir), stage=2)
+  image = np.random.default_rng(3).integers(0, 256, (37, 61, 3), dtype=np.uint8)
+  served = tf.saved_model.load(path).signatures["serving_default"](
+      images=tf.constant(image[None]))
+  run = wd.load_run(str(run_dir), 2)
+  evaluation = protocols.Evaluation(run, protocols.Settings())  # what psl_tf.evaluate uses
+  assert (evaluation.image_size, evaluation.resize) == (24, 27)
+  view, _ = views.eval_view_fn(evaluation.image_size, evaluation.resize)(image, 0, None)
+  maps = run.build_backbone()(view[None], training=False)
+  for name in ("b1", "b3", "b5"):
+    np.testing.assert_allclose(served[name].numpy(), np.asarray(maps[name]), atol=1e-5)
+    np.testing.assert_allclose(served[f"{name}_pool"].numpy(),
+                               np.asarray(maps[name]).mean(axis=(1, 2)), atol=1e-5)
+  # A squeeze of the whole image to 24 x 24 gives other features: the test can tell.
+  squeezed = run.build_backbone()(tf.image.resize(image[None] / 255.0, [24, 24]))
+  assert not np.allclose(served["b5_pool"].numpy(),
+                         np.asarray(squeezed["b5"]).mean(axis=(1, 2)), atol=1e-3)
+
+
+def test_stage_weights_load_with_keras_load_weights(tmp_path):
+  run_dir = tmp_path / "run"
+  backbones = _fake_run(run_dir)
+  fresh = build_backbone("cifar_resnet", depth=10, width=8)
+  fresh.load_weights(wd.stage_weights_path(str(run_dir), 2))  # plain Keras, no psl_tf reader
+  for mine, theirs in zip(backbones[1].weights, fresh.weights):
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+
+
+def _write_block_layout(backbone, path):
+  """The layout stage weights had before the Keras format (b1..b5 groups, variable paths)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with h5py.File(path, "w") as f:
+    for name in ("b1", "b2", "b3", "b4", "b5"):
+      group = f.create_group(name)
+      for variable in backbone.get_layer(name).weights:
+        group.create_dataset(variable.path, data=np.asarray(variable))
+
+
+def test_stage_weights_of_old_runs_still_load(tmp_path):
+  run_dir = str(tmp_path / "old")
+  wd.write_flags(run_dir, {**FLAGS, "workdir": run_dir})
+  keras.utils.set_random_seed(5)
+  old = build_backbone("cifar_resnet", depth=10, width=8)
+  _write_block_layout(old, wd.stage_weights_path(run_dir, 1))
+  assert wd.is_block_layout(wd.stage_weights_path(run_dir, 1))
+  loaded = wd.load_run(run_dir).build_backbone()
+  for mine, theirs in zip(old.weights, loaded.weights):
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))

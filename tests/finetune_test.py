@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from psl_tf import data
-from psl_tf import finetune
+from psl_tf.evaluation import finetune
 from psl_tf.models import build_backbone
 
 

@@ -4,22 +4,15 @@ import glob
 import os
 import re
 
-from absl import flags
 import pytest
 
 from psl_tf import models
 from psl_tf import stages
 from psl_tf import tasks
-from psl_tf import train
+from psl_tf.cli import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags")))
-
-
-@pytest.fixture
-def fresh_flags():
-  yield flags.FLAGS
-  flags.FLAGS.unparse_flags()
 
 
 def test_there_are_flagfiles():
@@ -28,15 +21,15 @@ def test_there_are_flagfiles():
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
-def test_flagfile_parses_to_a_config(path, fresh_flags):
+def test_flagfile_parses_to_a_config(path, train_flags):
   with open(path) as f:
     for number, line in enumerate(f, 1):
       line = line.strip()
       if line.startswith("--"):
         # absl keeps a trailing comment as part of the value.
         assert "#" not in line, f"{path}:{number}: trailing comment in {line!r}"
-  fresh_flags(["psl_tf.train", f"--flagfile={path}"])
-  config = train.config_from_flags(fresh_flags)
+  train_flags(["psl_tf.train", f"--flagfile={path}"])
+  config = train.config_from_flags(train_flags)
   task_cls = tasks.get_task_class(config.task)
   assert config.backbone in models.BACKBONES
   stage_list = stages.make_stages(config.mode, task_cls.num_levels, config.stages, config.levels)

@@ -5,7 +5,6 @@ jigsaw stage, and a full psl run that leaves permutations.npy in the work direct
 import json
 import os
 
-from absl import flags
 import keras
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from psl_tf import config as config_lib
 from psl_tf import optim
 from psl_tf import stages
 from psl_tf import tasks
-from psl_tf import train
+from psl_tf.cli import train
 from psl_tf import trainer
 from psl_tf.models import blocks
 from psl_tf.models import build_backbone
@@ -65,7 +64,7 @@ def _seed(i):
 def test_resize_to_the_same_size_is_exact():
   # The undo tests below rely on the pipeline not blurring an image already at its size.
   image = tf.constant(_coordinate_image())
-  out = jigsaw.base.resize_shorter_side(jigsaw.base.to_float(image), SIDE)
+  out = jigsaw.image_lib.resize_shorter_side(jigsaw.image_lib.to_float(image), SIDE)
   np.testing.assert_array_equal(np.rint(out.numpy() * 255).astype(np.uint8), image.numpy())
 
 
@@ -259,20 +258,18 @@ def test_registered_and_built_from_a_config(cache_dir):
   assert (task.resize, task.crop, task.cell, task.tile) == (109, 96, 32, 27)
 
 
-def test_psl_cli_run_leaves_the_work_directory_and_permutations(tmp_path, cache_dir, capsys):
+def test_psl_cli_run_leaves_the_work_directory_and_permutations(tmp_path, cache_dir, capsys,
+                                                                train_flags):
   # The CLI's main in-process: flags -> Config (the --jigsaw_* flags reach the task) -> run.
   workdir = str(tmp_path / "run")
-  try:
-    flags.FLAGS(["psl_tf.train", "--task=jigsaw", "--mode=psl", "--dataset=demo",
-                 "--backbone=cifar_resnet", "--depth=10", "--width=8", "--image_size=32",
-                 "--head_hidden=16", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
-                 "--shuffle_buffer=64", "--verbose=0", "--strategy=one_device",
-                 "--jigsaw_sizes=4,8,16", "--jigsaw_resize=40", "--jigsaw_crop=33",
-                 "--jigsaw_cell=11", "--jigsaw_tile=9", f"--jigsaw_cache_dir={cache_dir}",
-                 f"--workdir={workdir}"])
-    train.main(["psl_tf.train"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  train_flags(["psl_tf.train", "--task=jigsaw", "--mode=psl", "--dataset=demo",
+               "--backbone=cifar_resnet", "--depth=10", "--width=8", "--image_size=32",
+               "--head_hidden=16", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
+               "--shuffle_buffer=64", "--verbose=0", "--strategy=one_device",
+               "--jigsaw_sizes=4,8,16", "--jigsaw_resize=40", "--jigsaw_crop=33",
+               "--jigsaw_cell=11", "--jigsaw_tile=9", f"--jigsaw_cache_dir={cache_dir}",
+               f"--workdir={workdir}"])
+  train.main(["psl_tf.train"], train_flags)
   out = capsys.readouterr().out
   assert "jigsaw level 2: C2: 8 permutations" in out
   assert os.path.exists(os.path.join(workdir, "flags.txt"))

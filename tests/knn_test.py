@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import knn
+from psl_tf.evaluation import knn
 from psl_tf.models import build_backbone
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from psl_tf import data
-from psl_tf import online_probes
-from psl_tf import probes
+from psl_tf.evaluation import online_probes
+from psl_tf.evaluation import probes
 from psl_tf.models import build_backbone
 
 

@@ -21,9 +21,9 @@ from psl_tf import trainer
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
 from psl_tf.tasks import ImageSpec
+from psl_tf.tasks import contrastive
 from psl_tf.tasks import jigsaw
 from psl_tf.tasks import rotation
-from psl_tf.tasks import simclr
 
 SIZE = 16
 BATCH = 8
@@ -89,7 +89,7 @@ def test_nt_xent_similarities_are_float32_for_bfloat16_projections():
 
 def test_contrastive_and_jigsaw_heads_end_in_float32():
   with precision.policy_scope("mixed_bfloat16"):
-    head = simclr.build_projection_head((4, 4, 32), 16, 8, "proj")
+    head = contrastive.build_projection_head((4, 4, 32), 16, 8, "proj")
     jig = jigsaw.JigsawTask(ImageSpec(32, 36), head_hidden=16, sizes=(4, 6, 8)).build_head(
         (2, 2, 32), 1)
   for model in (head, jig):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import metrics
-from psl_tf import pooling
-from psl_tf import probes
-from psl_tf import views
+from psl_tf.evaluation import metrics
+from psl_tf.evaluation import pooling
+from psl_tf.evaluation import probes
+from psl_tf.data import views
 from psl_tf.models import build_backbone
 
 GOYAL = {"b1": (10, 10, 4, 9216), "b2": (16, 8, 0, 9216), "b3": (13, 5, 0, 8192),

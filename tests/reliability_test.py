@@ -19,13 +19,12 @@ from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf import export as export_lib
-from psl_tf import flagdefs
+from psl_tf.cli import flagdefs
 from psl_tf import guards
-from psl_tf import knn
-from psl_tf import metrics
+from psl_tf.evaluation import knn
+from psl_tf.evaluation import metrics
 from psl_tf import pretrain
-from psl_tf import quiet
-from psl_tf import runs
+from psl_tf.cli import quiet
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
 
@@ -107,9 +106,9 @@ def _fake_finished_run(workdir, poison=False):
 def test_evaluation_refuses_non_finite_backbone_weights(tmp_path):
   workdir = str(tmp_path)
   _fake_finished_run(workdir, poison=True)
-  with pytest.raises(wd.NonFiniteWeightsError, match="non-finite weights .*b3"):
-    runs.load_run(workdir)
-  with pytest.raises(wd.NonFiniteWeightsError, match="diverged"):
+  with pytest.raises(wd.NonFiniteWeightsError, match="non-finite weights .*diverged"):
+    wd.load_run(workdir)
+  with pytest.raises(wd.NonFiniteWeightsError, match="non-finite weights .b3/.*diverged"):
     wd.load_backbone_weights(build_backbone("cifar_resnet", depth=10, width=8),
                              wd.stage_weights_path(workdir, 1))
   result = _cli("psl_tf.evaluate", f"--workdir={workdir}")
@@ -153,6 +152,7 @@ def test_divergence_stops_at_the_step_keeping_what_was_good(tmp_path):
   assert ckpt and ckpt.endswith("ckpt-1")
 
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_cli_divergence_is_one_line_with_a_non_zero_exit(tmp_path):
   # SGD at lr 100 with weight decay 1 overflows a BatchNorm variance while the loss stays
   # finite (the demo default, Adam, bounds each step and does not).
@@ -216,26 +216,25 @@ def test_first_batch_watchdog_fires_and_is_cancelled():
   assert not timer.is_alive() and fired.is_set()  # cancelled: exit_fn never ran
 
 
-def test_every_numeric_flag_has_a_range():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top,unused-import
-  numeric = {f.name for f in flags.FLAGS.get_flags_for_module(flagdefs)
-             if isinstance(f.value, (int, float)) and not isinstance(f.value, bool)}
+def test_every_numeric_flag_has_a_range(train_flags):
+  numeric = {name for name in flagdefs.declarations()
+             if isinstance(train_flags[name].value, (int, float))
+             and not isinstance(train_flags[name].value, bool)}
   assert numeric and numeric <= set(flagdefs.RANGES), sorted(numeric - set(flagdefs.RANGES))
   for name in numeric:  # every default is inside its own range
     low, high, low_open = flagdefs.RANGES[name]
-    default = flags.FLAGS[name].default
+    default = train_flags[name].default
     assert low <= default <= high and not (low_open and default == low), name
 
 
 # ---- 5. every misuse one line, exit 2 ----------------------------------------------------
 
 @pytest.fixture
-def parsed_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
-  yield lambda args: train.FLAGS(["psl_tf.train", f"--flagfile={SMOKE}", *args])
-  flags.FLAGS.unparse_flags()
+def parsed_flags(train_flags):
+  def parse(args):
+    train_flags(["psl_tf.train", f"--flagfile={SMOKE}", *args])
+    return train_flags
+  return parse
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -247,10 +246,10 @@ def parsed_flags():
     ("--contrastive_blur_prob=2", "--contrastive_blur_prob=2.0 is out of range"),
 ])
 def test_out_of_range_numbers_are_one_line(arg, message, tmp_path, parsed_flags, capsys):
-  from psl_tf import train  # pylint: disable=g-import-not-at-top
-  parsed_flags([f"--workdir={tmp_path}/w", arg])
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
+  flag_values = parsed_flags([f"--workdir={tmp_path}/w", arg])
   with pytest.raises(SystemExit) as exit_info:
-    train.main(["psl_tf.train"])
+    train.main(["psl_tf.train"], flag_values)
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(lines) == 1 and message in lines[0], lines
@@ -263,26 +262,19 @@ def test_flagfile_trailing_comment_names_file_and_line(tmp_path, capsys):
   inner.write_text("# a comment line is fine\n--batch_size=8\n--workdir=runs/a  # first run\n")
   outer = tmp_path / "outer.flags"
   outer.write_text(f"--flagfile={inner}\n")
-  parse = quiet.one_line_flags_parser("psl_tf.train")
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      parse(["psl_tf.train", f"--flagfile={outer}"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  parse = quiet.one_line_flags_parser("psl_tf.train", flagdefs.define_train_flags(
+      flags.FlagValues()))
+  with pytest.raises(SystemExit) as exit_info:
+    parse(["psl_tf.train", f"--flagfile={outer}"])
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(lines) == 1 and f"{inner}:3: trailing comment" in lines[0], lines
 
 
-def test_stray_positional_argument_is_one_line(capsys):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from psl_tf import train  # pylint: disable=g-import-not-at-top,unused-import
-  parse = quiet.one_line_flags_parser("psl_tf.train")
-  try:
-    with pytest.raises(SystemExit) as exit_info:
-      parse(["psl_tf.train", "--task=rotation", "rotation"])
-  finally:
-    flags.FLAGS.unparse_flags()
+def test_stray_positional_argument_is_one_line(train_flags, capsys):
+  parse = quiet.one_line_flags_parser("psl_tf.train", train_flags)
+  with pytest.raises(SystemExit) as exit_info:
+    parse(["psl_tf.train", "--task=rotation", "rotation"])
   assert exit_info.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert lines == ["psl_tf.train: error: unexpected arguments: rotation (flags are written "
@@ -319,30 +311,16 @@ def test_each_epoch_of_the_pipeline_depends_only_on_its_number():
   assert not np.array_equal(whole[0][1], whole[3][1])  # epochs differ from each other
 
 
-class _Interrupt(Exception):
-  pass
-
-
-class _StopAfterEpoch(keras.callbacks.Callback):
-
-  def __init__(self, stage_name, epoch):
-    super().__init__()
-    self.stage_name, self.epoch = stage_name, epoch
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.model.name == self.stage_name and epoch + 1 == self.epoch:
-      raise _Interrupt()
-
-
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+@pytest.mark.slow  # integration tier: two whole runs (the kill drill checks this too)
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, stop_after_epoch):
   strategy = distribute.make_strategy("one_device")
   reference = str(tmp_path / "ref")
   pretrain.run(_tiny_config(reference), strategy, log=lambda m: None)
   resumed = str(tmp_path / "resumed")
   config = _tiny_config(resumed)
-  with pytest.raises(_Interrupt):  # mid-stage: stage 2 after its second of three epochs
+  with pytest.raises(stop_after_epoch.error):  # mid-stage: stage 2 after 2 of its 3 epochs
     pretrain.run(config, strategy, log=lambda m: None,
-                 callbacks=[_StopAfterEpoch("stage_2", 2)])
+                 callbacks=[stop_after_epoch("stage_2", 2)])
   messages = []
   pretrain.run(config, strategy, log=messages.append)
   assert any("resuming stage 2 from epoch 2" in m for m in messages)
@@ -397,6 +375,7 @@ def test_summary_gets_back_a_stage_finished_before_summary_json_said_so(tmp_path
 
 # ---- 2. dependencies: a real TFDS data set, prepared offline -----------------------------
 
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
 def test_train_on_a_tfds_data_set_prepared_offline(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / "tfds")

@@ -86,7 +86,7 @@ def test_bad_data_folder_and_mode_are_one_line_errors(tmp_path, capsys):
 
 def test_random_baseline_is_the_seeds_initialisation(tmp_path):
   from psl_tf import models  # pylint: disable=g-import-not-at-top
-  from psl_tf import runs  # pylint: disable=g-import-not-at-top
+  from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
   data = _image_folder(tmp_path / "data")
   args = reproduce.parse_args(["--data", data, "--preset=tiny", "--root", str(tmp_path / "r")])
@@ -94,7 +94,7 @@ def test_random_baseline_is_the_seeds_initialisation(tmp_path):
     reproduce.write_random_run(args, seed)
   keras.utils.set_random_seed(1)
   fresh = models.build_backbone("cifar_resnet", depth=args.depth, width=args.width)
-  loaded = {s: runs.load_run(reproduce.run_dir(args, reproduce.RANDOM, s)).build_backbone()
+  loaded = {s: wd.load_run(reproduce.run_dir(args, reproduce.RANDOM, s)).build_backbone()
             for s in (0, 1)}
   same = [np.array_equal(a.numpy(), b.numpy())
           for a, b in zip(fresh.weights, loaded[1].weights)]

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from psl_tf import data
 from psl_tf.tasks import ImageSpec
-from psl_tf.tasks import base
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import rotation
 
 
@@ -106,7 +106,7 @@ def test_every_angle_has_the_same_high_frequency_energy(size, resize):
   laplacian = tf.constant([[0, 1, 0], [1, -4, 1], [0, 1, 0]], tf.float32)[:, :, None, None]
   energy = {a: [] for a in rotation.ANGLES}
   for image in images[:60]:
-    square = base.center_crop(base.resize_shorter_side(base.to_float(image), resize), resize)
+    square = image_lib.center_crop(image_lib.resize_shorter_side(image_lib.to_float(image), resize), resize)
     for angle in rotation.ANGLES:
       out = task.rotated_view(square, angle)
       gray = tf.reduce_mean(out, -1, keepdims=True)[None]
@@ -167,8 +167,8 @@ def test_batched_pipeline_gives_the_per_example_pipelines_batches(steps_per_epoc
 @pytest.mark.parametrize("shape, size", [((32, 32), 37), ((40, 52), 18), ((20, 30), 20)])
 def test_resize_shorter_side_equals_the_antialiased_resize(shape, size):
   image = tf.constant(_image(*shape), tf.float32) / 255.0
-  out = base.resize_shorter_side(image, size)
-  batch = base.resize_shorter_side_batch(image[None], size)[0]
+  out = image_lib.resize_shorter_side(image, size)
+  batch = image_lib.resize_shorter_side_batch(image[None], size)[0]
   h, w = shape
   scale = size / min(h, w)
   expected = tf.image.resize(image, [max(round(h * scale), size), max(round(w * scale), size)],

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from psl_tf import data
-from psl_tf import visualize
+from psl_tf.tasks import visualize
 from psl_tf.tasks import base
 from psl_tf.tasks import jigsaw
 from psl_tf.tasks import rotation

@@ -24,7 +24,7 @@ import typing
 
 import tensorflow as tf
 
-from psl_tf import augment
+from psl_tf.data import augment
 
 
 class ViewDraws(typing.NamedTuple):

@@ -22,11 +22,15 @@ the stage's head. We read the paper's "stacked along the channels" as this share
 batching, the design of Noroozi & Favaro and of Goyal et al.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf.models import blocks as blocks_lib
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 from psl_tf.tasks import permutations as perms_lib
 
@@ -87,7 +91,7 @@ def normalize_tiles(tiles, eps=1e-3):
 
 def jitter_tile(tile, seed, strength, grayscale):
   """Colour jitter of strength `strength` and grayscale with probability `grayscale`."""
-  seeds = base.split_seed(seed, 5)
+  seeds = image_lib.split_seed(seed, 5)
   if strength > 0:
     tile = tf.image.stateless_random_brightness(tile, 0.4 * strength, seeds[0])
     tile = tf.image.stateless_random_contrast(tile, 1 - 0.4 * strength, 1 + 0.4 * strength,
@@ -118,7 +122,9 @@ class JigsawTask(base.Task):
   Args:
     image_spec: whole-image geometry (for the evaluation view and export only).
     head_hidden: width of the per-tile and joint hidden layers of the head (0: linear).
-    sizes: set sizes of the levels, increasing (default 500,1000,2000).
+    options / keywords (`JigsawTask.Options`, flags `--jigsaw_<option>`):
+    sizes: set sizes of the levels, increasing (default the demo's 24,48,96; the paper's
+      500,1000,2000 are in flags/jigsaw_*.flags).
     resize: shorter side before cropping.
     crop: side of the random square crop; must be 3 * cell.
     cell: side of a grid cell.
@@ -136,18 +142,45 @@ class JigsawTask(base.Task):
 
   name = "jigsaw"
   num_levels = 3
-  option_prefixes = ("jigsaw",)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, sizes=(500, 1000, 2000),
-               resize=0, crop=0, cell=0, tile=0, criterion="average", perm_seed=0,
-               normalize=True, color_jitter=0.0, grayscale=0.0, cache_dir=""):
-    super().__init__(image_spec, head_hidden)
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    flag_prefix = "jigsaw"
+    sizes: tuple = config_lib.option(
+        (24, 48, 96), "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy "
+        "sequence). The default is the demo's, small enough to learn in minutes; the paper's "
+        "500,1000,2000 are in flags/jigsaw_*.flags.")
+    criterion: str = config_lib.option(
+        "average", "Greedy permutation selection: maximise the average Hamming distance "
+        "(Noroozi & Favaro) or the minimum one.", choices=perms_lib.CRITERIA)
+    perm_seed: int = config_lib.option(0, "Seed of the greedy permutation sequence.",
+                                       range=(0, 2**31 - 1))
+    # Tile geometry; 0 scales it from --image_size by the paper's ratios (224 -> 256/225/75/64).
+    resize: int = config_lib.option(0, "Jigsaw: shorter side before the random crop.",
+                                    range=(0, 4096))
+    crop: int = config_lib.option(0, "Jigsaw: side of the random square crop (3 x cell).",
+                                  range=(0, 4096))
+    cell: int = config_lib.option(0, "Jigsaw: side of a cell of the 3x3 grid.", range=(0, 4096))
+    tile: int = config_lib.option(0, "Jigsaw: side of the random tile inside each cell.",
+                                  range=(0, 4096))
+    normalize: bool = config_lib.option(True, "Jigsaw: standardise each tile on its own.")
+    color_jitter: float = config_lib.option(0.0, "Jigsaw: per-tile colour jitter strength "
+                                            "(0: off).", range=(0.0, 10.0))
+    grayscale: float = config_lib.option(0.0, "Jigsaw: probability of a grayscale tile.",
+                                         range=(0.0, 1.0))
+    cache_dir: str = config_lib.option("", "Jigsaw: permutation cache directory (empty: "
+                                       "$PSL_TF_CACHE or ~/.cache/psl_tf).", resume_safe=True)
+
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
+    super().__init__(image_spec, head_hidden, options, **overrides)
+    o = self.options
+    sizes, resize, crop, cell, tile = o.sizes, o.resize, o.crop, o.cell, o.tile
+    criterion, perm_seed, normalize = o.criterion, o.perm_seed, o.normalize
+    color_jitter, grayscale, cache_dir = o.color_jitter, o.grayscale, o.cache_dir
     self.sizes = _as_sizes(sizes)
     if len(self.sizes) != self.num_levels:
       raise ValueError(f"--jigsaw_sizes needs {self.num_levels} set sizes (one per level), "
                        f"got {len(self.sizes)}: {','.join(map(str, self.sizes))}")
-    if criterion not in perms_lib.CRITERIA:
-      raise ValueError(f"--jigsaw_criterion must be one of {perms_lib.CRITERIA}, got {criterion!r}")
     resize, crop, cell, tile = scaled_sizes(image_spec.size, resize, crop, cell, tile)
     if not 0 < tile <= cell:
       raise ValueError(f"--jigsaw_tile={tile} must be positive and at most --jigsaw_cell={cell}")
@@ -156,9 +189,6 @@ class JigsawTask(base.Task):
                        "set them together, e.g. 225/75 or 96/32")
     if resize < crop:
       raise ValueError(f"--jigsaw_resize={resize} must be at least --jigsaw_crop={crop}")
-    if not 0.0 <= grayscale <= 1.0 or color_jitter < 0:
-      raise ValueError("--jigsaw_grayscale must be a probability in [0, 1] and "
-                       "--jigsaw_color_jitter non-negative")
     self.resize, self.crop, self.cell, self.tile = int(resize), int(crop), int(cell), int(tile)
     self.criterion = criterion
     self.perm_seed = int(perm_seed)
@@ -189,7 +219,6 @@ class JigsawTask(base.Task):
     return self._stats[level]
 
   def num_classes(self, level):
-    self.check_level(level)
     return self.sizes[level - 1]
 
   def describe_level(self, level):
@@ -220,15 +249,15 @@ class JigsawTask(base.Task):
 
     def fn(image, label, seed):
       del label  # the pretext target is the permutation index
-      crop_seed, flip_seed, offset_seed, perm_seed, jitter_seed = base.split_seed(seed, 5)
-      image = base.resize_shorter_side(base.to_float(image), resize)
+      crop_seed, flip_seed, offset_seed, perm_seed, jitter_seed = image_lib.split_seed(seed, 5)
+      image = image_lib.resize_shorter_side(image_lib.to_float(image), resize)
       if training:
-        square = base.random_square_crop(image, crop, crop_seed)
+        square = image_lib.random_square_crop(image, crop, crop_seed)
         square = tf.image.stateless_random_flip_left_right(square, flip_seed)
         offsets = tf.random.stateless_uniform([NUM_TILES, 2], offset_seed, 0, cell - tile + 1,
                                               dtype=tf.int32)
       else:
-        square = base.center_crop(image, crop)
+        square = image_lib.center_crop(image, crop)
         offsets = tf.fill([NUM_TILES, 2], (cell - tile) // 2)
       square = tf.ensure_shape(square, [crop, crop, 3])
       tiles = grid_tiles(square, cell, tile, offsets)
@@ -263,13 +292,13 @@ class JigsawTask(base.Task):
 
     def fn(images, labels, seeds):
       del labels
-      images = base.resize_shorter_side_batch(base.to_float(images), resize)
+      images = image_lib.resize_shorter_side_batch(image_lib.to_float(images), resize)
       shape = tf.shape(images)[1:]
 
       def draws(seed):
-        crop_seed, flip_seed, offset_seed, perm_seed, _ = base.split_seed(seed, 5)
-        corner = base.random_crop_offset(shape, crop, crop_seed)
-        flip = base.random_flip_coin(flip_seed)
+        crop_seed, flip_seed, offset_seed, perm_seed, _ = image_lib.split_seed(seed, 5)
+        corner = image_lib.random_crop_offset(shape, crop, crop_seed)
+        flip = image_lib.random_flip_coin(flip_seed)
         offsets = tf.random.stateless_uniform([NUM_TILES, 2], offset_seed, 0, cell - tile + 1,
                                               dtype=tf.int32)
         target = tf.random.stateless_uniform([], perm_seed, 0, num, dtype=tf.int32)

@@ -1,18 +1,20 @@
 """Multi-level MoCo v2 (paper 4.1): momentum key encoder and a queue of negatives, with the
-augmentation ladder T1 ⊂ T2 ⊂ T3 of `psl_tf.augment`.
+augmentation ladder T1 ⊂ T2 ⊂ T3 of `psl_tf.data.augment`.
 
-Per stage, `build_stage_state` gives the StageModel (so `tf.train.Checkpoint(model=...)`
-saves and resumes them):
+Per stage, `build_stage_state` returns a `MoCoState` that the StageModel keeps as
+`task_state` (so `tf.train.Checkpoint(model=...)` saves and resumes it):
 
-* ``moco_key_b<i>`` for every block i the stage trains, and ``moco_key_head``: copies of the
+* ``key_blocks`` (a copy of every block the stage trains) and ``key_head``: copies of the
   query's blocks and head (same initial weights), the momentum **key encoder**. Blocks below
-  the stage are frozen, so they are shared: the key view goes through the same frozen blocks
-  and then the key copies. The keys are wrapped in `stop_gradient` and the key variables are
-  not among `trained_variables()`, so the key encoder never gets a gradient.
-* ``moco_queue`` [queue_size, proj_dim] (L2-normalised keys; random unit vectors at first)
-  and ``moco_queue_ptr``: a FIFO ring buffer of negatives.
+  the stage are frozen, so they are shared: the key view takes the StageModel's own
+  frozen-block path (`features(..., stage_blocks=key_blocks)`) and then the key copies. The
+  keys are wrapped in `stop_gradient` and the key variables are not among
+  `trained_variables()`, so the key encoder never gets a gradient.
+* ``queue`` [queue_size, proj_dim] (L2-normalised keys; random unit vectors at first) and
+  ``queue_ptr``: a FIFO ring buffer of negatives.
 
-Each train step (``after_update``, after the optimizer): the key encoder moves by
+Each train step (``after_update``, after the optimizer, given the step's keys by
+``forward_with_extras``): the key encoder moves by
 ``key = m * key + (1 - m) * query`` over the trainable parameters (m = 0.999; BatchNorm
 moving statistics of the key encoder follow its own forward passes, as in MoCo), then the
 step's keys - gathered from every replica under a strategy - overwrite the oldest queue rows.
@@ -22,16 +24,15 @@ key view B. Not implemented: MoCo's shuffle BN across GPUs; the key encoder norm
 replica's key batch with its own statistics.
 """
 
-import threading
+import dataclasses
 
 import keras
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf import losses
-from psl_tf.models import blocks as blocks_lib
 from psl_tf.tasks import base
-from psl_tf.tasks import contrastive_aug
-from psl_tf.tasks import simclr
+from psl_tf.tasks import contrastive
 
 
 def update_synced(updates):
@@ -59,23 +60,15 @@ def update_synced(updates):
 
 def ema_pairs(ctx):
   """(key variable, query variable) pairs of the trainable parameters, in matching order."""
-  query_models = [ctx.blocks[i - 1] for i in key_block_ids(ctx)] + [ctx.head]
-  key_models = key_blocks(ctx) + [ctx.moco_key_head]
+  state = ctx.task_state
+  query_models = [ctx.blocks[i - 1] for i in state.block_ids] + [ctx.head]
+  key_models = list(state.key_blocks) + [state.key_head]
   pairs = []
   for query_model, key_model in zip(query_models, key_models):
     for q, k in zip(query_model.weights, key_model.weights):
       if q.trainable:
         pairs.append((k, q))
   return pairs
-
-
-def key_block_ids(ctx):
-  """Blocks with a key copy: those the stage trains (the frozen ones below are shared)."""
-  return list(range(ctx.stage.grad_first, ctx.stage.last + 1))
-
-
-def key_blocks(ctx):
-  return [getattr(ctx, f"moco_key_b{i}") for i in key_block_ids(ctx)]
 
 
 def enqueue(queue, ptr, keys):
@@ -96,35 +89,67 @@ def _clone(model, name):
   return copy
 
 
-class MoCoV2Task(base.Task):
+class MoCoState(keras.layers.Layer):
+  """MoCo's per-stage state, kept by the StageModel as `task_state` (so the epoch
+  checkpoints save and restore it): the key encoder and the queue.
+
+  Attributes:
+    block_ids: the blocks with a key copy: those the stage trains (the frozen ones below are
+      shared with the query).
+    key_b<i>: a copy of block i for each of those (same initial weights); `key_blocks` lists
+      them in order.
+    key_head: a copy of the stage's head.
+    queue: [queue_size, proj_dim] L2-normalised keys (random unit vectors at first).
+    queue_ptr: the next row to overwrite (FIFO ring buffer).
+  """
+
+  def __init__(self, ctx, queue_size, proj_dim):
+    super().__init__(name="moco_state")
+    self.block_ids = list(range(ctx.stage.grad_first, ctx.stage.last + 1))
+    # One attribute per copy (key_b3, key_b4, ...): attributes are what the checkpoint's
+    # object graph follows (a list attribute of a Keras layer is not).
+    for i in self.block_ids:
+      setattr(self, f"key_b{i}", _clone(ctx.blocks[i - 1], f"moco_key_b{i}"))
+    self.key_head = _clone(ctx.head, "moco_key_head")
+    initial = tf.math.l2_normalize(
+        tf.random.stateless_normal([queue_size, proj_dim], seed=[0, 1]), axis=1)
+    self.queue = tf.Variable(initial, trainable=False, name="moco_queue")
+    self.queue_ptr = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                 name="moco_queue_ptr")
+
+  @property
+  def key_blocks(self):
+    """The key copies, in block order."""
+    return [self.key_block(i) for i in self.block_ids]
+
+  def key_block(self, index):
+    """The key copy of block `index` (1-based, as B1..B5)."""
+    return getattr(self, f"key_b{index}")
+
+
+class MoCoV2Task(contrastive.ContrastiveTask):
   """Query view A against its key view B and a queue of earlier keys."""
 
   name = "mocov2"
-  num_levels = simclr.augment.NUM_LEVELS
-  option_prefixes = ("contrastive", "mocov2")
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, temperature=0.2,
-               queue_size=65536, key_momentum=0.999, proj_dim=128, **augment_kwargs):
-    super().__init__(image_spec, head_hidden)
-    unknown = set(augment_kwargs) - set(simclr.AUGMENT_OPTIONS)
-    if unknown:
-      raise ValueError(f"mocov2 got unknown options {sorted(unknown)}")
-    if temperature <= 0:
-      raise ValueError(f"--mocov2_temperature must be positive, got {temperature}")
-    if queue_size < 1:
-      raise ValueError(f"--mocov2_queue_size must be positive, got {queue_size}")
-    if not 0.0 <= key_momentum <= 1.0:
-      raise ValueError(f"--mocov2_key_momentum must be in [0, 1], got {key_momentum}")
-    if proj_dim < 1:
-      raise ValueError(f"--contrastive_proj_dim must be positive, got {proj_dim}")
-    self.temperature = float(temperature)
-    self.queue_size = int(queue_size)
-    self.key_momentum = float(key_momentum)
-    self.proj_dim = int(proj_dim)
-    self.augment_options = simclr.augment_options(**augment_kwargs)
-    # Keys of the step being traced, per thread: MirroredStrategy traces each replica's step
-    # in its own thread, and forward and after_update of one replica share it.
-    self._pending = threading.local()
+  # Demo defaults: a queue smaller than one epoch of the 1,000 demo images (a longer one would
+  # hold stale keys of the very images it should tell apart) and a key encoder fast enough for
+  # a few hundred steps; the paper-scale values (65,536 and 0.999) are in the flagfiles.
+  @dataclasses.dataclass(frozen=True)
+  class Options(contrastive.ContrastiveOptions):
+    flag_prefix = "mocov2"
+    temperature: float = config_lib.option(0.2, "MoCo v2: InfoNCE temperature.",
+                                           range=(0.0, 100.0, True))
+    queue_size: int = config_lib.option(512, "MoCo v2: negatives in the queue (MoCo v2 on "
+                                        "ImageNet: 65536).", range=(1, 10**8))
+    key_momentum: float = config_lib.option(0.99, "MoCo v2: EMA momentum m of the key encoder "
+                                            "(MoCo v2 on ImageNet: 0.999).", range=(0.0, 1.0))
+
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
+    super().__init__(image_spec, head_hidden, options, **overrides)
+    self.temperature = self.options.temperature
+    self.queue_size = self.options.queue_size
+    self.key_momentum = self.options.key_momentum
 
   @classmethod
   def from_config(cls, config):
@@ -134,87 +159,49 @@ class MoCoV2Task(base.Task):
                        f"({config.batch_size}); use a queue of at least one global batch")
     return task
 
-  def describe_level(self, level):
-    self.check_level(level)
-    return simclr.describe_augmentations(level)
-
   def level_summary(self, level):
-    summary = simclr.SimCLRTask.level_summary(self, level)
-    summary.update({"queue_size": self.queue_size, "key_momentum": self.key_momentum})
-    return summary
-
-  def example_fn(self, level, training):
-    del training
-    self.check_level(level)
-    return simclr.two_view_example_fn(level, self.image_spec.size, self.augment_options)
-
-  def batch_fn(self, level, training):
-    """`example_fn` over a batch held in memory, equal to float rounding (`contrastive_aug`)."""
-    del training
-    self.check_level(level)
-    return contrastive_aug.two_view_batch_fn(level, self.image_spec.size, self.augment_options)
-
-  def num_classes(self, level):
-    return self.proj_dim
+    return {**super().level_summary(level), "temperature": self.temperature,
+            "queue_size": self.queue_size, "key_momentum": self.key_momentum}
 
   def chance(self, level, batch_size):
     """The positive key among itself and the queue's negatives."""
     del level, batch_size
     return 1.0 / (self.queue_size + 1)
 
-  def build_head(self, feature_shape, level):
-    return simclr.build_projection_head(feature_shape, self.head_hidden, self.proj_dim,
-                                        f"head_{self.name}_l{level}")
-
   # ---- state ----------------------------------------------------------------------------
   def build_stage_state(self, ctx):
-    """Key encoder (copies of the stage's blocks and head) and the queue, on `ctx`."""
-    for i in key_block_ids(ctx):
-      setattr(ctx, f"moco_key_b{i}", _clone(ctx.blocks[i - 1], f"moco_key_b{i}"))
-    ctx.moco_key_head = _clone(ctx.head, "moco_key_head")
-    initial = tf.math.l2_normalize(
-        tf.random.stateless_normal([self.queue_size, self.proj_dim], seed=[0, 1]), axis=1)
-    ctx.moco_queue = tf.Variable(initial, trainable=False, name="moco_queue")
-    ctx.moco_queue_ptr = tf.Variable(tf.constant(0, tf.int64), trainable=False,
-                                     name="moco_queue_ptr")
+    """Key encoder (copies of the stage's blocks and head) and the queue."""
+    return MoCoState(ctx, self.queue_size, self.proj_dim)
 
   def key_encode(self, ctx, views, training):
-    """Keys of `views`: shared frozen blocks, key blocks, key head; no gradient."""
-    first = ctx.stage.grad_first
-    x = views
-    if first > 1:
-      frozen_training = training and ctx.frozen_bn == "batch_stats"
-      x = blocks_lib.run_blocks(ctx.blocks, x, 1, first - 1, training=frozen_training)
-    for block in key_blocks(ctx):
-      x = block(x, training=training)
-    k = ctx.moco_key_head(x, training=training)
+    """Keys of `views`: the shared frozen blocks, the key blocks, the key head; no gradient."""
+    state = ctx.task_state
+    k = state.key_head(ctx.features(views, training, stage_blocks=state.key_blocks),
+                       training=training)
     return tf.stop_gradient(tf.math.l2_normalize(tf.cast(k, tf.float32), axis=1))
 
-  def forward(self, ctx, inputs, training):
-    """[N, 2, S, S, 3] -> logits [N, 1 + queue_size]; column 0 is the positive key."""
+  def forward_with_extras(self, ctx, inputs, training):
+    """[N, 2, S, S, 3] -> (logits [N, 1 + queue_size], {"keys": [N, proj_dim]}); column 0 of
+    the logits is the positive key; the keys go to the queue in `after_update`."""
     q = ctx.head(ctx.features(inputs[:, 0], training), training=training)
     q = tf.math.l2_normalize(tf.cast(q, tf.float32), axis=1)
     k = self.key_encode(ctx, inputs[:, 1], training)
     positive = tf.reduce_sum(q * k, axis=1, keepdims=True)
-    negatives = tf.matmul(q, tf.stop_gradient(tf.convert_to_tensor(ctx.moco_queue)),
+    negatives = tf.matmul(q, tf.stop_gradient(tf.convert_to_tensor(ctx.task_state.queue)),
                           transpose_b=True)
-    if training:
-      # after_update (same train step, same trace, same replica thread) enqueues these keys.
-      self._pending.keys = k
-    return tf.concat([positive, negatives], axis=1) / self.temperature
+    return tf.concat([positive, negatives], axis=1) / self.temperature, {"keys": k}
 
-  def after_update(self, ctx):
+  def forward(self, ctx, inputs, training):
+    return self.forward_with_extras(ctx, inputs, training)[0]
+
+  def after_update(self, ctx, extras):
     """EMA of the key encoder, then FIFO enqueue of this step's keys from every replica."""
-    keys = getattr(self._pending, "keys", None)
-    if keys is None:
-      raise ValueError("mocov2: after_update needs a training forward pass first")
-    self._pending.keys = None
     m = self.key_momentum
     update_synced([(k, lambda var, value: var.assign(m * var + (1.0 - m) * value),
                     (keras.ops.convert_to_tensor(q),))
                    for k, q in ema_pairs(ctx)])
-    all_keys, _ = losses.replica_gather(keys)
-    enqueue(ctx.moco_queue, ctx.moco_queue_ptr, all_keys)
+    all_keys, _ = losses.replica_gather(extras["keys"])
+    enqueue(ctx.task_state.queue, ctx.task_state.queue_ptr, all_keys)
 
   # ---- objective ------------------------------------------------------------------------
   def loss(self, targets, outputs):

@@ -22,10 +22,13 @@ Design decisions (documented in the README):
   closer to the paper's wording but leaks scale.
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
 
+from psl_tf import config as config_lib
+from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 
 # Counter-clockwise degrees; R_k is the prefix of this list of length LEVEL_SIZES[k - 1].
@@ -80,13 +83,17 @@ class RotationTask(base.Task):
 
   name = "rotation"
   num_levels = 3
-  option_prefixes = ("rotation",)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, crop="uniform"):
-    super().__init__(image_spec, head_hidden)
-    if crop not in CROP_MODES:
-      raise ValueError(f"rotation crop must be one of {CROP_MODES}, got {crop!r}")
-    self.crop = crop
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    flag_prefix = "rotation"
+    crop: str = config_lib.option(
+        "uniform", "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
+        "each angle's largest crop (leaks a zoom cue).", choices=CROP_MODES)
+
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
+    super().__init__(image_spec, head_hidden, options, **overrides)
+    self.crop = self.options.crop
 
   def angles(self, level):
     self.check_level(level)
@@ -133,13 +140,13 @@ class RotationTask(base.Task):
 
     def fn(images, labels, seeds):
       del labels
-      images = base.resize_shorter_side_batch(base.to_float(images), spec.resize)
+      images = image_lib.resize_shorter_side_batch(image_lib.to_float(images), spec.resize)
       shape = tf.shape(images)[1:]
 
       def draws(seed):
-        crop_seed, flip_seed, angle_seed = base.split_seed(seed, 3)
-        offset = base.random_crop_offset(shape, spec.resize, crop_seed)
-        flip = base.random_flip_coin(flip_seed)
+        crop_seed, flip_seed, angle_seed = image_lib.split_seed(seed, 3)
+        offset = image_lib.random_crop_offset(shape, spec.resize, crop_seed)
+        flip = image_lib.random_flip_coin(flip_seed)
         target = tf.random.stateless_uniform([], angle_seed, 0, n, dtype=tf.int32)
         return offset, flip, target
 
@@ -177,13 +184,13 @@ class RotationTask(base.Task):
 
     def fn(image, label, seed):
       del label  # the pretext label is the angle
-      crop_seed, flip_seed, angle_seed = base.split_seed(seed, 3)
-      image = base.resize_shorter_side(base.to_float(image), spec.resize)
+      crop_seed, flip_seed, angle_seed = image_lib.split_seed(seed, 3)
+      image = image_lib.resize_shorter_side(image_lib.to_float(image), spec.resize)
       if training:
-        square = base.random_square_crop(image, spec.resize, crop_seed)
+        square = image_lib.random_square_crop(image, spec.resize, crop_seed)
         square = tf.image.stateless_random_flip_left_right(square, flip_seed)
       else:
-        square = base.center_crop(image, spec.resize)
+        square = image_lib.center_crop(image, spec.resize)
       target = tf.random.stateless_uniform([], angle_seed, 0, n, dtype=tf.int32)
       angle = angles[target]
       return self.rotated_view(square, angle), target

@@ -5,7 +5,7 @@ When the pre-training data has class labels, a stop-gradient linear probe per co
 step the callback takes one SGD step of its own on a labelled batch (random crop + flip) drawn
 from its own pipeline. The backbone runs in inference mode under `stop_gradient`, so the
 probes never change it nor its BatchNorm statistics. Probes use global average pooling (one
-value per channel), cheaper than the ~9,000-value pooling of `psl_tf.probes`; they are a
+value per channel), cheaper than the ~9,000-value pooling of `psl_tf.evaluation.probes`; they are a
 monitor, not the paper's protocol.
 
 At the end of every epoch the callback adds ``probe_b<k>`` (running training top-1 of the
@@ -20,7 +20,7 @@ from the model it drives (`StageModel.stage`) and starts fresh probes on b1..b<l
 import keras
 import tensorflow as tf
 
-from psl_tf import views
+from psl_tf.data import views
 from psl_tf.models import blocks as blocks_lib
 
 

@@ -29,16 +29,17 @@ def import_tensorflow_quietly():
   return tf
 
 
-def one_line_flags_parser(program):
+def one_line_flags_parser(program, flag_values=None):
   """An `app.run(flags_parser=...)` that reports a bad flag, a flagfile line with a trailing
-  comment, or a stray positional argument in one line and exits with 2."""
+  comment, or a stray positional argument in one line and exits with 2. It parses into
+  `flag_values` (default: absl's global FLAGS)."""
   def parse(argv):
     from absl import flags  # pylint: disable=g-import-not-at-top
     import sys  # pylint: disable=g-import-not-at-top
     from psl_tf import guards  # pylint: disable=g-import-not-at-top
     try:
       guards.check_flagfiles(argv[1:])
-      rest = flags.FLAGS(argv)
+      rest = (flag_values if flag_values is not None else flags.FLAGS)(argv)
     except (flags.Error, ValueError) as e:
       print(f"{program}: error: {e}", file=sys.stderr)
       sys.exit(2)

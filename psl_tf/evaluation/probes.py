@@ -1,7 +1,7 @@
 """Linear probes on the frozen blocks B1..B5, all trained at once (Goyal et al. 2019).
 
 One pass through the frozen backbone feeds one head per block: the block's map is
-average-pooled to about 9,000 values (`psl_tf.pooling`), normalised by a BatchNorm without
+average-pooled to about 9,000 values (`psl_tf.evaluation.pooling`), normalised by a BatchNorm without
 scale and shift, and classified by one linear layer. Every head gets its own loss; the sum is
 minimised by SGD with momentum, a step schedule and L2 weight decay on the linear kernels.
 The backbone runs in inference mode and is not trainable, so its weights (BatchNorm moving
@@ -25,9 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from psl_tf import metrics as metrics_lib
+from psl_tf.evaluation import metrics as metrics_lib
 from psl_tf import optim
-from psl_tf import pooling
+from psl_tf.evaluation import pooling
 from psl_tf.models import blocks as blocks_lib
 
 

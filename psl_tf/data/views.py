@@ -8,15 +8,15 @@ the label passes through untouched (class index or multi-hot vector).
 import tensorflow as tf
 
 from psl_tf import data
-from psl_tf.tasks import base
+from psl_tf.data import images as image_lib
 
 
 def train_view_fn(size, resize):
   """Shorter side to `resize`, a random `size` crop, a random horizontal flip (stateless)."""
   def fn(image, label, seed):
-    crop_seed, flip_seed = base.split_seed(seed, 2)
-    image = base.resize_shorter_side(base.to_float(image), resize)
-    image = base.random_square_crop(image, size, crop_seed)
+    crop_seed, flip_seed = image_lib.split_seed(seed, 2)
+    image = image_lib.resize_shorter_side(image_lib.to_float(image), resize)
+    image = image_lib.random_square_crop(image, size, crop_seed)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return tf.ensure_shape(image, [size, size, 3]), label
   return fn
@@ -26,7 +26,7 @@ def eval_view_fn(size, resize):
   """Shorter side to `resize`, then the central `size` x `size` crop."""
   def fn(image, label, seed):
     del seed
-    return base.center_crop_resize(base.to_float(image), resize, size), label
+    return image_lib.center_crop_resize(image_lib.to_float(image), resize, size), label
   return fn
 
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from psl_tf import data
 from psl_tf import optim
 from psl_tf import precision as precision_lib
-from psl_tf import probes
+from psl_tf.evaluation import probes
 
 
 def balanced_subset(labels, fraction, seed=0):

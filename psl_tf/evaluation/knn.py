@@ -9,8 +9,8 @@ monitor of feature quality on any block.
 import numpy as np
 import tensorflow as tf
 
-from psl_tf import metrics as metrics_lib
-from psl_tf import pooling
+from psl_tf.evaluation import metrics as metrics_lib
+from psl_tf.evaluation import pooling
 from psl_tf.models import blocks as blocks_lib
 
 POOLINGS = ("global", "goyal")
@@ -54,7 +54,7 @@ def pooled_features(backbone, dataset, block_names=blocks_lib.BLOCK_NAMES, how="
   """({block: [N, D] features}, labels) of one pass over (images, labels) batches.
 
   how: 'global' (average over space: one value per channel) or 'goyal' (the ~9,000-value
-  pooling of the linear probes, `psl_tf.pooling`).
+  pooling of the linear probes, `psl_tf.evaluation.pooling`).
   """
   if how not in POOLINGS:
     raise ValueError(f"kNN pooling must be one of {POOLINGS}, got {how!r}")

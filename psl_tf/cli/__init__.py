@@ -1,0 +1,1 @@
+"""Command-line entry points: flag definitions and the programs behind `python -m psl_tf.*`."""

@@ -1,0 +1,123 @@
+r"""Pre-trains a backbone with Progressive Stage-wise Learning.
+
+  python -m psl_tf.train --task=rotation                   # demo data, offline, minutes
+  python -m psl_tf.train --flagfile=flags/rotation_psl_imagenet.flags
+
+Every mistake a user can make in the flags or paths ends in one line on stderr, exit code 2.
+"""
+
+import os
+import sys
+
+from psl_tf.cli import quiet
+
+tf = quiet.import_tensorflow_quietly()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+
+from psl_tf import config as config_lib
+from psl_tf import distribute
+from psl_tf.cli import flagdefs
+from psl_tf import guards
+from psl_tf.evaluation import online_probes
+from psl_tf import pretrain
+from psl_tf import progress
+from psl_tf import workdir as wd
+
+
+
+class UsageError(ValueError):
+  """A mistake in the command line; reported in one line."""
+
+
+def config_from_flags(flag_values):
+  """The run's Config from parsed flags: their flags.txt texts through `config.from_flags`,
+  the one path from flags to a Config (also taken when a run is read back)."""
+  try:
+    return config_lib.from_flags(flagdefs.train_flag_texts(flag_values))
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def resolved_flags(flag_values, config):
+  """{name: text} of every training flag, as flags.txt stores them (re-usable as a flagfile)."""
+  values = flagdefs.train_flag_texts(flag_values)
+  values["workdir"] = config.workdir
+  return values
+
+
+def check_resume(config):
+  """Raises UsageError if the work directory holds a run made with other learning flags."""
+  try:
+    pretrain.check_resume(config)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def main(argv, flag_values=None):
+  """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
+  FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet.warnings_only_unless_asked()
+  if FLAGS.cpu_replicas > 0:  # before anything starts TensorFlow's devices
+    try:
+      distribute.split_cpu(FLAGS.cpu_replicas)
+    except ValueError as e:
+      print(f"psl_tf.train: error: {e}", file=sys.stderr)
+      sys.exit(2)
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  try:
+    # First: MultiWorkerMirroredStrategy configures collective ops, which must happen before
+    # anything (a tf.data pipeline in pretrain.plan, say) starts TensorFlow's runtime.
+    flagdefs.check_ranges(FLAGS)
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
+    config = config_from_flags(FLAGS)
+    values = resolved_flags(FLAGS, config)
+    check_resume(config)
+    the_plan = pretrain.plan(config)
+    callbacks = []
+    if FLAGS.online_probes:
+      callbacks.append(online_probes.for_run(
+          the_plan.source, config.dataset, config.data_dir, config.image_size, config.resize_to,
+          config.batch_size, os.path.join(config.workdir, "logs", "online_probes"),
+          config.seed, config.image_check))
+    if config.batch_size % strategy.num_replicas_in_sync:
+      raise UsageError(f"--batch_size={config.batch_size} does not split over "
+                       f"{strategy.num_replicas_in_sync} replicas")
+    if distribute.is_chief(strategy):
+      try:
+        wd.write_flags(config.workdir, values)
+      except (OSError, tf.errors.OpError) as e:
+        raise UsageError(f"cannot write the work directory {config.workdir}: "
+                         f"{getattr(e, 'message', None) or e}") from e
+  except (ValueError, OSError) as e:  # DataError and UsageError are ValueErrors
+    print(f"psl_tf.train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("config: %s", config)
+  watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
+  try:
+    summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=[*callbacks, watchdog])
+  except guards.TrainingDiverged as e:
+    print(f"psl_tf.train: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  if callbacks and distribute.is_chief(strategy):
+    summary = online_probes.merge_history(summary, callbacks[0].history)
+    wd.write_summary(config.workdir, summary)
+  if distribute.is_chief(strategy):
+    print(progress.summary_table(summary, config.workdir, summary.get("export")), flush=True)
+
+
+def run():
+  """The `python -m psl_tf.train` program: defines the flags, parses argv, runs `main`."""
+  flagdefs.define_train_flags()
+  sys.modules["__main__"].__doc__ = __doc__  # --help shows this usage, not the shim's
+  app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.train"))
+
+
+if __name__ == "__main__":
+  run()
