@@ -49,6 +49,18 @@ def train_flags():
   return flagdefs.define_train_flags(flags.FlagValues())
 
 
+@pytest.fixture
+def parsed_flags(train_flags):
+  """`parsed_flags(args)`: `train_flags` parsed from flags/smoke.flags plus `args`."""
+  smoke = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags",
+                       "smoke.flags")
+
+  def parse(args):
+    train_flags(["psl_tf.train", f"--flagfile={smoke}", *args])
+    return train_flags
+  return parse
+
+
 class RunInterrupted(Exception):
   """What `stop_after_epoch`'s callback raises where a kill would land."""
 

@@ -229,14 +229,6 @@ def test_every_numeric_flag_has_a_range(train_flags):
 
 # ---- 5. every misuse one line, exit 2 ----------------------------------------------------
 
-@pytest.fixture
-def parsed_flags(train_flags):
-  def parse(args):
-    train_flags(["psl_tf.train", f"--flagfile={SMOKE}", *args])
-    return train_flags
-  return parse
-
-
 @pytest.mark.parametrize("arg, message", [
     ("--learning_rate=-1", "--learning_rate=-1.0 is out of range: it must be in (0, 100]"),
     ("--learning_rate=nan", "--learning_rate=nan is out of range"),

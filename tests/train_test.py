@@ -165,14 +165,6 @@ def test_killed_process_resumes_without_repeating_stage_1(tmp_path):
   assert all(wd.stage_done(workdir, k) for k in (1, 2, 3))
 
 
-@pytest.fixture
-def parsed_flags(train_flags):
-  def parse(args):
-    train_flags(["psl_tf.train", f"--flagfile={SMOKE}", *args])
-    return train_flags
-  return parse
-
-
 @pytest.mark.parametrize("args, message", [
     (["--task=jigsaw2"], "unknown task 'jigsaw2'; known: "),
     (["--dataset=no_such_set"], "unknown data set 'no_such_set'"),

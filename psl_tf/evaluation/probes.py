@@ -419,7 +419,7 @@ def linear_probe_on_features(backbone, train_dataset, eval_dataset, num_classes,
   test, test_labels = extract_features(extract, eval_dataset, num_eval, log, "test features")
   sizes = {k: v.shape[1] for k, v in train.items()}
   decays = (tuple(weight_decay) if isinstance(weight_decay, (list, tuple)) else (weight_decay,))
-  chosen, table = weight_decay if len(decays) > 1 else decays[0], None
+  chosen, table = decays[0], None  # replaced by the per-block choice below
   if len(decays) > 1:
     n = len(train_labels)
     held = int(round(val_fraction * n))
