@@ -227,6 +227,9 @@ class Config:
   recompute: bool = option(False, "revnet50: recompute activations in the backward pass.")
   head_hidden: int = option(512, "Hidden width of the task heads (0: linear head).",
                             range=(0, 65536))
+  head_grid: int = option(1, "The task heads average-pool the stage's last map to a G x G "
+                          "grid of cells and flatten it (1: global average pooling, the "
+                          "default; 4 keeps where a feature is).", range=(1, 64))
   frozen_bn: str = option("inference", "BatchNorm of frozen blocks: inference (moving "
                           "statistics, kept) or batch_stats (batch statistics, moving averages "
                           "keep updating).", choices=("inference", "batch_stats"))

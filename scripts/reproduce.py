@@ -224,7 +224,8 @@ def task_flags(task):
 
 
 def run_name(args, row, seed):
-  return f"{row}{args.tag}_s{seed}"
+  # The untrained network is the same for every variant (`--extra` changes only training).
+  return f"{row}{'' if row == RANDOM else args.tag}_s{seed}"
 
 
 def run_dir(args, row, seed):
@@ -367,7 +368,8 @@ def run_one(args, row, seed, log=print):
   log_path = os.path.join(workdir, "reproduce.log")
   epochs = 0 if row == RANDOM else epochs_of(args, row)
   record = {"row": row, "mode": ROWS[row][0] or RANDOM, "protocol": ROWS[row][1],
-            "seed": seed, "task": args.task, "tag": args.tag, "preset": args.preset,
+            "seed": seed, "task": args.task, "tag": "" if row == RANDOM else args.tag,
+            "preset": args.preset,
             "code_version": code_version(),
             "settings": {k: getattr(args, k) for k in SETTINGS},
             "epochs_per_stage": epochs,
@@ -428,12 +430,13 @@ def run_one(args, row, seed, log=print):
 
 def load_records(results, task, tag="", probes=None):
   """Every stored record of `task` with variant `tag` (and, if given, probed with the
-  `probes` settings: a table never mixes probe protocols), in a stable order."""
+  `probes` settings: a table never mixes probe protocols), in a stable order. The untrained
+  network's records (no variant) belong to every variant's table."""
   records = []
   for path in sorted(glob.glob(os.path.join(results, task, "*", "record.json"))):
     with open(path) as f:
       record = json.load(f)
-    if not record.get("probes") or record.get("tag", "") != tag:
+    if not record.get("probes") or (record.get("tag", "") != tag and record.get("row") != RANDOM):
       continue
     if probes is not None and probe_settings(record["settings"]) != probes:
       print(f"reproduce: {path} was probed with other settings; left out of the table")

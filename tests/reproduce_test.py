@@ -72,6 +72,8 @@ def test_extra_flags_get_their_own_run_directories(tmp_path):
   assert reproduce.run_name(args, "psl", 0) == "psl_frozenbnbatchstats_s0"
   assert reproduce.run_dir(args, "psl", 0).endswith("psl_frozenbnbatchstats_s0")
   assert "--frozen_bn=batch_stats" in reproduce.train_command(args, "psl", 0)
+  # The untrained network is the same for every variant: one random row serves them all.
+  assert reproduce.run_name(args, "random", 0) == "random_s0"
 
 
 def test_bad_data_folder_and_mode_are_one_line_errors(tmp_path, capsys):
@@ -163,6 +165,10 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   table = json.loads((results / "rotation" / "results.json").read_text())["table"]
   assert sorted(table) == ["e2e", "psl", "random"]
   assert (results / "rotation" / "results.png").stat().st_size > 0
+  # The variant's table has its own rows and the shared untrained floor.
+  variant = reproduce.load_records(str(results), "rotation", tag="_x")
+  assert sorted((r["row"], r["seed"]) for r in variant) == [
+      ("psl", 5), ("random", 0), ("random", 1)]
 
 
 @pytest.mark.slow

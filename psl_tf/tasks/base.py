@@ -67,6 +67,55 @@ class NoOptions:
   """Options of a task that has none."""
 
 
+def grid_pool(maps, grid):
+  """Average pooling of a [N, H, W, C] map to a `grid` x `grid` map of cells, flattened to
+  [N, grid * grid * C] (row-major cells, channels last); ``grid=1`` is global average pooling.
+  Cells split the map as adaptive pooling does (cell i covers rows floor(i H / grid) ..
+  ceil((i + 1) H / grid) - 1), so any map size works; a map smaller than the grid repeats its
+  pixels."""
+  if grid == 1:
+    return keras.ops.mean(maps, axis=(1, 2))
+  h, w, c = maps.shape[1], maps.shape[2], maps.shape[3]
+  if h is None or w is None:
+    raise ValueError("grid pooling needs a fixed feature-map size")
+  if h % grid == 0 and w % grid == 0:
+    cells = keras.ops.mean(keras.ops.reshape(maps, (-1, grid, h // grid, grid, w // grid, c)),
+                           axis=(2, 4))
+  else:
+    cells = keras.ops.stack([
+        keras.ops.stack([_cell_mean(_cell_mean(maps, i, h, grid, axis=1), j, w, grid, axis=1)
+                         for j in range(grid)], axis=1)
+        for i in range(grid)], axis=1)
+  return keras.ops.reshape(cells, (-1, grid * grid * c))
+
+
+def _cell_mean(x, i, side, grid, axis):
+  """Mean over the i-th of `grid` adaptive cells along `axis` (which the result drops)."""
+  start, stop = (i * side) // grid, -((-(i + 1) * side) // grid)
+  index = [slice(None)] * len(x.shape)
+  index[axis] = slice(start, stop)
+  return keras.ops.mean(x[tuple(index)], axis=axis)
+
+
+class GridPooling(keras.layers.Layer):
+  """`grid_pool` as a layer (the heads' first layer; `grid=1`: global average pooling)."""
+
+  def __init__(self, grid=1, **kwargs):
+    super().__init__(**kwargs)
+    if int(grid) < 1:
+      raise ValueError(f"grid pooling needs a grid of at least 1, got {grid}")
+    self.grid = int(grid)
+
+  def call(self, maps):
+    return grid_pool(maps, self.grid)
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.grid * self.grid * input_shape[-1])
+
+  def get_config(self):
+    return {**super().get_config(), "grid": self.grid}
+
+
 class Task:
   """Base class; subclasses set `name`, `num_levels`, `Options` and implement the abstract
   methods.
@@ -89,16 +138,21 @@ class Task:
       if method is not None and not getattr(method, "checks_level", False):
         setattr(cls, name, _checks_level(method))
 
-  def __init__(self, image_spec=ImageSpec(), head_hidden=512, options=None, **overrides):
+  def __init__(self, image_spec=ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
     self.image_spec = image_spec
     self.head_hidden = head_hidden
+    if int(head_grid) < 1:
+      raise ValueError(f"--head_grid must be at least 1, got {head_grid}")
+    self.head_grid = int(head_grid)
     self.options = config_lib.build_options(self.Options, options, owner=self.name, **overrides)
 
   @classmethod
   def from_config(cls, config):
     """Builds the task from a `psl_tf.config.Config` (its options in `task_options`)."""
     return cls(image_spec=ImageSpec(config.image_size, config.resize_to),
-               head_hidden=config.head_hidden, options=config.task_options)
+               head_hidden=config.head_hidden, options=config.task_options,
+               head_grid=config.head_grid)
 
   # ---- description -------------------------------------------------------------------
   def describe_level(self, level):
@@ -147,9 +201,10 @@ class Task:
     return self.num_classes(level)
 
   def build_head(self, feature_shape, level):
-    """Default head: global average pool, optional hidden layer, linear classifier."""
+    """Default head: average pool (global, or to a `head_grid` x `head_grid` grid, flattened),
+    optional hidden layer, linear classifier."""
     inputs = keras.Input(tuple(feature_shape))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    x = GridPooling(self.head_grid, name="pool")(inputs)
     if self.head_hidden:
       x = keras.layers.Dense(self.head_hidden, use_bias=False)(x)
       x = keras.layers.BatchNormalization(momentum=0.9)(x)

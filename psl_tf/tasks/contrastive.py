@@ -44,13 +44,14 @@ def augment_options(options):
   return augment.AugmentOptions(**{k: getattr(options, k) for k in AUGMENT_OPTIONS})
 
 
-def build_projection_head(feature_shape, hidden, out_dim, name):
+def build_projection_head(feature_shape, hidden, out_dim, name, grid=1):
   """GAP -> Dense(hidden, no bias) -> BN -> ReLU -> Dense(out_dim): SimCLR's 2-layer MLP.
 
-  `hidden` 0 means the width of the features (their channel count).
+  `hidden` 0 means the width of the features (their channel count); `grid` > 1 pools to a
+  grid x grid map of cells instead of globally (`--head_grid`).
   """
   inputs = keras.Input(tuple(feature_shape))
-  x = keras.layers.GlobalAveragePooling2D()(inputs)
+  x = base.GridPooling(grid, name="pool")(inputs)
   width = int(hidden) or int(feature_shape[-1])
   x = keras.layers.Dense(width, use_bias=False)(x)
   x = keras.layers.BatchNormalization(momentum=0.9)(x)
@@ -84,8 +85,9 @@ class ContrastiveTask(base.Task):
   num_levels = augment.NUM_LEVELS
   Options = ContrastiveOptions
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
-    super().__init__(image_spec, head_hidden, options, **overrides)
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
+    super().__init__(image_spec, head_hidden, options, head_grid, **overrides)
     self.proj_dim = self.options.proj_dim
     self.augment_options = augment_options(self.options)
 
@@ -111,4 +113,4 @@ class ContrastiveTask(base.Task):
 
   def build_head(self, feature_shape, level):
     return build_projection_head(feature_shape, self.head_hidden, self.proj_dim,
-                                 f"head_{self.name}_l{level}")
+                                 f"head_{self.name}_l{level}", grid=self.head_grid)

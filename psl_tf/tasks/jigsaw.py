@@ -171,8 +171,9 @@ class JigsawTask(base.Task):
     cache_dir: str = config_lib.option("", "Jigsaw: permutation cache directory (empty: "
                                        "$PSL_TF_CACHE or ~/.cache/psl_tf).", resume_safe=True)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
-    super().__init__(image_spec, head_hidden, options, **overrides)
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
+    super().__init__(image_spec, head_hidden, options, head_grid, **overrides)
     o = self.options
     sizes, resize, crop, cell, tile = o.sizes, o.resize, o.crop, o.cell, o.tile
     criterion, perm_seed, normalize = o.criterion, o.perm_seed, o.normalize
@@ -336,7 +337,8 @@ class JigsawTask(base.Task):
     As in Noroozi & Favaro: a per-tile layer shared by the 9 tiles (fc6), the 9 outputs
     concatenated in puzzle order, a joint layer (fc7) and the classifier over C_level.
     """
-    channels = feature_shape[-1]
+    # Each tile's map is pooled (globally, or to a head_grid x head_grid grid) in `forward`.
+    channels = feature_shape[-1] * self.head_grid ** 2
     inputs = keras.Input((NUM_TILES, channels))
     x = inputs
     if self.head_hidden:
@@ -356,6 +358,6 @@ class JigsawTask(base.Task):
     tile_shape = inputs.shape[-3:]
     flat = keras.ops.reshape(inputs, (-1, *tile_shape))  # [9N, t, t, 3], puzzle-major
     maps = ctx.features(flat, training)
-    pooled = keras.ops.mean(maps, axis=(1, 2))  # [9N, C]
+    pooled = base.grid_pool(maps, self.head_grid)  # [9N, C * head_grid^2]
     per_puzzle = keras.ops.reshape(pooled, (-1, NUM_TILES, pooled.shape[-1]))
     return ctx.head(per_puzzle, training=training)

@@ -145,8 +145,9 @@ class MoCoV2Task(contrastive.ContrastiveTask):
     key_momentum: float = config_lib.option(0.99, "MoCo v2: EMA momentum m of the key encoder "
                                             "(MoCo v2 on ImageNet: 0.999).", range=(0.0, 1.0))
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
-    super().__init__(image_spec, head_hidden, options, **overrides)
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
+    super().__init__(image_spec, head_hidden, options, head_grid, **overrides)
     self.temperature = self.options.temperature
     self.queue_size = self.options.queue_size
     self.key_momentum = self.options.key_momentum

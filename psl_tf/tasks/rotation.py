@@ -91,8 +91,9 @@ class RotationTask(base.Task):
         "uniform", "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
         "each angle's largest crop (leaks a zoom cue).", choices=CROP_MODES)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
-    super().__init__(image_spec, head_hidden, options, **overrides)
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
+    super().__init__(image_spec, head_hidden, options, head_grid, **overrides)
     self.crop = self.options.crop
 
   def angles(self, level):

@@ -47,8 +47,9 @@ class SimCLRTask(contrastive.ContrastiveTask):
         "(lr 0.3 gives SimCLR's 0.3 x batch / 256), sqrt = lr x sqrt(batch), none = as given.",
         choices=LR_SCALINGS)
 
-  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, **overrides):
-    super().__init__(image_spec, head_hidden, options, **overrides)
+  def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,
+               **overrides):
+    super().__init__(image_spec, head_hidden, options, head_grid, **overrides)
     self.temperature = self.options.temperature
     self.lr_scaling = self.options.lr_scaling
 
