@@ -224,16 +224,37 @@ def test_heads_sharing_a_block_learn_what_each_would_learn_alone():
   alone = probes.build_feature_heads(sizes, 2, 1e-2)
   together = probes.build_feature_heads(sizes, 2, (1e-3, 1e-2))
   assert set(together.output) == {"b1@wd=0.001", "b1@wd=0.01", "b2@wd=0.001", "b2@wd=0.01"}
+  # The heads of a block sit side by side in one layer: columns 2..3 are the 1e-2 head.
+  wd01 = slice(2, 4)
   for block in sizes:  # the same starting point for the 1e-2 heads
-    together.get_layer(f"{block}_linear_wd0.01").set_weights(
-        alone.get_layer(f"{block}_linear").get_weights())
+    kernel, bias = together.get_layer(f"{block}_linear").get_weights()
+    assert kernel.shape == (sizes[block], 4)
+    kernel[:, wd01], bias[wd01] = alone.get_layer(f"{block}_linear").get_weights()
+    together.get_layer(f"{block}_linear").set_weights([kernel, bias])
   for model in (alone, together):
     probes.train_feature_heads(model, features, labels, epochs=3, batch_size=16,
                                learning_rate=0.1, lr_step_split="2,1", seed=4)
   for block in sizes:
+    kernel, bias = together.get_layer(f"{block}_linear").get_weights()
     for a, b in zip(alone.get_layer(f"{block}_linear").get_weights(),
-                    together.get_layer(f"{block}_linear_wd0.01").get_weights()):
+                    (kernel[:, wd01], bias[wd01])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_side_by_side_start_and_are_penalised_as_separate_layers():
+  reg = probes.GroupedL2((1e-3, 1e-1), 3)
+  kernel = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+  want = sum(keras.regularizers.L2(wd / 2)(kernel[:, k * 3:(k + 1) * 3])
+             for k, wd in enumerate((1e-3, 1e-1)))
+  np.testing.assert_allclose(float(reg(tf.constant(kernel))), float(want), rtol=1e-6)
+  # Each group is Glorot-uniform for a [fan_in, 3] layer: limit sqrt(6 / (fan_in + 3)).
+  init = probes.GroupedInitializer(3)(shape=(2000, 12))
+  limit = np.sqrt(6 / (2000 + 3))
+  for k in range(4):
+    group = init.numpy()[:, k * 3:(k + 1) * 3]
+    assert np.abs(group).max() <= limit and np.abs(group).max() > 0.95 * limit
+    np.testing.assert_allclose(group.std(), limit / np.sqrt(3), rtol=0.05)
+  assert not np.array_equal(init.numpy()[:, :3], init.numpy()[:, 3:6])  # separate draws
 
 
 def test_weight_decay_is_chosen_per_block_on_held_out_training_rows_only():
@@ -290,3 +311,34 @@ def test_weight_decay_lists_are_parsed_or_refused_in_one_line():
   for bad in (["x"], ["-1"], ["nan"], ["2"], ["0.1", "1e-1"]):
     with pytest.raises(ValueError, match="--probe_weight_decays"):
       probes.parse_weight_decays(bad)
+
+
+@pytest.mark.parametrize("batch", [7, 256])
+def test_feature_norm_is_keras_batchnorm_without_affine(batch):
+  # The fused kernel gives the same outputs, input gradients and moving statistics as Keras'
+  # layer (including the last, partial batch of an epoch), in training and inference.
+  rng = np.random.default_rng(batch)
+  xs = [tf.constant(rng.normal(2.0, 3.0, size=(batch, 40)).astype(np.float32))
+        for _ in range(3)]
+  weights = tf.constant(rng.normal(size=(batch, 40)).astype(np.float32))
+  ours = probes.FeatureNorm()
+  ref = keras.layers.BatchNormalization(center=False, scale=False)
+  for layer in (ours, ref):
+    layer.build((None, 40))
+  assert [v.path.split("/")[-1] for v in ours.weights] == [
+      v.path.split("/")[-1] for v in ref.weights]
+  for x in xs:
+    outs = []
+    for layer in (ours, ref):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * weights)
+      outs.append((y.numpy(), tape.gradient(loss, x).numpy()))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)
+  for a, b in zip(ours.weights, ref.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ours.moving_mean.numpy(), 0.0)  # the statistics did move
+  np.testing.assert_allclose(ours(xs[0], training=False), ref(xs[0], training=False),
+                             rtol=1e-5, atol=1e-5)

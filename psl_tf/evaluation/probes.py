@@ -31,6 +31,36 @@ from psl_tf.evaluation import pooling
 from psl_tf.models import blocks as blocks_lib
 
 
+class FeatureNorm(keras.layers.BatchNormalization):
+  """The heads' BatchNorm without scale and shift, over [N, C] vectors.
+
+  The same layer as ``keras.layers.BatchNormalization(center=False, scale=False)`` (same
+  variables, defaults, inference path and moving-statistics update), but in training the
+  normalisation and its gradient run through TensorFlow's fused kernel on an [N, 1, 1, C] view
+  instead of two column reductions over [N, C]: about 2.3x faster forward and backward at the
+  probes' C = 32k on CPU, equal to float rounding (`tests/probes_test.py`)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(center=False, scale=False, **kwargs)
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or mask is not None or len(inputs.shape) != 2:
+      return super().call(inputs, training=training, mask=mask)
+    x = tf.cast(inputs, tf.float32)
+    channels = x.shape[-1]
+    ones, zeros = tf.ones([channels]), tf.zeros([channels])
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        tf.reshape(x, [-1, 1, 1, channels]), ones, zeros, epsilon=self.epsilon,
+        is_training=True)
+    # The kernel returns the Bessel-corrected variance; Keras averages the batch's own.
+    n = tf.cast(tf.shape(x)[0], tf.float32)
+    variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+    self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+    self.moving_variance.assign(self.moving_variance * self.momentum +
+                                variance * (1.0 - self.momentum))
+    return tf.cast(tf.reshape(y, [-1, channels]), self.compute_dtype)
+
+
 def build_probe_model(backbone, image_size, num_classes, block_names=blocks_lib.BLOCK_NAMES,
                       weight_decay=5e-4, target_values=pooling.TARGET_VALUES):
   """Frozen backbone + one pooled, normalised linear head per block.
@@ -61,7 +91,7 @@ def build_probe_model(backbone, image_size, num_classes, block_names=blocks_lib.
                                                    name=f"{name}_pool")
     for layer in stack:
       x = layer(x)
-    x = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_bn")(x)
+    x = FeatureNorm(name=f"{name}_bn")(x)
     outputs[name] = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
                                        name=f"{name}_linear")(x)
   return keras.Model(image, outputs, name="linear_probes"), poolings
@@ -255,6 +285,42 @@ def block_of(head):
   return head.split("@", 1)[0]
 
 
+class GroupedL2(keras.regularizers.Regularizer):
+  """L2 penalty on a kernel whose output columns form groups of `width`, each group with its
+  own PyTorch-style coefficient (gradient wd * w): the penalty of one Dense layer that holds
+  several heads side by side equals the sum of their separate `L2(wd / 2)` penalties."""
+
+  def __init__(self, weight_decays, width):
+    self.weight_decays = tuple(float(wd) for wd in weight_decays)
+    self.width = int(width)
+
+  def __call__(self, kernel):
+    per_column = np.repeat(np.asarray(self.weight_decays, np.float32) / 2, self.width)
+    return keras.ops.sum(keras.ops.sum(keras.ops.square(kernel), axis=0) *
+                         keras.ops.convert_to_tensor(per_column, kernel.dtype))
+
+  def get_config(self):
+    return {"weight_decays": self.weight_decays, "width": self.width}
+
+
+class GroupedInitializer(keras.initializers.Initializer):
+  """Glorot-uniform drawn for each group of `width` output columns on its own, so that heads
+  held side by side in one kernel start as they would as separate [D, width] layers."""
+
+  def __init__(self, width):
+    self.width = int(width)
+
+  def __call__(self, shape, dtype=None):
+    fan_in, columns = shape
+    # One initializer per group: an unseeded Keras initializer repeats its draw when called
+    # again, and every new one takes the next seed of Keras' global generator.
+    return keras.ops.concatenate([keras.initializers.GlorotUniform()((fan_in, self.width), dtype)
+                                  for _ in range(columns // self.width)], axis=1)
+
+  def get_config(self):
+    return {"width": self.width}
+
+
 def build_feature_heads(sizes, num_classes, weight_decay=5e-4):
   """BatchNorm-without-affine + linear heads on pooled feature vectors.
 
@@ -265,20 +331,30 @@ def build_feature_heads(sizes, num_classes, weight_decay=5e-4):
       value, a sequence of values (one head per block and value, named `<block>@wd=<value>`,
       all sharing the block's normalisation, which does not depend on the decay), or a
       {block: value or sequence} mapping.
+
+  A block's heads for several decays are one Dense layer `<block>_linear` holding them side by
+  side (head k = output columns k*C .. (k+1)*C - 1, each group initialised and penalised as
+  its own layer would be): each step then reads the block's features twice (forward and
+  kernel gradient) instead of twice per head.
   """
   decays = _decays_of(weight_decay, list(sizes))
   inputs, outputs = {}, {}
   for name, size in sizes.items():
     inputs[name] = keras.Input((size,), name=name)
-    x = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_bn")(
-        inputs[name])
-    several = len(decays[name]) > 1
-    for wd in decays[name]:
-      head = head_name(name, wd, several)
-      regularizer = keras.regularizers.L2(wd / 2) if wd else None
-      outputs[head] = keras.layers.Dense(
-          num_classes, kernel_regularizer=regularizer,
-          name=f"{name}_linear" + (f"_wd{wd:g}" if several else ""))(x)
+    x = FeatureNorm(name=f"{name}_bn")(inputs[name])
+    block_decays = decays[name]
+    if len(block_decays) == 1:
+      wd = block_decays[0]
+      outputs[name] = keras.layers.Dense(
+          num_classes, kernel_regularizer=keras.regularizers.L2(wd / 2) if wd else None,
+          name=f"{name}_linear")(x)
+      continue
+    logits = keras.layers.Dense(
+        num_classes * len(block_decays), name=f"{name}_linear",
+        kernel_initializer=GroupedInitializer(num_classes),
+        kernel_regularizer=GroupedL2(block_decays, num_classes))(x)
+    for k, wd in enumerate(block_decays):
+      outputs[head_name(name, wd, True)] = logits[:, k * num_classes:(k + 1) * num_classes]
   return keras.Model(inputs, outputs, name="linear_probes_on_features")
 
 
