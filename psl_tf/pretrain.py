@@ -11,6 +11,7 @@ import warnings
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 import psl_tf
@@ -66,16 +67,41 @@ def plan(config):
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
-  """Saves model, optimizer and epoch at the end of every epoch."""
+  """Saves model, optimizer, epoch, the stage's training seconds so far and every finished
+  epoch's (loss, pretext accuracy) at the end of every epoch, so that a resumed stage reports
+  its whole training time and curve, not only what ran after the resume."""
 
-  def __init__(self, manager, epoch_var):
+  def __init__(self, manager, epoch_var, seconds_var, curve_var):
     super().__init__()
     self.manager = manager
     self.epoch_var = epoch_var
+    self.seconds_var = seconds_var
+    self.curve_var = curve_var
+    self.seconds_before = float(seconds_var.numpy())
+    self.start = time.time()
+
+  def on_train_begin(self, logs=None):
+    self.start = time.time()
 
   def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
     self.epoch_var.assign(epoch + 1)
+    self.seconds_var.assign(self.seconds_before + time.time() - self.start)
+    curve = self.curve_var.numpy()  # a whole assign: distributed variables take no slices
+    curve[epoch] = [logs.get("loss", np.nan), logs.get("accuracy", np.nan)]
+    self.curve_var.assign(curve)
     self.manager.save(checkpoint_number=epoch + 1)
+
+
+def restore_epoch_checkpoint(path, core, checkpoint):
+  """Restores a stage's epoch checkpoint into `checkpoint`, whose `core` objects (model,
+  optimizer, epoch) every checkpoint has; one written before the training time and curve were
+  checkpointed restores the core alone (time 0, no curve for its epochs)."""
+  keys = {name for name, _ in tf.train.list_variables(path)}
+  if any(k.startswith("training_seconds/") for k in keys):
+    checkpoint.restore(path).assert_existing_objects_matched()
+  else:
+    tf.train.Checkpoint(**core).restore(path).assert_existing_objects_matched()
 
 
 def _stage_header(config, stage, num_stages, task, epochs, steps):
@@ -146,7 +172,10 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     model.compile(optimizer=optimizer)
     optimizer.build(model.trained_variables())
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    seconds_var = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    curve_var = tf.Variable(tf.fill([epochs, 2], np.nan), trainable=False)
+  core = {"model": model, "optimizer": optimizer, "epoch": epoch_var}
+  checkpoint = tf.train.Checkpoint(**core, training_seconds=seconds_var, epoch_curve=curve_var)
   chief_ckpt_dir = os.path.join(wd.stage_dir(workdir, stage.index), "ckpt")
   ckpt_dir = distribute.writable_dir(chief_ckpt_dir, strategy)
   manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=1)
@@ -155,7 +184,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   # started from scratch while the chief resumed would train other weights and other epochs.
   latest = tf.train.latest_checkpoint(chief_ckpt_dir)
   if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
+    restore_epoch_checkpoint(latest, core, checkpoint)
     log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} ({latest})")
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
@@ -171,8 +200,9 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
                                 num_epochs=max(epochs, initial_epoch + 1),
                                 batch_fn=task.batch_fn(stage.level, training=True))
   dataset = strategy.distribute_datasets_from_function(input_fn)
+  epoch_checkpoint = _EpochCheckpoint(manager, epoch_var, seconds_var, curve_var)
   callbacks = [guards.NonFiniteGuard(stage.index, steps),
-               _EpochCheckpoint(manager, epoch_var),
+               epoch_checkpoint,
                keras.callbacks.TensorBoard(
                    distribute.writable_dir(os.path.join(workdir, "logs", f"stage_{stage.index}"),
                                            strategy)),
@@ -181,12 +211,17 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     progress.skip(initial_epoch * steps)
     callbacks.append(progress.callback(stage.index, len(the_plan.stages), epochs, steps))
   start = time.time()
-  history = {}
   if initial_epoch < epochs:
-    history = model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                        verbose=progress_lib.fit_verbose(config.verbose)).history
-  wall = time.time() - start
+    model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+              callbacks=callbacks, shuffle=False,
+              verbose=progress_lib.fit_verbose(config.verbose))
+  wall_here = time.time() - start
+  # Over every process that trained this stage (a checkpoint written before this bookkeeping
+  # existed restores 0 seconds and no curve for its epochs).
+  wall = epoch_checkpoint.seconds_before + wall_here
+  curve = curve_var.numpy()
+  losses = [float(l) for l in curve[:, 0] if np.isfinite(l)]
+  accuracies = [float(a) for a in curve[:, 1] if np.isfinite(a)]
   heldout = heldout_metrics(config, the_plan, stage, model, strategy)
   if heldout:
     log(f"   stage {stage.index} held-out pretext accuracy "
@@ -199,13 +234,14 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "level_description": task.describe_level(stage.level), "epochs": epochs,
       "steps": total_steps, "resumed_from_epoch": initial_epoch,
       "learning_rate": base_lr,
-      "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
-      "pretext_accuracy": float(history["accuracy"][-1]) if history.get("accuracy") else None,
-      "epoch_losses": [round(float(l), 5) for l in history.get("loss", [])],
+      "final_loss": losses[-1] if losses else None,
+      "pretext_accuracy": accuracies[-1] if accuracies else None,
+      "epoch_losses": [round(l, 5) for l in losses],
       "chance": task.chance(stage.level, config.batch_size),
       **heldout,
       "wall_time_s": round(wall, 3),
-      "images_per_second": round(run_steps * config.batch_size / wall, 2) if wall > 0 else None,
+      "images_per_second": (round(run_steps * config.batch_size / wall_here, 2)
+                            if run_steps and wall_here > 0 else None),
       **task.level_summary(stage.level),
   }
   _check_finite_backbone(backbone, stage.index)

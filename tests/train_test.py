@@ -116,18 +116,25 @@ def test_export_matches_the_keras_backbone(smoke_run):
                                expected[name].numpy().mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
 
 
-def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epoch):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epoch, replicas,
+                                                       request):
   config = config_lib.Config(
       task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
       image_size=16, head_hidden=16, batch_size=8, epochs=(3,), steps_per_epoch=2,
       workdir=str(tmp_path), export=False, verbose=0)
-  strategy = distribute.make_strategy("one_device")
+  strategy = (distribute.make_strategy("one_device") if replicas == 1
+              else request.getfixturevalue("two_replica_strategy"))
   with pytest.raises(stop_after_epoch.error):
     pretrain.run(config, strategy, log=lambda m: None,
                  callbacks=[stop_after_epoch("stage_2", 2)])
   stage1 = wd.stage_weights_path(str(tmp_path), 1)
   stamp = os.stat(stage1).st_mtime_ns
-  assert os.listdir(os.path.join(str(tmp_path), "stage_2", "ckpt"))
+  ckpt = tf.train.latest_checkpoint(os.path.join(str(tmp_path), "stage_2", "ckpt"))
+  seconds_before = tf.train.load_variable(ckpt, "training_seconds/.ATTRIBUTES/VARIABLE_VALUE")
+  curve_before = tf.train.load_variable(ckpt, "epoch_curve/.ATTRIBUTES/VARIABLE_VALUE")
+  assert seconds_before > 0 and np.isfinite(curve_before[:2]).all()
+  assert np.isnan(curve_before[2]).all()
   messages = []
   summary = pretrain.run(config, strategy, log=messages.append)
   assert os.stat(stage1).st_mtime_ns == stamp  # stage 1 not repeated
@@ -136,6 +143,11 @@ def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epo
   by_stage = {s["stage"]: s for s in summary["stages"]}
   assert by_stage[2]["resumed_from_epoch"] == 2 and by_stage[3]["resumed_from_epoch"] == 0
   assert all(wd.stage_done(str(tmp_path), k) for k in (1, 2, 3))
+  # The resumed stage reports its whole training: the epochs and seconds of both processes.
+  assert by_stage[2]["epoch_losses"][:2] == [round(float(l), 5) for l in curve_before[:2, 0]]
+  assert len(by_stage[2]["epoch_losses"]) == 3
+  assert by_stage[2]["wall_time_s"] > seconds_before
+  assert by_stage[2]["pretext_accuracy"] is not None
 
 
 @pytest.mark.slow  # integration tier: a subprocess run of the CLI
@@ -204,3 +216,26 @@ def test_changed_flags_on_an_existing_workdir_are_refused(smoke_run):
   result = _cli(f"--flagfile={os.path.join(workdir, 'flags.txt')}", "--learning_rate=0.5")
   assert result.returncode == 2
   assert "holds a run with other flags (--learning_rate=0.003 -> 0.5)" in result.stderr
+
+
+def test_an_epoch_checkpoint_without_time_and_curve_still_restores(tmp_path):
+  # Checkpoints written before the stage's time and curve were checkpointed (a campaign's
+  # interrupted run) restore their model, optimizer and epoch; time and curve stay unset.
+  path = tf.train.Checkpoint(model=tf.Module(), optimizer=tf.Module(),
+                             epoch=tf.Variable(3, dtype=tf.int64)).save(
+      str(tmp_path / "old" / "ckpt"))
+  core = {"model": tf.Module(), "optimizer": tf.Module(), "epoch": tf.Variable(0, dtype=tf.int64)}
+  seconds, curve = tf.Variable(0.0, dtype=tf.float64), tf.Variable([[np.nan, np.nan]])
+  full = tf.train.Checkpoint(**core, training_seconds=seconds, epoch_curve=curve)
+  pretrain.restore_epoch_checkpoint(path, core, full)
+  assert int(core["epoch"].numpy()) == 3 and float(seconds.numpy()) == 0.0
+  # A new checkpoint restores everything.
+  seconds.assign(12.5)
+  curve.assign([[0.5, 0.75]])
+  new_path = full.save(str(tmp_path / "new" / "ckpt"))
+  core2 = {"model": tf.Module(), "optimizer": tf.Module(), "epoch": tf.Variable(0, dtype=tf.int64)}
+  seconds2, curve2 = tf.Variable(0.0, dtype=tf.float64), tf.Variable([[np.nan, np.nan]])
+  pretrain.restore_epoch_checkpoint(new_path, core2, tf.train.Checkpoint(
+      **core2, training_seconds=seconds2, epoch_curve=curve2))
+  assert float(seconds2.numpy()) == 12.5 and curve2.numpy().tolist() == [[0.5, 0.75]]
+  assert int(core2["epoch"].numpy()) == 3
