@@ -29,6 +29,8 @@ for task in rotation jigsaw; do
   if [ $task = rotation ]; then
     # The head ablation (issue item 6): global pooling vs a 4x4 grid, for psl and e2e alike.
     step --task=$task --rows=psl,e2e --seeds=0,1 --extra=--head_grid=4
+    # The precision A/B of the throughput issue: bf16 pre-training against these float32 rows.
+    step --task=$task --rows=psl,e2e --seeds=0 --extra=--precision=mixed_bfloat16
     # psl's seed spread exceeds 3 points at B3 over seeds 0-2: a fourth seed of both rows.
     step --task=$task --rows=e2e,psl --seeds=3
   fi
