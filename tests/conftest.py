@@ -82,3 +82,30 @@ def stop_after_epoch():
 
   StopAfterEpoch.error = RunInterrupted
   return StopAfterEpoch
+
+
+@pytest.fixture
+def stage_on_random_images():
+  """`make(task, stage, width, side, n, seed)`: a compiled StageModel (SGD 0.1) of `stage` on
+  a fresh cifar_resnet depth 10 of `width`, with its head, and one training batch (x, y) of the
+  task's examples of `n` random `side` x `side` images. Returns (model, backbone, head, x, y)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from psl_tf import optim  # pylint: disable=g-import-not-at-top
+  from psl_tf import trainer  # pylint: disable=g-import-not-at-top
+  from psl_tf.models import build_backbone  # pylint: disable=g-import-not-at-top
+
+  def make(task, stage, width, side, n, seed):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("cifar_resnet", depth=10, width=width)
+    head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+    model = trainer.StageModel(backbone, task, stage, head)
+    model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
+    fn = task.example_fn(stage.level, training=True)
+    rng = np.random.default_rng(seed)
+    pairs = [fn(tf.constant(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)),
+                tf.constant(0, tf.int64), tf.constant([11, i], tf.int64)) for i in range(n)]
+    return (model, backbone, head, tf.stack([p[0] for p in pairs]),
+            tf.stack([p[1] for p in pairs]))
+
+  return make

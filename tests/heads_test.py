@@ -8,11 +8,8 @@ import pytest
 import tensorflow as tf
 
 from psl_tf import config as config_lib
-from psl_tf import optim
 from psl_tf import stages
 from psl_tf import tasks
-from psl_tf import trainer
-from psl_tf.models import build_backbone
 from psl_tf.tasks import ImageSpec
 from psl_tf.tasks import base
 from psl_tf.tasks import contrastive
@@ -100,23 +97,14 @@ def test_jigsaw_pools_every_tile_to_the_grid(tmp_path):
   assert task.build_head((6, 6, 3), 1).input_shape == (None, 9, 12)
 
 
-def test_head_grid_flag_reaches_the_task_and_a_grid_head_stage_trains():
+def test_head_grid_flag_reaches_the_task_and_a_grid_head_stage_trains(stage_on_random_images):
   config = config_lib.from_flags({"task": "rotation", "head_grid": "4", "head_hidden": "8",
                                   "image_size": "16", "resize": "18"})
   task = tasks.build_task("rotation", config)
   assert task.head_grid == 4
   assert config_lib.to_flags(config)["head_grid"] == "4"
-  keras.utils.set_random_seed(0)
-  stage = stages.make_stages("psl", 3)[0]
-  backbone = build_backbone("cifar_resnet", depth=10, width=4)
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
-  model = trainer.StageModel(backbone, task, stage, head)
-  model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
-  fn = task.example_fn(stage.level, training=True)
-  rng = np.random.default_rng(3)
-  pairs = [fn(tf.constant(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)),
-              tf.constant(0, tf.int64), tf.constant([0, i], tf.int64)) for i in range(8)]
-  x, y = tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+  model, _, head, x, y = stage_on_random_images(task, stages.make_stages("psl", 3)[0], 4, 20,
+                                                8, 3)
   before = [w.numpy().copy() for w in head.weights]
   history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=2,
                       epochs=1, verbose=0)

@@ -5,19 +5,15 @@ jigsaw stage, and a full psl run that leaves permutations.npy in the work direct
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from psl_tf import config as config_lib
-from psl_tf import optim
 from psl_tf import stages
 from psl_tf import tasks
 from psl_tf.cli import train
-from psl_tf import trainer
 from psl_tf.models import blocks
-from psl_tf.models import build_backbone
 from psl_tf.tasks import ImageSpec
 from psl_tf.tasks import jigsaw
 from psl_tf.tasks import permutations as perms
@@ -206,19 +202,9 @@ def _snapshot(backbone):
   return [[v.numpy().copy() for v in block.weights] for block in blocks.get_blocks(backbone)]
 
 
-def test_stage2_stop_gradient_keeps_b1_bit_identical(cache_dir):
-  keras.utils.set_random_seed(0)
-  task = _task(cache_dir, normalize=True)
-  stage = stages.make_stages("psl", 3)[1]
-  backbone = build_backbone("cifar_resnet", depth=10, width=8)
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
-  model = trainer.StageModel(backbone, task, stage, head)
-  model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
-  fn = task.example_fn(stage.level, training=True)
-  rng = np.random.default_rng(5)
-  pairs = [fn(tf.constant(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)),
-              tf.constant(0, tf.int64), _seed(i)) for i in range(4)]
-  x, y = tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+def test_stage2_stop_gradient_keeps_b1_bit_identical(cache_dir, stage_on_random_images):
+  model, backbone, _, x, y = stage_on_random_images(
+      _task(cache_dir, normalize=True), stages.make_stages("psl", 3)[1], 8, 56, 4, 5)
   before = _snapshot(backbone)
   model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=2, epochs=1,
             verbose=0)
