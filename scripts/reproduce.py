@@ -526,7 +526,39 @@ def comparisons(table):
            "|---|---|---:|---:|---:|---:|---:|---:|"] + lines)
 
 
-def markdown(args, records, table):
+def variant_comparison(table, base_table, tag):
+  """Lines comparing each row of a variant (`tag`) with the same row of the base campaign:
+  variant − base per block, ± the standard error of the difference when both have several
+  seeds; a single variant seed is instead placed against the base's seed spread (inside or
+  outside mean ± 2 sd)."""
+  lines = []
+  for row in [r for r in table if r in base_table and r != RANDOM]:
+    merged = {"variant": table[row], "base": base_table[row]}
+    cells = []
+    for block in BLOCKS + ("best",):
+      d, se = difference(merged, "variant", "base", block)
+      if d is None:
+        cells.append("–")
+        continue
+      sd_base = base_table[row][block][1]
+      if se:
+        mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
+      elif len(table[row]["seeds"]) == 1 and sd_base:
+        mark = (" (outside base mean ± 2 sd)" if abs(d) > 2 * sd_base
+                else " (within base mean ± 2 sd)")
+      else:
+        mark = ""
+      cells.append(f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark)
+    seeds = (",".join(map(str, table[row]["seeds"])) + " vs " +
+             ",".join(map(str, base_table[row]["seeds"])))
+    lines.append(f"| {row}{tag} − {row} | {seeds} | " + " | ".join(cells) + " |")
+  if not lines:
+    return []
+  return (["| Difference | seeds | B1 | B2 | B3 | B4 | B5 | best block |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"] + lines)
+
+
+def markdown(args, records, table, base_table=None):
   """The results as Markdown: mean ± sd table, differences, per-seed table, settings."""
   lines = [f"### {args.task}: linear probes, top-1 % on the test split (mean ± sample sd "
            "over seeds)", "",
@@ -544,6 +576,10 @@ def markdown(args, records, table):
   if diff:
     lines += ["", "Differences of the means (± standard error of the difference, "
               "sqrt(sd_a²/n_a + sd_b²/n_b)):", "", *diff]
+  against_base = variant_comparison(table, base_table or {}, args.tag)
+  if against_base:
+    lines += ["", f"The variant ({' '.join(args.extra) or args.tag}) against the same rows "
+              "without it (the base campaign's stored runs):", "", *against_base]
   lines += ["", "Per seed (held-out pretext accuracy of every stage, %):", "",
             "| Run | B1 | B2 | B3 | B4 | B5 | held-out per stage | train wall s |",
             "|---|---:|---:|---:|---:|---:|---|---:|"]
@@ -589,7 +625,11 @@ def write_results(args, records=None):
   out_dir = os.path.join(args.results, args.task)
   os.makedirs(out_dir, exist_ok=True)
   table = aggregate(records)
-  text = markdown(args, records, table)
+  base_table = None
+  if args.tag:
+    base_table = aggregate(load_records(args.results, args.task, "",
+                                        probe_settings(vars(args))))
+  text = markdown(args, records, table, base_table)
   stem = f"results{args.tag}"
   with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
     f.write(text)

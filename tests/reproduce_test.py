@@ -169,6 +169,24 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   variant = reproduce.load_records(str(results), "rotation", tag="_x")
   assert sorted((r["row"], r["seed"]) for r in variant) == [
       ("psl", 5), ("random", 0), ("random", 1)]
+  # ... and says how it differs from the same rows without it. One variant seed is placed
+  # against the base's spread: psl_x B1 99.0 vs psl 41.0 ± 1.0.
+  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
+                  "--preset=small", "--tag=_x"])
+  text = (results / "rotation" / "results_x.md").read_text()
+  assert "| psl_x − psl | 5 vs 0,1,2 | +58.0 (outside base mean ± 2 sd) |" in text
+  assert "e2e_x" not in text  # no e2e run of the variant: no line
+  # With several variant seeds the difference gets its standard error.
+  for seed, b1 in ((6, 41.5), (7, 43.5)):
+    record = dict(_record("psl", seed, b1, 50.0), tag="_x")
+    (results / "rotation" / f"psl_x_s{seed}").mkdir()
+    (results / "rotation" / f"psl_x_s{seed}" / "record.json").write_text(json.dumps(record))
+  (results / "rotation" / "psl_x_s5" / "record.json").unlink()
+  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
+                  "--preset=small", "--tag=_x"])
+  text = (results / "rotation" / "results_x.md").read_text()
+  # 42.5 - 41.0 = +1.5, SE sqrt(2.0/2 + 1.0/3) = 1.15: within 2 SE.
+  assert "| psl_x − psl | 6,7 vs 0,1,2 | +1.5 ± 1.2 (within 2 SE) |" in text
 
 
 @pytest.mark.slow
