@@ -436,7 +436,8 @@ def load_records(results, task, tag="", probes=None):
   for path in sorted(glob.glob(os.path.join(results, task, "*", "record.json"))):
     with open(path) as f:
       record = json.load(f)
-    if not record.get("probes") or (record.get("tag", "") != tag and record.get("row") != RANDOM):
+    variant = record.get("tag", "")
+    if not record.get("probes") or (variant != tag and record.get("row") != RANDOM):
       continue
     if probes is not None and probe_settings(record["settings"]) != probes:
       print(f"reproduce: {path} was probed with other settings; left out of the table")
