@@ -71,6 +71,33 @@ def test_unknown_tfds_name():
     data.load_source("no_such_set")
 
 
+def test_tfds_download_without_network_says_how_to_prepare_elsewhere(monkeypatch, tmp_path):
+  import requests  # pylint: disable=g-import-not-at-top  (TFDS's own download dependency)
+
+  def load_without_network(*args, **kwargs):
+    del args, kwargs
+    try:  # TFDS wraps the requests error it gets after its retries
+      raise requests.exceptions.ConnectionError("HTTPSConnectionPool: Max retries exceeded")
+    except requests.exceptions.ConnectionError as e:
+      raise RuntimeError("Failed to download cifar-10-binary.tar.gz") from e
+
+  monkeypatch.setattr(tfds, "load", load_without_network)
+  with pytest.raises(data.DataError) as error:
+    data.load_source("cifar10", "train", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert "\n" not in message and f"not prepared in {tmp_path}" in message
+  assert "tfds build cifar10 --data_dir=DIR" in message and "folder:PATH" in message
+
+  def load_with_bad_split(*args, **kwargs):
+    del args, kwargs
+    raise ValueError("Unknown split 'tran'. Should be one of ['test', 'train'].\nmore")
+
+  monkeypatch.setattr(tfds, "load", load_with_bad_split)
+  with pytest.raises(data.DataError,
+                     match=r"^cannot load TFDS 'cifar10' split 'tran': Unknown split 'tran'.*\]\.$"):
+    data.load_source("cifar10", "tran")
+
+
 def test_input_fn_batches_per_replica_and_is_reproducible():
   source = data.load_source("demo", "train")
   task = rotation.RotationTask(ImageSpec(16, 18))

@@ -249,17 +249,40 @@ def check_tfds_name(name, data_dir=None):
                     "TFDS name (see tfds.list_builders())")
 
 
-def tfds_source(name, split, data_dir=None):
+def _is_network_error(error):
+  """True if `error` or one of its causes is a failed connection (a download without network)."""
+  while error is not None:
+    if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.split(
+        ".")[0] in ("urllib3", "requests"):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def tfds_load(name, split, data_dir=None, shuffle_files=False):
+  """`tfds.load(name, split, with_info=True)` with one-line DataErrors: an unknown name, a
+  split that does not exist, or a data set that is not prepared and cannot be downloaded here
+  (the message then says where TFDS looked and how to prepare it elsewhere)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   check_tfds_name(name, data_dir)
   try:
     # A fixed file-shuffle seed: the same run reads the same order (exact resume).
-    dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True,
-                              shuffle_files=True,
-                              read_config=tfds.ReadConfig(shuffle_seed=0))
+    return tfds.load(name, split=split, data_dir=data_dir, with_info=True,
+                     shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=0))
   except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
-    raise DataError(f"cannot load TFDS {name!r} split {split!r}: "
-                    f"{str(e).strip().splitlines()[0]}") from e
+    message = f"cannot load TFDS {name!r} split {split!r}: {str(e).strip().splitlines()[0]}"
+    if _is_network_error(e):
+      root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+          "~/tensorflow_datasets")
+      message = (f"cannot load TFDS {name!r}: it is not prepared in {root} and downloading it "
+                 "failed (no network?). Prepare it where there is network (`tfds build "
+                 f"{name.split(':')[0]} --data_dir=DIR`), copy DIR here and pass "
+                 "--data_dir=DIR, or use --dataset=folder:PATH")
+    raise DataError(message) from e
+
+
+def tfds_source(name, split, data_dir=None):
+  dataset, info = tfds_load(name, split, data_dir, shuffle_files=True)
   has_label = "label" in info.features
   num_classes = info.features["label"].num_classes if has_label else None
 

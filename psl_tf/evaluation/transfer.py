@@ -12,16 +12,6 @@ For VOC every object's class counts as present, "difficult" objects included.
 from psl_tf import data
 
 
-def _tfds_load(name, split, data_dir):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
-  data.check_tfds_name(name)
-  try:
-    return tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
-  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
-    raise data.DataError(f"cannot load TFDS {name!r} split {split!r}: "
-                         f"{str(e).strip().splitlines()[0]}") from e
-
-
 def _multilabel_classes(features):
   """Number of classes if `features` has image-level multi-labels and no single label."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -50,7 +40,7 @@ def load_labelled(dataset, split, data_dir=None, image_check="full"):
   """
   if dataset == "demo" or dataset.startswith("folder:"):
     return data.load_source(dataset, split, data_dir, image_check), False
-  elements, info = _tfds_load(dataset, split, data_dir)
+  elements, info = data.tfds_load(dataset, split, data_dir)
   num_classes = _multilabel_classes(info.features)
   if num_classes is None:
     return data.tfds_source(dataset, split, data_dir), False
