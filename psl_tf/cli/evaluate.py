@@ -56,19 +56,14 @@ def settings_from_flags(flag_values):
 def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet.warnings_only_unless_asked()
-  try:
+  quiet.start("psl_tf.evaluate", argv)
+  with quiet.one_line_errors("psl_tf.evaluate"):
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
     settings = settings_from_flags(FLAGS)
     paths = [FLAGS.workdir] + [p for p in FLAGS.compare if p and p != FLAGS.workdir]
     the_runs = [wd.load_run(p, FLAGS.stage) for p in paths]
     evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first
-  except (ValueError, OSError) as e:  # DataError is a ValueError
-    print(f"psl_tf.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(2)
   rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
                                           log=lambda text: print(text, flush=True),
                                           evaluation=evaluation)

@@ -35,17 +35,12 @@ def define_flags(flag_values=flags.FLAGS):
 def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet.warnings_only_unless_asked()
-  try:
+  quiet.start("psl_tf.export", argv)
+  with quiet.one_line_errors("psl_tf.export"):
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
     path, keras_path, run = export_lib.export_run(
         FLAGS.workdir, FLAGS.stage, FLAGS.output, log=lambda text: print(text, flush=True))
-  except (ValueError, OSError) as e:
-    print(f"psl_tf.export: error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(f"exported stage {run.stage} of {run.workdir} ({run.config.backbone}, "
         f"{run.config.image_size} px): SavedModel {path}, Keras model {keras_path}")
 

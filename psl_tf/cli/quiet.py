@@ -7,7 +7,9 @@ with file descriptor 2 pointed at /dev/null. Python exceptions are unaffected: t
 printed after stderr is restored. Set PSL_TF_VERBOSE_STARTUP=1 to see everything.
 """
 
+import contextlib
 import os
+import sys
 
 
 def import_tensorflow_quietly():
@@ -58,3 +60,26 @@ def warnings_only_unless_asked():
   from absl import logging  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def start(program, argv):
+  """The first lines of every entry point's `main`: no positional arguments (one line, exit 2,
+  also when `main` is called without the flags parser), then absl logging at WARNING unless
+  the user asked for more."""
+  if len(argv) > 1:
+    print(f"{program}: error: unexpected arguments: {' '.join(argv[1:])} (flags are written "
+          "--name=value)", file=sys.stderr)
+    sys.exit(2)
+  warnings_only_unless_asked()
+
+
+@contextlib.contextmanager
+def one_line_errors(program, exit_code=2, errors=(ValueError, OSError)):
+  """Inside the block, `errors` (bad input: a wrong flag value, a missing work directory, an
+  unreadable data set; DataError is a ValueError) end the program with one line on stderr and
+  `exit_code` instead of a traceback."""
+  try:
+    yield
+  except errors as e:
+    print(f"{program}: error: {e}", file=sys.stderr)
+    sys.exit(exit_code)

@@ -60,18 +60,13 @@ def check_resume(config):
 def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  quiet.warnings_only_unless_asked()
+  quiet.start("psl_tf.train", argv)
   if FLAGS.cpu_replicas > 0:  # before anything starts TensorFlow's devices
-    try:
+    with quiet.one_line_errors("psl_tf.train"):
       distribute.split_cpu(FLAGS.cpu_replicas)
-    except ValueError as e:
-      print(f"psl_tf.train: error: {e}", file=sys.stderr)
-      sys.exit(2)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
-  try:
+  with quiet.one_line_errors("psl_tf.train"):  # DataError and UsageError are ValueErrors
     # First: MultiWorkerMirroredStrategy configures collective ops, which must happen before
     # anything (a tf.data pipeline in pretrain.plan, say) starts TensorFlow's runtime.
     flagdefs.check_ranges(FLAGS)
@@ -95,16 +90,10 @@ def main(argv, flag_values=None):
       except (OSError, tf.errors.OpError) as e:
         raise UsageError(f"cannot write the work directory {config.workdir}: "
                          f"{getattr(e, 'message', None) or e}") from e
-  except (ValueError, OSError) as e:  # DataError and UsageError are ValueErrors
-    print(f"psl_tf.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
-  try:
+  with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged):
     summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=[*callbacks, watchdog])
-  except guards.TrainingDiverged as e:
-    print(f"psl_tf.train: error: {e}", file=sys.stderr)
-    sys.exit(1)
   if callbacks and distribute.is_chief(strategy):
     summary = online_probes.merge_history(summary, callbacks[0].history)
     wd.write_summary(config.workdir, summary)

@@ -44,12 +44,8 @@ def define_flags(flag_values=flags.FLAGS):
 def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
-  if len(argv) > 1:
-    print(f"psl_tf.visualize: error: unexpected arguments: {' '.join(argv[1:])}",
-          file=sys.stderr)
-    sys.exit(2)
-  quiet.warnings_only_unless_asked()
-  try:
+  quiet.start("psl_tf.visualize", argv)
+  with quiet.one_line_errors("psl_tf.visualize"):
     if FLAGS.images < 1:
       raise ValueError(f"--images must be at least 1, got {FLAGS.images}")
     task = tasks_lib.build_task(
@@ -60,9 +56,6 @@ def main(argv, flag_values=None):
     if not images:
       raise ValueError(f"{FLAGS.dataset} split {FLAGS.split} has no images")
     output = FLAGS.output or f"ladder_{FLAGS.task}.png"
-  except (ValueError, OSError) as e:
-    print(f"psl_tf.visualize: error: {e}", file=sys.stderr)
-    sys.exit(2)
   path = visualize.ladder_figure(task, images, output, FLAGS.seed)
   print(f"wrote {path}: {len(images)} image(s) x {task.num_levels} levels of {task.name}")
 
