@@ -431,7 +431,8 @@ def run_one(args, row, seed, log=print):
 def load_records(results, task, tag="", probes=None):
   """Every stored record of `task` with variant `tag` (and, if given, probed with the
   `probes` settings: a table never mixes probe protocols), in a stable order. The untrained
-  network's records (no variant) belong to every variant's table."""
+  network's records (no variant) belong to every variant's table, for the seeds its trained
+  rows have: the floor is the initialisation of the same seeds."""
   records = []
   for path in sorted(glob.glob(os.path.join(results, task, "*", "record.json"))):
     with open(path) as f:
@@ -443,7 +444,8 @@ def load_records(results, task, tag="", probes=None):
       print(f"reproduce: {path} was probed with other settings; left out of the table")
       continue
     records.append(record)
-  return records
+  seeds = {r["seed"] for r in records if r["row"] != RANDOM}
+  return [r for r in records if r["row"] != RANDOM or r["seed"] in seeds]
 
 
 def mean_spread(values):

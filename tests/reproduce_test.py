@@ -143,9 +143,9 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
     folder.mkdir(parents=True)
     (folder / "record.json").write_text(json.dumps(record))
   # A record of another variant (tag) and an unprobed one are left out.
-  other = dict(_record("psl", 5, 99.0, 99.0), tag="_x")
-  (results / "rotation" / "psl_x_s5").mkdir()
-  (results / "rotation" / "psl_x_s5" / "record.json").write_text(json.dumps(other))
+  other = dict(_record("psl", 1, 99.0, 99.0), tag="_x")
+  (results / "rotation" / "psl_x_s1").mkdir()
+  (results / "rotation" / "psl_x_s1" / "record.json").write_text(json.dumps(other))
   (results / "rotation" / "psl_s9").mkdir()
   (results / "rotation" / "psl_s9" / "record.json").write_text(json.dumps({"row": "psl"}))
   # So is a record probed another way: a table never mixes probe protocols.
@@ -165,28 +165,28 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   table = json.loads((results / "rotation" / "results.json").read_text())["table"]
   assert sorted(table) == ["e2e", "psl", "random"]
   assert (results / "rotation" / "results.png").stat().st_size > 0
-  # The variant's table has its own rows and the shared untrained floor.
+  # The variant's table has its own rows and the shared untrained floor of the same seeds.
   variant = reproduce.load_records(str(results), "rotation", tag="_x")
-  assert sorted((r["row"], r["seed"]) for r in variant) == [
-      ("psl", 5), ("random", 0), ("random", 1)]
+  assert sorted((r["row"], r["seed"]) for r in variant) == [("psl", 1), ("random", 1)]
   # ... and says how it differs from the same rows without it. One variant seed is placed
   # against the base's spread: psl_x B1 99.0 vs psl 41.0 ± 1.0.
   reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
                   "--preset=small", "--tag=_x"])
   text = (results / "rotation" / "results_x.md").read_text()
-  assert "| psl_x − psl | 5 vs 0,1,2 | +58.0 (outside base mean ± 2 sd) |" in text
+  assert "| psl_x − psl | 1 vs 0,1,2 | +58.0 (outside base mean ± 2 sd) |" in text
   assert "e2e_x" not in text  # no e2e run of the variant: no line
   # With several variant seeds the difference gets its standard error.
   for seed, b1 in ((6, 41.5), (7, 43.5)):
     record = dict(_record("psl", seed, b1, 50.0), tag="_x")
     (results / "rotation" / f"psl_x_s{seed}").mkdir()
     (results / "rotation" / f"psl_x_s{seed}" / "record.json").write_text(json.dumps(record))
-  (results / "rotation" / "psl_x_s5" / "record.json").unlink()
+  (results / "rotation" / "psl_x_s1" / "record.json").unlink()
   reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
                   "--preset=small", "--tag=_x"])
   text = (results / "rotation" / "results_x.md").read_text()
   # 42.5 - 41.0 = +1.5, SE sqrt(2.0/2 + 1.0/3) = 1.15: within 2 SE.
   assert "| psl_x − psl | 6,7 vs 0,1,2 | +1.5 ± 1.2 (within 2 SE) |" in text
+  assert "| random |" not in text  # no untrained record of seeds 6, 7: no floor
 
 
 @pytest.mark.slow
