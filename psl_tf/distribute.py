@@ -96,3 +96,26 @@ def writable_dir(path, strategy):
     return path
   return os.path.join(tempfile.gettempdir(), f"psl_tf_worker_{os.getpid()}",
                       os.path.basename(path.rstrip("/")))
+
+
+def average_over_replicas(variables):
+  """In a replica context with several replicas, sets every replica's copy of `variables` to
+  their mean over the replicas (one all-reduce); otherwise does nothing.
+
+  Keras 3 creates BatchNorm's moving statistics without a cross-replica aggregation, so under
+  MirroredStrategy / MultiWorkerMirroredStrategy each replica updates its own copy from its
+  own batches, and checkpoints and saved weights keep replica 0's. Averaging them after every
+  step keeps one set of statistics for the whole batch (what TF-Keras 2's MEAN aggregation
+  did): frozen blocks then normalise alike on every replica, and a run resumed from saved
+  weights continues exactly as an uninterrupted one.
+  """
+  context = tf.distribute.get_replica_context()
+  if not variables or context is None or context.num_replicas_in_sync == 1:
+    return
+  # Read on the replica's own device: under MultiWorkerMirroredStrategy a step's tensors can
+  # have no device of their own, and an all-reduce needs one to name its destination.
+  with tf.device(variables[0].value.device):
+    local = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
+  means = context.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+  for variable, mean in zip(variables, means):
+    variable.assign(mean)

@@ -11,6 +11,7 @@
 import keras
 import tensorflow as tf
 
+from psl_tf import distribute
 from psl_tf import optim
 from psl_tf import precision
 from psl_tf.models import blocks as blocks_lib
@@ -136,6 +137,8 @@ class StageModel(keras.Model):
     grad_norm, grad_norm_weight = precision.unscaled_grad_norm(self.optimizer, gradients)
     self.optimizer.apply(gradients, variables)
     self.task.after_update(self, extras)
+    # One set of BatchNorm moving statistics over all replicas (Keras 3 keeps one per replica).
+    distribute.average_over_replicas(blocks_lib.moving_statistics(self))
     self.loss_tracker.update_state(task_loss)
     self.accuracy_tracker.update_state(self.task.accuracy(targets, outputs))
     self.grad_norm_tracker.update_state(grad_norm, sample_weight=grad_norm_weight)

@@ -141,3 +141,40 @@ def test_mirrored_step_equals_one_device_step(two_replica_strategy):
   assert sum(moved) > len(moved) // 3  # the step really updated the stage
   for a, b in zip(weights_one, weights_two):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_moving_statistics_are_one_set_over_replicas(two_replica_strategy):
+  # Without sync BN each replica normalises with its own half of the batch. Keras 3 would also
+  # let each replica keep its own moving statistics (replica 0's being the ones saved), so
+  # after a resume from saved weights replica 1 would use other statistics than before.
+  _, x, y = _batch(level=2, seed=4)
+
+  def step_under(strategy):
+    with strategy.scope():
+      keras.utils.set_random_seed(1)
+      backbone = build_backbone("cifar_resnet", depth=10, width=8)
+      stage = stages.make_stages("psl", 3)[1]
+      task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
+      head = task.build_head(backbone.get_layer("b4").output.shape[1:], stage.level)
+      model = trainer.StageModel(backbone, task, stage, head)
+      model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
+    before = {v.path: v.numpy() for v in blocks.moving_statistics(model)}
+    model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0)
+    return model, before
+
+  mirrored = two_replica_strategy
+  model, before = step_under(mirrored)
+  statistics = blocks.moving_statistics(model)
+  # B2-B4 (layers conv2_* .. conv4_*) and the head's hidden layer; not the frozen B1 or B5.
+  owners = {v.path.split("_")[0] for v in statistics}
+  assert {"conv2", "conv3", "conv4", "batch"} == owners
+  assert all(not np.array_equal(before[v.path], v.numpy()) for v in statistics)  # updated
+  for variable in statistics:
+    copies = [c.numpy() for c in mirrored.experimental_local_results(variable.value)]
+    np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+  # The first BN of B2 sees the frozen B1's output, the same on both replicas as on one
+  # device, so its moving mean averaged over the two halves equals the whole batch's.
+  one_model, _ = step_under(tf.distribute.OneDeviceStrategy("/cpu:0"))
+  first = [v for v in statistics if v.path == "conv2_1_bn1/moving_mean"][0]
+  one_first = [v for v in blocks.moving_statistics(one_model) if v.path == first.path][0]
+  np.testing.assert_allclose(first.numpy(), one_first.numpy(), rtol=1e-5, atol=1e-6)

@@ -76,3 +76,19 @@ def set_synchronized_batchnorm(model, synchronized=True):
   for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
     if isinstance(layer, layers.BatchNormalization):
       layer.synchronized = synchronized
+
+
+def moving_statistics(model):
+  """The BatchNorm moving means and variances a training step of `model` can change: those of
+  its trainable normalisation layers (sub-models included), each once."""
+  found, seen = [], set()
+  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    if not layer.trainable:
+      continue
+    for name in ("moving_mean", "moving_variance"):
+      variable = getattr(layer, name, None)
+      if isinstance(variable, keras.Variable) and id(variable) not in seen:
+        seen.add(id(variable))
+        found.append(variable)
+  return found
+
