@@ -91,4 +91,3 @@ def moving_statistics(model):
         seen.add(id(variable))
         found.append(variable)
   return found
-
