@@ -500,6 +500,24 @@ def difference(table, a, b, block):
   return ma - mb, math.sqrt(sa ** 2 / na + sb ** 2 / nb)
 
 
+def difference_cell(table, a, b, block, spread_name):
+  """One table cell: mean of a − mean of b at `block`, ± the standard error of the difference
+  when both rows have several seeds; a single seed of a is placed against b's seed spread
+  (inside or outside `spread_name` mean ± 2 sd)."""
+  d, se = difference(table, a, b, block)
+  if d is None:
+    return "–"
+  sd_b = table[b][block][1]
+  if se:
+    mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
+  elif len(table[a]["seeds"]) == 1 and sd_b:
+    where = "outside" if abs(d) > 2 * sd_b else "within"
+    mark = f" ({where} {spread_name} mean ± 2 sd)"
+  else:
+    mark = ""
+  return f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark
+
+
 def comparisons(table):
   """Lines comparing the rows a reader of the paper asks about, block by block."""
   pairs = [("psl", "e2e", "equal images"), ("psl", "sl", "the ladder vs the hardest level"),
@@ -512,16 +530,7 @@ def comparisons(table):
   for a, b, what in pairs:
     if a not in table or b not in table:
       continue
-    cells = []
-    for block in BLOCKS + ("best",):
-      d, se = difference(table, a, b, block)
-      if d is None:
-        cells.append("–")
-        continue
-      mark = ""
-      if se:
-        mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
-      cells.append(f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark)
+    cells = [difference_cell(table, a, b, block, b) for block in BLOCKS + ("best",)]
     lines.append(f"| {a} − {b} | {what} | " + " | ".join(cells) + " |")
   if not lines:
     return []
@@ -537,21 +546,8 @@ def variant_comparison(table, base_table, tag):
   lines = []
   for row in [r for r in table if r in base_table and r != RANDOM]:
     merged = {"variant": table[row], "base": base_table[row]}
-    cells = []
-    for block in BLOCKS + ("best",):
-      d, se = difference(merged, "variant", "base", block)
-      if d is None:
-        cells.append("–")
-        continue
-      sd_base = base_table[row][block][1]
-      if se:
-        mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
-      elif len(table[row]["seeds"]) == 1 and sd_base:
-        mark = (" (outside base mean ± 2 sd)" if abs(d) > 2 * sd_base
-                else " (within base mean ± 2 sd)")
-      else:
-        mark = ""
-      cells.append(f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark)
+    cells = [difference_cell(merged, "variant", "base", block, "base")
+             for block in BLOCKS + ("best",)]
     seeds = (",".join(map(str, table[row]["seeds"])) + " vs " +
              ",".join(map(str, base_table[row]["seeds"])))
     lines.append(f"| {row}{tag} − {row} | {seeds} | " + " | ".join(cells) + " |")
