@@ -174,6 +174,18 @@ def test_cache_in_memory_decodes_once_and_keeps_images_order_and_batches(tmp_pat
     np.testing.assert_allclose(xa, xb)
 
 
+def test_cache_counts_files_that_fail_to_decode_when_unchecked(tmp_path):
+  _uniform_tree(str(tmp_path))
+  with open(tmp_path / "train" / "a" / "0.png", "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n not an image")
+  source = data.load_source(f"folder:{tmp_path}", "train", image_check="none")
+  assert source.num_examples == 12 and source.skipped == 0  # nothing checked up front
+  cached = data.cache_in_memory(source, "always")
+  assert cached.num_examples == 11 and cached.skipped == 1
+  checked = data.load_source(f"folder:{tmp_path}", "train", image_check="full")
+  assert checked.skipped == 1 and data.cache_in_memory(checked, "always").skipped == 1
+
+
 def test_cache_auto_only_for_small_data_sets_and_not_for_mixed_sizes(tmp_path):
   _uniform_tree(str(tmp_path))
   source = data.load_source(f"folder:{tmp_path}", "train")

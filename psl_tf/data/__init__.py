@@ -347,9 +347,16 @@ def cache_in_memory(source, mode="auto", max_bytes=CACHE_AUTO_MAX_BYTES):
     return source
   logging.info("%s: %d images decoded once and kept in memory (%.0f MiB)", source.name,
                len(labels), images.nbytes / 2**20)
+  # Files that passed the up-front check (or were not checked: --image_check=none) but fail
+  # to decode are dropped above; count them with the ones the check left out.
+  failed = max(0, source.num_examples - len(labels)) if source.num_examples else 0
+  if failed:
+    logging.warning("%s: %d image file(s) failed to decode and were skipped", source.name,
+                    failed)
   return dataclasses.replace(
       source, elements=tf.data.Dataset.from_tensor_slices((images, labels)),
-      decode=_identity, num_examples=len(labels), in_memory=True)
+      decode=_identity, num_examples=len(labels), in_memory=True,
+      skipped=source.skipped + failed)
 
 
 def _identity(image, label):
