@@ -286,6 +286,26 @@ def _run(cmd, log_path):
   return time.time() - start
 
 
+_PROCESSES = "training_processes.txt"
+
+
+def _note_training_process(workdir):
+  """Appends the running code's commit to the run's list of training processes: a run
+  resumed across sessions (or kills) is trained by every commit on that list."""
+  with open(os.path.join(workdir, _PROCESSES), "a") as f:
+    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {code_version()}\n")
+
+
+def _training_code_versions(workdir):
+  """The commits that pre-trained the run in `workdir`, in order, each once."""
+  path = os.path.join(workdir, _PROCESSES)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    versions = [line.split()[1] for line in f if len(line.split()) == 2]
+  return list(dict.fromkeys(versions))
+
+
 def _find_probe_json(args, workdir, row):
   """The run's own linear-probe JSON from psl_tf.evaluate (its name holds the data path), if
   it was probed the way `args` asks."""
@@ -385,6 +405,7 @@ def run_one(args, row, seed, log=print):
       log(f"-- {run_name(args, row, seed)} is stored with other probe settings, but its "
           f"weights are not in {workdir}: pre-training it again")
     log(f"-- pre-training {args.task} {row} seed {seed} ({workdir})")
+    _note_training_process(workdir)
     record["train_process_s"] = round(_run(train_command(args, row, seed), log_path), 1)
   else:
     # Pre-trained earlier (e.g. a record stored with other probe settings): keep the commit
@@ -394,8 +415,13 @@ def run_one(args, row, seed, log=print):
       with open(previous) as f:
         old = json.load(f)
       record["code_version"] = old.get("code_version", "unknown (not recorded)")
+      if "train_code_versions" in old:
+        record["train_code_versions"] = old["train_code_versions"]
       if "train_process_s" in old:
         record["train_process_s"] = old["train_process_s"]
+  versions = _training_code_versions(workdir)
+  if versions:
+    record["train_code_versions"] = versions
   probe_json = _find_probe_json(args, workdir, row)
   if probe_json is None:
     log(f"-- linear probes for {row} seed {seed}")

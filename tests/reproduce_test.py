@@ -264,3 +264,45 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
   assert second["code_version"] == first["code_version"] and "probe_code_version" in second
   assert reproduce.read_record(args, reproduce.RANDOM, 0)["probes"]["b1"]["top1"] == 52.0
   assert reproduce.read_record(reproduce.parse_args(argv), reproduce.RANDOM, 0) is None
+
+
+def test_a_run_resumed_by_another_commit_records_every_training_commit(tmp_path, monkeypatch):
+  from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  for split in ("train", "test"):
+    (data / split).mkdir(parents=True)
+  args = reproduce.parse_args(["--task=rotation", "--data", str(data), "--root",
+                               str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                               "--preset=tiny", "--seeds=0"])
+  commit = ["aaa"]  # killed under aaa, resumed and probed under bbb
+  monkeypatch.setattr(reproduce, "code_version", lambda: commit[0])
+  trainings = []
+
+  def fake_run(cmd, log_path):
+    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    workdir = flags["workdir"]
+    if cmd[2] == "psl_tf.train":
+      trainings.append(cmd)
+      if len(trainings) == 1:
+        raise RuntimeError("killed")
+      os.makedirs(wd.stage_dir(workdir, 1))
+      open(os.path.join(wd.stage_dir(workdir, 1), wd.DONE_FILE), "w").close()
+      wd.write_summary(workdir, {"stages": [{"stage": 1, "wall_time_s": 5.0}]})
+    else:
+      os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+      with open(os.path.join(workdir, "eval", "linear_x_stage1.json"), "w") as f:
+        json.dump({"settings": reproduce.probe_settings(vars(args)),
+                   "results": {"b1": {"top1": 60.0}}}, f)
+    return 1.0
+
+  monkeypatch.setattr(reproduce, "_run", fake_run)
+  monkeypatch.setattr(reproduce, "_find_probe_json", lambda a, workdir, row: (
+      os.path.join(workdir, "eval", "linear_x_stage1.json")
+      if os.path.exists(os.path.join(workdir, "eval", "linear_x_stage1.json")) else None))
+  with pytest.raises(RuntimeError, match="killed"):
+    reproduce.run_one(args, "e2e", 0, log=lambda _: 0)
+  commit[0] = "bbb"
+  record = reproduce.run_one(args, "e2e", 0, log=lambda _: 0)
+  assert len(trainings) == 2
+  assert record["train_code_versions"] == ["aaa", "bbb"]
+  assert record["code_version"] == "bbb" and record["probe_code_version"] == "bbb"
