@@ -27,16 +27,17 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import precision  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psl_tf.data import views  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf.models import blocks as blocks_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def test_images(folder, count, size):
-  """`count` test images of `folder` resized to `size`, as float32 in [0, 1]."""
+def test_images(folder, count, size, resize):
+  """The first `count` test images of `folder` in the evaluation view (shorter side to
+  `resize`, central `size` crop), the view a linear probe sees."""
   source = data.load_source(f"folder:{folder}", "test", image_check="none")
-  batch = next(iter(source.images().take(count).map(
-      lambda image, _: tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size))
-  ).batch(count)))
-  return batch.numpy()
+  batches = views.labelled_dataset(source, size, resize, count, training=False)
+  images, _ = next(iter(batches))
+  return images.numpy()
 
 
 def block_outputs(run, images, policy):
@@ -57,7 +58,8 @@ def main():
   keras.utils.set_random_seed(0)
   for workdir in args.workdirs.split(","):
     run = wd.load_run(workdir)
-    images = test_images(args.data, args.images, run.config.image_size)
+    images = test_images(args.data, args.images, run.config.image_size,
+                         run.config.resize_to)
     reference = block_outputs(run, images, "float32")
     mixed = block_outputs(run, images, args.precision)
     errors = [np.linalg.norm(m - r) / np.linalg.norm(r) for m, r in zip(mixed, reference)]
