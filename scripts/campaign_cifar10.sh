@@ -39,5 +39,12 @@ for task in rotation jigsaw; do
   # The paper's protocol before the stage-wise ablations: PSL against e2e is the question.
   step --task=$task --rows=psl_paper,e2e_matched --seeds=0,1
   step --task=$task --rows=sl,psl_f --seeds=0,1
+  # psl at equal images costs less than e2e (its frozen blocks only run forward): e2e at
+  # psl's compute is the equal-cost comparison of that budget.
+  step --task=$task --rows=e2e_at_psl --seeds=0,1
+  if [ $task = rotation ]; then
+    # The same with the grid head, where psl's gap to e2e at equal images is smallest.
+    step --task=$task --rows=e2e_at_psl --seeds=0,1 --extra=--head_grid=4
+  fi
 done
 echo "== $(date -u +%H:%M:%S) campaign finished"

@@ -22,6 +22,9 @@ Rows (one pre-training recipe each; `--stage_epochs` E is the budget unit):
   the paper's 60 epochs per stage), and `e2e_matched` is e2e trained for as many epochs as
   cost the same training FLOPs as `psl_paper` (frozen blocks cost one forward pass, trained
   blocks three; block FLOPs counted by TensorFlow's profiler);
+* equal compute at the equal-images budget: `e2e_at_psl` is e2e trained for as many epochs as
+  cost what `psl` costs (a three-stage row's frozen blocks are cheaper than trained ones, so
+  `psl` at equal images costs less than `e2e`);
 * `random`: the untrained initialisation of each seed, probed the same way (the floor).
 
 The data folder needs `train/<class>/*.jpg` and `test/<class>/*.jpg` (or .png).
@@ -49,6 +52,7 @@ RANDOM = "random"
 ROWS = {"psl": ("psl", "equal"), "sl": ("sl", "equal"), "psl_f": ("psl_f", "equal"),
         "e2e": ("e2e", "equal"), "greedy": ("greedy", "equal"),
         "psl_paper": ("psl", "paper"), "e2e_matched": ("e2e", "matched"),
+        "e2e_at_psl": ("e2e", "matched_equal"),
         RANDOM: (None, "none")}
 BLOCKS = ("b1", "b2", "b3", "b4", "b5")
 STAGES_PER_MODE = {"psl": 3, "sl": 3, "psl_f": 3, "greedy": 3, "e2e": 1, None: 1}
@@ -192,9 +196,9 @@ def epochs_of(args, row):
     return 3 * e if mode == "e2e" else e
   if protocol == "paper":
     return 3 * e
-  if protocol == "matched":  # e2e costing what psl_paper costs
+  if protocol in ("matched", "matched_equal"):  # e2e costing what psl_paper / psl costs
     flops = flops_of(args)
-    psl = sum(stage_costs("psl", flops)) * 3 * e
+    psl = sum(stage_costs("psl", flops)) * (3 * e if protocol == "matched" else e)
     return max(1, round(psl / stage_costs("e2e", flops)[0]))
   raise ValueError(f"row {row} is not trained")
 
@@ -546,7 +550,8 @@ def difference_cell(table, a, b, block, spread_name):
 
 def comparisons(table):
   """Lines comparing the rows a reader of the paper asks about, block by block."""
-  pairs = [("psl", "e2e", "equal images"), ("psl", "sl", "the ladder vs the hardest level"),
+  pairs = [("psl", "e2e", "equal images"), ("psl", "e2e_at_psl", "equal images vs e2e at "
+                                               "equal compute"), ("psl", "sl", "the ladder vs the hardest level"),
            ("psl", "psl_f", "stop-gradient vs full gradients"),
            ("psl_paper", "e2e_matched", "paper's protocol vs e2e at equal compute"),
            ("psl_paper", "e2e", "paper's protocol vs e2e at equal epochs per stage"),

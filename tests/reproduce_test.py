@@ -61,6 +61,12 @@ def test_matched_e2e_costs_what_the_paper_protocol_psl_costs(tmp_path, monkeypat
                                       reproduce.epochs_of(args, "e2e_matched"))
   one_epoch = reproduce.training_tflops(args, "e2e", 1)
   assert abs(paper - matched) <= one_epoch / 2
+  # e2e at the cost of psl at equal images: a third of the paper protocol's epochs.
+  assert reproduce.epochs_of(args, "e2e_at_psl") == round(87 * e / 42)
+  psl = reproduce.training_tflops(args, "psl", reproduce.epochs_of(args, "psl"))
+  at_psl = reproduce.training_tflops(args, "e2e_at_psl", reproduce.epochs_of(args, "e2e_at_psl"))
+  assert abs(psl - at_psl) <= one_epoch / 2 and at_psl < reproduce.training_tflops(
+      args, "e2e", reproduce.epochs_of(args, "e2e"))
   with open(tmp_path / "results" / "flops.json") as f:
     assert list(json.load(f).values()) == [[1, 4, 3, 3, 3]]
 
