@@ -259,6 +259,10 @@ class Config:
   lr_decay: float = option(0.1, "Step schedule: factor between pieces.", range=(0.0, 1.0, True))
   warmup_epochs: float = option(0.0, "Cosine schedule: linear warm-up epochs.",
                                 range=(0.0, 10**6))
+  lr_restart: bool = option(True, "Restart the schedule (and its warm-up) in every stage, as "
+                            "the paper's rotation and jigsaw stages do; false: one schedule "
+                            "over all the run's steps, each stage continuing where the stage "
+                            "below stopped (the paper's SimCLR: cosine decay without restart).")
   # Running.
   seed: int = option(0, "Seed of initialisation, shuffling and augmentation.",
                      range=(0, _INT_MAX))

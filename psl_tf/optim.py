@@ -19,8 +19,28 @@ def parse_split(text):
   return values
 
 
+class ShiftedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """`schedule` read `offset` steps later: a stage that continues a run-long schedule from
+  where the stages below it stopped (its optimizer counts its own steps from 0)."""
+
+  def __init__(self, schedule, offset):
+    self.schedule = schedule
+    self.offset = int(offset)
+
+  def __call__(self, step):
+    return self.schedule(ops.add(ops.cast(step, "int64"), self.offset))
+
+  def get_config(self):
+    return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "offset": self.offset}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["offset"])
+
+
 def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.1,
-                  warmup_steps=0):
+                  warmup_steps=0, start_step=0):
   """A learning-rate schedule over one stage's steps.
 
   Args:
@@ -31,7 +51,13 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
       20/20/10/10 over 60 epochs drops x`decay` after 1/3, 2/3 and 5/6 of the stage.
     decay: factor between consecutive pieces of the step schedule.
     warmup_steps: linear warm-up from 0 (cosine only).
+    start_step: the schedule's step at which the optimizer's step 0 reads it (0: the schedule
+      starts with the optimizer; > 0: a stage continuing a schedule of `total_steps` over
+      the whole run, the stages below it having taken `start_step` steps).
   """
+  if start_step:
+    return ShiftedSchedule(make_schedule(kind, base_lr, total_steps, step_split, decay,
+                                         warmup_steps), start_step)
   if kind not in SCHEDULES:
     raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
   total_steps = max(int(total_steps), 1)

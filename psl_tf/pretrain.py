@@ -158,9 +158,13 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       blocks_lib.set_synchronized_batchnorm(head)
     # A task may scale the flag's rate with the batch (SimCLR: lr x batch / 256).
     base_lr = task.learning_rate(config.learning_rate, config.batch_size)
+    schedule_steps, start_step = total_steps, 0
+    if not config.lr_restart:  # one schedule over the run; this stage continues it
+      schedule_steps = sum(the_plan.epochs) * steps
+      start_step = sum(the_plan.epochs[:stage.index - 1]) * steps
     schedule = optim.make_schedule(
-        config.lr_schedule, base_lr, total_steps, config.lr_step_split,
-        config.lr_decay, warmup_steps=int(config.warmup_epochs * steps))
+        config.lr_schedule, base_lr, schedule_steps, config.lr_step_split,
+        config.lr_decay, warmup_steps=int(config.warmup_epochs * steps), start_step=start_step)
     optimizer = optim.build_optimizer(config.optimizer, schedule, config.momentum,
                                       weight_decay=config.weight_decay)
     model = trainer.StageModel(
@@ -234,6 +238,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "level_description": task.describe_level(stage.level), "epochs": epochs,
       "steps": total_steps, "resumed_from_epoch": initial_epoch,
       "learning_rate": base_lr,
+      "learning_rate_first_last": [_learning_rate_at(schedule, 0),
+                                   _learning_rate_at(schedule, total_steps - 1)],
       "final_loss": losses[-1] if losses else None,
       "pretext_accuracy": accuracies[-1] if accuracies else None,
       "epoch_losses": [round(l, 5) for l in losses],
@@ -249,6 +255,13 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     wd.finish_stage(workdir, stage.index, backbone, summary)
   wd.remove_tree(ckpt_dir)
   return summary
+
+
+def _learning_rate_at(schedule, step):
+  """The rate a stage's optimizer uses at its own step `step`."""
+  if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+    return float(schedule(step))
+  return float(schedule)
 
 
 def _check_finite_backbone(backbone, stage_index):

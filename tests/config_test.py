@@ -19,7 +19,7 @@ from psl_tf.cli import train
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 # Settings added after the fixtures were written, with the default an old run reads them as.
-ADDED_SINCE_V0 = {"head_grid": "1"}
+ADDED_SINCE_V0 = {"head_grid": "1", "lr_restart": "true"}
 
 
 def _fixture_values(task):

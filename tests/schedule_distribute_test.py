@@ -1,12 +1,16 @@
-"""The paper's step schedule, and which worker of a multi-worker cluster writes files."""
+"""The paper's step schedule, restarted or continued over stages, and which worker of a multi-worker cluster writes files."""
 
 import os
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import optim
+from psl_tf import pretrain
 
 
 def test_paper_step_schedule_drops_after_20_40_and_50_of_60_epochs():
@@ -68,3 +72,47 @@ def test_outside_a_cluster_every_strategy_is_chief(tmp_path):
     assert distribute.writable_dir(str(tmp_path), strategy) == str(tmp_path)
   with pytest.raises(ValueError, match="unknown strategy"):
     distribute.make_strategy("horovod")
+
+
+def test_a_shifted_schedule_reads_the_run_schedule_later():
+  run_long = optim.make_schedule("cosine", 0.3, 100, warmup_steps=10)
+  shifted = optim.make_schedule("cosine", 0.3, 100, warmup_steps=10, start_step=40)
+  for step in (0, 1, 30, 59):
+    assert float(shifted(step)) == pytest.approx(float(run_long(step + 40)))
+  config = keras.optimizers.schedules.serialize(shifted)
+  again = keras.optimizers.schedules.deserialize(config, custom_objects={
+      "ShiftedSchedule": optim.ShiftedSchedule})
+  assert float(again(5)) == pytest.approx(float(shifted(5)))
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_stages_restart_or_continue_the_schedule(tmp_path, restart):
+  """Every stage's optimizer starts the schedule again (the default), or continues one
+  schedule over the run's steps (--lr_restart=false); checked on the rate each step used."""
+  epochs, steps, base_lr = (2, 1, 1), 2, 0.05
+  config = config_lib.Config(
+      task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
+      image_size=16, head_hidden=16, batch_size=8, epochs=epochs, steps_per_epoch=steps,
+      optimizer="sgd", learning_rate=base_lr, lr_schedule="cosine", warmup_epochs=1,
+      lr_restart=restart, workdir=str(tmp_path), export=False, verbose=0)
+  used = {}
+
+  class RecordRate(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+      used.setdefault(self.model.name, []).append(float(self.model.optimizer.learning_rate))
+
+  summary = pretrain.run(config, distribute.make_strategy("one_device"), log=lambda m: None,
+                         callbacks=[RecordRate()])
+  if restart:
+    expected = [[float(optim.make_schedule("cosine", base_lr, e * steps, warmup_steps=steps)(i))
+                 for i in range(e * steps)] for e in epochs]
+  else:
+    run_long = optim.make_schedule("cosine", base_lr, sum(epochs) * steps, warmup_steps=steps)
+    rates = [float(run_long(i)) for i in range(sum(epochs) * steps)]
+    expected = [rates[:4], rates[4:6], rates[6:]]
+  for k, stage in enumerate(summary["stages"], start=1):
+    np.testing.assert_allclose(used[f"stage_{k}"], expected[k - 1], rtol=1e-5)
+    np.testing.assert_allclose(stage["learning_rate_first_last"],
+                               [expected[k - 1][0], expected[k - 1][-1]], rtol=1e-5)
+  # Restarted, every stage warms up from 0 again; continued, only stage 1 does.
+  assert (used["stage_2"][0] == pytest.approx(0.0)) == restart
