@@ -92,6 +92,11 @@ COMMON_TRAIN_FLAGS = ("--backbone=cifar_resnet", "--optimizer=sgd", "--learning_
                       "--image_check=none", "--export=false", "--verbose=2")
 
 
+def extra_tag(extra):
+  """The run-name suffix of a variant made by the extra training flags `extra` ('' for none)."""
+  return "_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", e) for e in extra) if extra else ""
+
+
 def parse_args(argv=None):
   """The command line, with the preset filled in where no explicit flag was given."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -120,13 +125,20 @@ def parse_args(argv=None):
                       help="extra psl_tf.train flag for every run, e.g. "
                       "--extra=--frozen_bn=batch_stats (repeatable); changes the run names")
   parser.add_argument("--tag", default="", help="suffix of the run names (variants)")
+  parser.add_argument("--base_extra", action="append", default=[],
+                      help="the --extra flags of the variant a variant table is compared "
+                      "with (default: none, the base campaign), e.g. --base_extra=--head_grid=4 "
+                      "for an ablation made on top of the grid head")
   args = parser.parse_args(argv)
   for name, value in PRESETS[args.preset].items():
     if getattr(args, name) is None:
       setattr(args, name, value)
   if args.extra and not args.tag:
     # Other learning flags need other work directories (a run resumes only with its flags).
-    args.tag = "_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "", e) for e in args.extra)
+    args.tag = extra_tag(args.extra)
+  args.base_tag = extra_tag(args.base_extra)
+  if args.base_tag == args.tag and args.tag:
+    parser.error("--base_extra names the variant itself; give the flags of the base variant")
   args.results = args.results or args.root
   args.rows = [r for r in args.rows.split(",") if r]
   bad = [r for r in args.rows if r not in ROWS or r == RANDOM]
@@ -569,8 +581,9 @@ def comparisons(table):
            "|---|---|---:|---:|---:|---:|---:|---:|"] + lines)
 
 
-def variant_comparison(table, base_table, tag):
-  """Lines comparing each row of a variant (`tag`) with the same row of the base campaign:
+def variant_comparison(table, base_table, tag, base_tag=""):
+  """Lines comparing each row of a variant (`tag`) with the same row of its base (the base
+  campaign, or the variant `base_tag`):
   variant − base per block, ± the standard error of the difference when both have several
   seeds; a single variant seed is instead placed against the base's seed spread (inside or
   outside mean ± 2 sd)."""
@@ -581,7 +594,7 @@ def variant_comparison(table, base_table, tag):
              for block in BLOCKS + ("best",)]
     seeds = (",".join(map(str, table[row]["seeds"])) + " vs " +
              ",".join(map(str, base_table[row]["seeds"])))
-    lines.append(f"| {row}{tag} − {row} | {seeds} | " + " | ".join(cells) + " |")
+    lines.append(f"| {row}{tag} − {row}{base_tag} | {seeds} | " + " | ".join(cells) + " |")
   if not lines:
     return []
   return (["| Difference | seeds | B1 | B2 | B3 | B4 | B5 | best block |",
@@ -606,10 +619,12 @@ def markdown(args, records, table, base_table=None):
   if diff:
     lines += ["", "Differences of the means (± standard error of the difference, "
               "sqrt(sd_a²/n_a + sd_b²/n_b)):", "", *diff]
-  against_base = variant_comparison(table, base_table or {}, args.tag)
+  against_base = variant_comparison(table, base_table or {}, args.tag, args.base_tag)
   if against_base:
+    base = (f"the variant {' '.join(args.base_extra)}" if args.base_extra
+            else "the base campaign")
     lines += ["", f"The variant ({' '.join(args.extra) or args.tag}) against the same rows "
-              "without it (the base campaign's stored runs):", "", *against_base]
+              f"of {base} (stored runs):", "", *against_base]
   lines += ["", "Per seed (held-out pretext accuracy of every stage, %):", "",
             "| Run | B1 | B2 | B3 | B4 | B5 | held-out per stage | train wall s |",
             "|---|---:|---:|---:|---:|---:|---|---:|"]
@@ -657,7 +672,7 @@ def write_results(args, records=None):
   table = aggregate(records)
   base_table = None
   if args.tag:
-    base_table = aggregate(load_records(args.results, args.task, "",
+    base_table = aggregate(load_records(args.results, args.task, args.base_tag,
                                         probe_settings(vars(args))))
   text = markdown(args, records, table, base_table)
   stem = f"results{args.tag}"

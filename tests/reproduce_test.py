@@ -197,6 +197,19 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   # 42.5 - 41.0 = +1.5, SE sqrt(2.0/2 + 1.0/3) = 1.15: within 2 SE.
   assert "| psl_x − psl | 6,7 vs 0,1,2 | +1.5 ± 1.2 (within 2 SE) |" in text
   assert "| random |" not in text  # no untrained record of seeds 6, 7: no floor
+  # An ablation made on top of a variant is compared with that variant (--base_extra).
+  for seed, b1 in ((6, 45.5), (7, 47.5)):
+    record = dict(_record("psl", seed, b1, 50.0), tag="_x_y")
+    (results / "rotation" / f"psl_x_y_s{seed}").mkdir()
+    (results / "rotation" / f"psl_x_y_s{seed}" / "record.json").write_text(json.dumps(record))
+  reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
+                  "--preset=small", "--extra=--x", "--extra=--y", "--base_extra=--x"])
+  text = (results / "rotation" / "results_x_y.md").read_text()
+  # 46.5 - 42.5 = +4.0, SE sqrt(2/2 + 2/2) = 1.4: outside 2 SE.
+  assert "| psl_x_y − psl_x | 6,7 vs 6,7 | +4.0 ± 1.4 (outside 2 SE) |" in text
+  assert "against the same rows of the variant --x" in text
+  with pytest.raises(SystemExit):
+    reproduce.parse_args(["--phase=table", "--extra=--x", "--base_extra=--x"])
 
 
 @pytest.mark.slow
