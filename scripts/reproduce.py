@@ -215,13 +215,32 @@ def epochs_of(args, row):
   raise ValueError(f"row {row} is not trained")
 
 
+def stage_epochs(args, row):
+  """Epochs of each stage of a row: the row's rule, unless an `--extra=--epochs=a,b,c` weights
+  the stages (e.g. 3,5,7 against psl's 5,5,5: the same images, spent differently)."""
+  count = STAGES_PER_MODE[ROWS[row][0]]
+  given = [e.split("=", 1)[1] for e in args.extra if e.startswith("--epochs=")]
+  if not given:
+    return [epochs_of(args, row)] * count
+  values = [int(v) for v in given[-1].split(",") if v]
+  if len(values) == 1:
+    values = values * count
+  if len(values) != count:
+    raise ValueError(f"--extra=--epochs={given[-1]} gives {len(values)} stages to a row of "
+                     f"{count}")
+  return values
+
+
 def training_tflops(args, row, epochs):
-  """Training compute of one run in TFLOPs (10^12 floating-point operations)."""
+  """Training compute of one run in TFLOPs (10^12 floating-point operations); `epochs` is one
+  number for every stage, or one per stage."""
   mode = ROWS[row][0]
   if mode is None:
     return 0.0
-  images = epochs * args.steps_per_epoch * args.batch_size
-  return sum(c * images for c in stage_costs(mode, flops_of(args))) / 1e12
+  costs = stage_costs(mode, flops_of(args))
+  per_stage = epochs if isinstance(epochs, (list, tuple)) else [epochs] * len(costs)
+  images_per_epoch = args.steps_per_epoch * args.batch_size
+  return sum(c * e * images_per_epoch for c, e in zip(costs, per_stage, strict=True)) / 1e12
 
 
 # ---- running -------------------------------------------------------------------------------
@@ -402,13 +421,15 @@ def run_one(args, row, seed, log=print):
   workdir = run_dir(args, row, seed)
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "reproduce.log")
-  epochs = 0 if row == RANDOM else epochs_of(args, row)
+  epochs = [0] if row == RANDOM else stage_epochs(args, row)
   record = {"row": row, "mode": ROWS[row][0] or RANDOM, "protocol": ROWS[row][1],
             "seed": seed, "task": args.task, "tag": "" if row == RANDOM else args.tag,
             "preset": args.preset,
             "code_version": code_version(),
             "settings": {k: getattr(args, k) for k in SETTINGS},
-            "epochs_per_stage": epochs,
+            # One number when every stage trains as long, else one per stage ("3,5,7").
+            "epochs_per_stage": (epochs[0] if len(set(epochs)) == 1
+                                 else ",".join(map(str, epochs))),
             "train_command": ("(untrained initialisation)" if row == RANDOM
                               else shlex.join(train_command(args, row, seed))),
             "eval_command": shlex.join(eval_command(args, row, seed)),

@@ -69,6 +69,18 @@ def test_matched_e2e_costs_what_the_paper_protocol_psl_costs(tmp_path, monkeypat
       args, "e2e", reproduce.epochs_of(args, "e2e"))
   with open(tmp_path / "results" / "flops.json") as f:
     assert list(json.load(f).values()) == [[1, 4, 3, 3, 3]]
+  # Stages weighted by an extra --epochs flag: the same images as psl, costed per stage.
+  weighted = reproduce.parse_args(["--data", data, "--preset=cifar10", "--root", str(tmp_path),
+                                   "--results", str(tmp_path / "results"),
+                                   "--extra=--epochs=3,5,7"])
+  assert reproduce.stage_epochs(weighted, "psl") == [3, 5, 7]
+  assert reproduce.stage_epochs(args, "psl") == [e] * 3
+  images = args.steps_per_epoch * args.batch_size
+  assert reproduce.training_tflops(weighted, "psl", [3, 5, 7]) == pytest.approx(
+      (24 * 3 + 31 * 5 + 32 * 7) * images / 1e12)
+  assert reproduce.train_command(weighted, "psl", 0)[-1] == "--epochs=3,5,7"  # the last wins
+  with pytest.raises(ValueError, match="gives 3 stages to a row of 1"):
+    reproduce.stage_epochs(weighted, "e2e")
 
 
 def test_extra_flags_get_their_own_run_directories(tmp_path):
