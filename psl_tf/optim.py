@@ -56,8 +56,10 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
       the whole run, the stages below it having taken `start_step` steps).
   """
   if start_step:
-    return ShiftedSchedule(make_schedule(kind, base_lr, total_steps, step_split, decay,
-                                         warmup_steps), start_step)
+    schedule = make_schedule(kind, base_lr, total_steps, step_split, decay, warmup_steps)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+      return ShiftedSchedule(schedule, start_step)
+    return schedule  # a constant rate reads the same at every step
   if kind not in SCHEDULES:
     raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
   total_steps = max(int(total_steps), 1)

@@ -83,6 +83,11 @@ def test_a_shifted_schedule_reads_the_run_schedule_later():
   again = keras.optimizers.schedules.deserialize(config, custom_objects={
       "ShiftedSchedule": optim.ShiftedSchedule})
   assert float(again(5)) == pytest.approx(float(shifted(5)))
+  # Constant rates (a constant schedule, a step schedule of one piece) need no shift.
+  assert optim.make_schedule("constant", 0.1, 100, start_step=40) == pytest.approx(0.1)
+  assert optim.make_schedule("step", 0.1, 100, "1", start_step=40) == pytest.approx(0.1)
+  step = optim.make_schedule("step", 0.1, 100, "1,1", start_step=40)
+  assert [float(step(i)) for i in (0, 10, 11)] == pytest.approx([0.1, 0.1, 0.01])  # drop after step 50
 
 
 @pytest.mark.parametrize("restart", [True, False])
