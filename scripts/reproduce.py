@@ -563,21 +563,23 @@ def difference(table, a, b, block):
   return ma - mb, math.sqrt(sa ** 2 / na + sb ** 2 / nb)
 
 
-def difference_cell(table, a, b, block, spread_name):
+def difference_cell(table, a, b, block):
   """One table cell: mean of a − mean of b at `block`, ± the standard error of the difference
-  when both rows have several seeds; a single seed of a is placed against b's seed spread
-  (inside or outside `spread_name` mean ± 2 sd)."""
+  when both rows have several seeds; when one row has a single seed, the difference is placed
+  against the other row's seed spread (inside or outside that row's mean ± 2 sd)."""
   d, se = difference(table, a, b, block)
   if d is None:
     return "–"
-  sd_b = table[b][block][1]
+  mark = ""
   if se:
     mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
-  elif len(table[a]["seeds"]) == 1 and sd_b:
-    where = "outside" if abs(d) > 2 * sd_b else "within"
-    mark = f" ({where} {spread_name} mean ± 2 sd)"
   else:
-    mark = ""
+    for single, other in ((a, b), (b, a)):
+      sd = table[other][block][1]
+      if len(table[single]["seeds"]) == 1 and sd:
+        where = "outside" if abs(d) > 2 * sd else "within"
+        mark = f" ({where} {other} mean ± 2 sd)"
+        break
   return f"{d:+.1f}" + (f" ± {se:.1f}" if se else "") + mark
 
 
@@ -594,7 +596,7 @@ def comparisons(table):
   for a, b, what in pairs:
     if a not in table or b not in table:
       continue
-    cells = [difference_cell(table, a, b, block, b) for block in BLOCKS + ("best",)]
+    cells = [difference_cell(table, a, b, block) for block in BLOCKS + ("best",)]
     lines.append(f"| {a} − {b} | {what} | " + " | ".join(cells) + " |")
   if not lines:
     return []
@@ -611,7 +613,7 @@ def variant_comparison(table, base_table, tag, base_tag=""):
   lines = []
   for row in [r for r in table if r in base_table and r != RANDOM]:
     merged = {"variant": table[row], "base": base_table[row]}
-    cells = [difference_cell(merged, "variant", "base", block, "base")
+    cells = [difference_cell(merged, "variant", "base", block)
              for block in BLOCKS + ("best",)]
     seeds = (",".join(map(str, table[row]["seeds"])) + " vs " +
              ",".join(map(str, base_table[row]["seeds"])))

@@ -157,6 +157,7 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   stored += [_record("e2e", s, 30.0 + s, 40.0 - s) for s in (0, 1, 2)]
   stored += [_record("random", s, 35.0, 30.0, heldout=None) for s in (0, 1)]
   stored += [_record("psl_paper", 0, 31.5, 40.0)]  # one seed so far
+  stored += [_record("e2e_at_psl", 0, 38.0, 45.0)]  # one seed, as the second row of a pair
   for record in stored:
     folder = results / "rotation" / f"{record['row']}_s{record['seed']}"
     folder.mkdir(parents=True)
@@ -183,9 +184,12 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   # A single seed is placed against the other row's spread: B1 31.5 − 31.0 = +0.5, e2e sd 1.0.
   assert ("| psl_paper − e2e | paper's protocol vs e2e at equal epochs per stage | "
           "+0.5 (within e2e mean ± 2 sd) |") in text
+  # ... and so is a single seed of the second row: B1 41.0 − 38.0 = +3.0 against psl's sd 1.0.
+  assert ("| psl − e2e_at_psl | equal images vs e2e at equal compute | "
+          "+3.0 (outside psl mean ± 2 sd) |") in text
   assert "99.0" not in text
   table = json.loads((results / "rotation" / "results.json").read_text())["table"]
-  assert sorted(table) == ["e2e", "psl", "psl_paper", "random"]
+  assert sorted(table) == ["e2e", "e2e_at_psl", "psl", "psl_paper", "random"]
   assert (results / "rotation" / "results.png").stat().st_size > 0
   # The variant's table has its own rows and the shared untrained floor of the same seeds.
   variant = reproduce.load_records(str(results), "rotation", tag="_x")
