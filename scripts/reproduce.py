@@ -585,8 +585,9 @@ def difference_cell(table, a, b, block):
 
 def comparisons(table):
   """Lines comparing the rows a reader of the paper asks about, block by block."""
-  pairs = [("psl", "e2e", "equal images"), ("psl", "e2e_at_psl", "equal images vs e2e at "
-                                               "equal compute"), ("psl", "sl", "the ladder vs the hardest level"),
+  pairs = [("psl", "e2e", "equal images"),
+           ("psl", "e2e_at_psl", "equal images vs e2e at equal compute"),
+           ("psl", "sl", "the ladder vs the hardest level"),
            ("psl", "psl_f", "stop-gradient vs full gradients"),
            ("psl_paper", "e2e_matched", "paper's protocol vs e2e at equal compute"),
            ("psl_paper", "e2e", "paper's protocol vs e2e at equal epochs per stage"),
@@ -608,7 +609,7 @@ def variant_comparison(table, base_table, tag, base_tag=""):
   """Lines comparing each row of a variant (`tag`) with the same row of its base (the base
   campaign, or the variant `base_tag`):
   variant − base per block, ± the standard error of the difference when both have several
-  seeds; a single variant seed is instead placed against the base's seed spread (inside or
+  seeds; a single seed of either is instead placed against the other's seed spread (inside or
   outside mean ± 2 sd)."""
   lines = []
   for row in [r for r in table if r in base_table and r != RANDOM]:
