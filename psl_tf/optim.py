@@ -57,7 +57,7 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
   """
   if start_step:
     schedule = make_schedule(kind, base_lr, total_steps, step_split, decay, warmup_steps)
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+    if _is_schedule(schedule):
       return ShiftedSchedule(schedule, start_step)
     return schedule  # a constant rate reads the same at every step
   if kind not in SCHEDULES:
@@ -81,6 +81,15 @@ def make_schedule(kind, base_lr, total_steps, step_split="20,20,10,10", decay=0.
     boundaries.append(int(round(total_steps * cumulative / sum(pieces))))
   values = [float(base_lr) * decay ** i for i in range(len(pieces))]
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def _is_schedule(learning_rate):
+  return isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+
+
+def rate_at(learning_rate, step):
+  """The rate an optimizer given `learning_rate` (a schedule or a number) uses at `step`."""
+  return float(learning_rate(step) if _is_schedule(learning_rate) else learning_rate)
 
 
 def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):

@@ -238,8 +238,8 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
       "level_description": task.describe_level(stage.level), "epochs": epochs,
       "steps": total_steps, "resumed_from_epoch": initial_epoch,
       "learning_rate": base_lr,
-      "learning_rate_first_last": [_learning_rate_at(schedule, 0),
-                                   _learning_rate_at(schedule, total_steps - 1)],
+      "learning_rate_first_last": [optim.rate_at(schedule, 0),
+                                   optim.rate_at(schedule, total_steps - 1)],
       "final_loss": losses[-1] if losses else None,
       "pretext_accuracy": accuracies[-1] if accuracies else None,
       "epoch_losses": [round(l, 5) for l in losses],
@@ -255,13 +255,6 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     wd.finish_stage(workdir, stage.index, backbone, summary)
   wd.remove_tree(ckpt_dir)
   return summary
-
-
-def _learning_rate_at(schedule, step):
-  """The rate a stage's optimizer uses at its own step `step`."""
-  if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-    return float(schedule(step))
-  return float(schedule)
 
 
 def _check_finite_backbone(backbone, stage_index):
