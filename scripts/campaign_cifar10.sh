@@ -57,4 +57,8 @@ for task in rotation jigsaw; do
     done
   fi
 done
+# The head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
+# grid head, so the grid's gain can be told from the hidden layer's.
+step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
+    --base_extra=--head_grid=4
 echo "== $(date -u +%H:%M:%S) campaign finished"
