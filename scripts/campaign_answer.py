@@ -1,0 +1,128 @@
+r"""The campaign's answer in one table: does PSL beat e2e, under which budget, by how much.
+
+  python scripts/campaign_answer.py [--results=docs/results/cifar10] [--tasks=rotation,jigsaw]
+  python scripts/campaign_answer.py --update README.md docs/RESULTS.md
+
+Reads the tables `scripts/reproduce.py --phase=table` stored under `<results>/<task>/`
+(`results.json` for the default heads, `results_headgrid4.json` for heads on a 4x4 grid) and
+prints, per budget, the best-block difference of PSL's row minus the other row, ± the standard
+error of the difference, for every task. `--update FILE...` rewrites the table between the
+`<!-- campaign-answer -->` and `<!-- /campaign-answer -->` markers of each file, so the README
+and RESULTS never carry hand-copied numbers (tests/reproduce_test.py checks they are current).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_RESULTS = os.path.join(REPO, "docs", "results", "cifar10")
+BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
+
+# (variant tag, row a, row b, what the line answers); `{...}` is filled from the tables.
+LINES = (
+    ("", "psl", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
+    ("_headgrid4", "psl", "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
+    ("", "psl", "e2e_at_psl",
+     "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads"),
+    ("_headgrid4", "psl", "e2e_at_psl", "equal compute, grid heads"),
+    ("", "psl_paper", "e2e", "the paper's protocol (each stage as long as e2e: "
+     "{paper_cost} e2e's compute) vs e2e"),
+    ("", "psl_paper", "e2e_matched",
+     "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
+    ("", "psl", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
+    ("", "psl", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+)
+
+
+def load_table(results, task, tag):
+  path = os.path.join(results, task, f"results{tag}.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)["table"]
+
+
+def cell(table, a, b):
+  """'−1.5 ± 0.6 (2+2)', in bold when the difference is outside two standard errors."""
+  if a not in table or b not in table:
+    return "–"
+  d, se = reproduce.difference(table, a, b, "best")
+  if d is None:
+    return "–"
+  seeds = f"({len(table[a]['seeds'])}+{len(table[b]['seeds'])})"
+  text = f"{d:+.1f}".replace("-", "−")
+  if se is None:
+    return f"{text} {seeds}"
+  text += f" ± {se:.1f}"
+  return f"**{text}** {seeds}" if abs(d) > 2 * se else f"{text} {seeds}"
+
+
+def budget_facts(tables):
+  """The numbers the budget descriptions quote, from the first table that has the rows."""
+  facts = {"psl_cost": "?", "paper_cost": "?", "e2e_at_psl_epochs": "?",
+           "e2e_matched_epochs": "?"}
+  for table in tables:
+    cost = {row: entry["training_tflops"][0] for row, entry in table.items()}
+    if "psl" in cost and "e2e" in cost and facts["psl_cost"] == "?":
+      facts["psl_cost"] = f"{100 * cost['psl'] / cost['e2e']:.0f} %"
+    if "psl_paper" in cost and "e2e" in cost and facts["paper_cost"] == "?":
+      facts["paper_cost"] = f"{cost['psl_paper'] / cost['e2e']:.1f}×"
+    for row in ("e2e_at_psl", "e2e_matched"):
+      if row in table and facts[f"{row}_epochs"] == "?":
+        facts[f"{row}_epochs"] = str(table[row]["epochs_per_stage"])
+  return facts
+
+
+def answer(results, tasks):
+  """The Markdown table (list of lines)."""
+  tables = {(task, tag): load_table(results, task, tag)
+            for task in tasks for tag in {tag for tag, *_ in LINES}}
+  facts = budget_facts(t for (_, tag), t in tables.items() if tag == "")
+  lines = ["| Budget (best block, PSL's row − the other) | " + " | ".join(tasks) + " |",
+           "|---|" + "---:|" * len(tasks)]
+  for tag, a, b, what in LINES:
+    cells = [cell(tables[(task, tag)], a, b) for task in tasks]
+    if all(c == "–" for c in cells):
+      continue
+    lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
+  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split, difference of the seed means "
+            "± its standard error; (n+m) seeds; **bold**: outside two standard errors; "
+            "–: not run yet."]
+  return lines
+
+
+def update(path, lines):
+  """Rewrites the block between the markers of `path`; returns True if it changed."""
+  with open(path) as f:
+    text = f.read()
+  start, end = text.find(BEGIN), text.find(END)
+  if start < 0 or end < start:
+    raise SystemExit(f"campaign_answer: {path} has no {BEGIN} ... {END} block")
+  new = text[:start] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[end:]
+  if new != text:
+    with open(path, "w") as f:
+      f.write(new)
+  return new != text
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--results", default=DEFAULT_RESULTS)
+  parser.add_argument("--tasks", default="rotation,jigsaw")
+  parser.add_argument("--update", nargs="*", default=None, metavar="FILE",
+                      help="rewrite the marked table of these Markdown files")
+  args = parser.parse_args(argv)
+  lines = answer(args.results, [t for t in args.tasks.split(",") if t])
+  if args.update is None:
+    print("\n".join(lines))
+  for path in args.update or []:
+    print(f"campaign_answer: {path} {'updated' if update(path, lines) else 'already current'}")
+
+
+if __name__ == "__main__":
+  main()

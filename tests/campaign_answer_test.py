@@ -1,0 +1,74 @@
+"""scripts/campaign_answer.py: the answer table is computed from stored tables, and the copies
+in README.md and docs/RESULTS.md are the ones the stored campaign results give."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "campaign_answer", os.path.join(ROOT, "scripts", "campaign_answer.py"))
+campaign_answer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(campaign_answer)
+
+
+def _entry(best, tflops, epochs):
+  """A row of a stored table: its per-seed best blocks `best`, as reproduce.aggregate keeps it."""
+  return {"best": list(campaign_answer.reproduce.mean_spread(best)),
+          "seeds": list(range(len(best))), "training_tflops": [tflops, 0.0], "epochs_per_stage": epochs}
+
+
+def _write(results, task, tag, table):
+  os.makedirs(os.path.join(results, task), exist_ok=True)
+  with open(os.path.join(results, task, f"results{tag}.json"), "w") as f:
+    json.dump({"table": table, "runs": []}, f)
+
+
+def test_cells_mark_what_lies_outside_two_standard_errors(tmp_path):
+  results = str(tmp_path)
+  _write(results, "rotation", "", {
+      "psl": _entry([50.0, 52.0, 54.0], 50.0, 5),
+      "e2e": _entry([58.0, 59.0, 60.0], 100.0, 15),
+      "e2e_at_psl": _entry([52.0, 53.0], 48.0, 7),
+      "psl_f": _entry([51.0], 50.0, 5)})
+  _write(results, "jigsaw", "_headgrid4", {
+      "psl": _entry([40.0, 41.0], 50.0, 5), "e2e": _entry([40.5, 41.5], 100.0, 15)})
+  lines = campaign_answer.answer(results, ["rotation", "jigsaw"])
+  text = "\n".join(lines)
+  assert lines[0].endswith("| rotation | jigsaw |")
+  # psl − e2e = 52 − 59 = −7, SE sqrt(4/3 + 1/3) = 1.29: outside 2 SE, in bold.
+  assert "at 50 % of e2e's compute), default heads | **−7.0 ± 1.3** (3+3) | – |" in text
+  # psl − e2e_at_psl = 52 − 52.5, SE sqrt(4/3 + 0.5/2) = 1.26: within, plain.
+  assert "(e2e for PSL's FLOPs, 7 epochs), default heads | −0.5 ± 1.3 (3+2) | – |" in text
+  # A single seed: no standard error, no verdict.
+  assert "(the paper: equal) | +1.0 (3+1) | – |" in text
+  # Only jigsaw has the grid rows.
+  assert "heads on a 4×4 grid (`--head_grid=4`) | – | −0.5 ± 0.7 (2+2) |" in text
+  # Budgets nobody ran are left out, not listed empty.
+  assert "psl_paper" not in text and "`sl`" not in text
+
+
+def test_update_rewrites_only_the_marked_block(tmp_path):
+  path = tmp_path / "doc.md"
+  path.write_text(f"before\n{campaign_answer.BEGIN}\nold\n{campaign_answer.END}\nafter\n")
+  assert campaign_answer.update(str(path), ["| a |", "| b |"])
+  assert path.read_text() == (f"before\n{campaign_answer.BEGIN}\n| a |\n| b |\n"
+                              f"{campaign_answer.END}\nafter\n")
+  assert not campaign_answer.update(str(path), ["| a |", "| b |"])
+  (tmp_path / "plain.md").write_text("no markers\n")
+  with pytest.raises(SystemExit, match="no <!-- campaign-answer -->"):
+    campaign_answer.update(str(tmp_path / "plain.md"), ["| a |"])
+
+
+@pytest.mark.parametrize("doc", ["README.md", os.path.join("docs", "RESULTS.md")])
+def test_the_documents_carry_the_answer_of_the_stored_results(doc):
+  with open(os.path.join(ROOT, doc)) as f:
+    text = f.read()
+  block = text[text.index(campaign_answer.BEGIN) + len(campaign_answer.BEGIN) + 1:
+               text.index(campaign_answer.END)]
+  expected = campaign_answer.answer(campaign_answer.DEFAULT_RESULTS, ["rotation", "jigsaw"])
+  assert block == "\n".join(expected) + "\n", (
+      f"{doc} is stale: run python scripts/campaign_answer.py --update README.md "
+      "docs/RESULTS.md")
