@@ -17,7 +17,8 @@ _spec.loader.exec_module(campaign_answer)
 def _entry(best, tflops, epochs):
   """A row of a stored table: its per-seed best blocks `best`, as reproduce.aggregate keeps it."""
   return {"best": list(campaign_answer.reproduce.mean_spread(best)),
-          "seeds": list(range(len(best))), "training_tflops": [tflops, 0.0], "epochs_per_stage": epochs}
+          "seeds": list(range(len(best))), "training_tflops": [tflops, 0.0],
+          "epochs_per_stage": epochs}
 
 
 def _write(results, task, tag, table):
