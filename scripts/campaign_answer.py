@@ -4,11 +4,12 @@ r"""The campaign's answer in one table: does PSL beat e2e, under which budget, b
   python scripts/campaign_answer.py --update README.md docs/RESULTS.md
 
 Reads the tables `scripts/reproduce.py --phase=table` stored under `<results>/<task>/`
-(`results.json` for the default heads, `results_headgrid4.json` for heads on a 4x4 grid) and
+(`results.json` for the default heads, `results_<variant>.json` for a variant) and
 prints, per budget, the best-block difference of PSL's row minus the other row, ± the standard
 error of the difference, for every task. `--update FILE...` rewrites the table between the
 `<!-- campaign-answer -->` and `<!-- /campaign-answer -->` markers of each file, so the README
-and RESULTS never carry hand-copied numbers (tests/reproduce_test.py checks they are current).
+and RESULTS never carry hand-copied numbers (tests/campaign_answer_test.py checks they are
+current).
 """
 
 import argparse
@@ -23,19 +24,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = os.path.join(REPO, "docs", "results", "cifar10")
 BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 
-# (variant tag, row a, row b, what the line answers); `{...}` is filled from the tables.
+# (variant of row a, row a, variant of row b, row b, what the line answers); a variant is the
+# run-name tag of `scripts/reproduce.py --extra` ('' for the default heads); `{...}` is filled
+# from the tables.
+GRID = "_headgrid4"
 LINES = (
-    ("", "psl", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
-    ("_headgrid4", "psl", "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
-    ("", "psl", "e2e_at_psl",
+    ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
+    (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
+    ("", "psl", "", "e2e_at_psl",
      "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads"),
-    ("_headgrid4", "psl", "e2e_at_psl", "equal compute, grid heads"),
-    ("", "psl_paper", "e2e", "the paper's protocol (each stage as long as e2e: "
+    (GRID, "psl", GRID, "e2e_at_psl", "equal compute, grid heads"),
+    ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "
      "{paper_cost} e2e's compute) vs e2e"),
-    ("", "psl_paper", "e2e_matched",
+    ("", "psl_paper", "", "e2e_matched",
      "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
-    ("", "psl", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
-    ("", "psl", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+    ("", "psl", "", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
+    ("", "psl", "", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
 )
 
 
@@ -47,14 +51,15 @@ def load_table(results, task, tag):
     return json.load(f)["table"]
 
 
-def cell(table, a, b):
+def cell(table_a, a, table_b, b):
   """'−1.5 ± 0.6 (2+2)', in bold when the difference is outside two standard errors."""
-  if a not in table or b not in table:
+  if a not in table_a or b not in table_b:
     return "–"
-  d, se = reproduce.difference(table, a, b, "best")
+  pair = {"a": table_a[a], "b": table_b[b]}
+  d, se = reproduce.difference(pair, "a", "b", "best")
   if d is None:
     return "–"
-  seeds = f"({len(table[a]['seeds'])}+{len(table[b]['seeds'])})"
+  seeds = f"({len(pair['a']['seeds'])}+{len(pair['b']['seeds'])})"
   text = f"{d:+.1f}".replace("-", "−")
   if se is None:
     return f"{text} {seeds}"
@@ -80,13 +85,13 @@ def budget_facts(tables):
 
 def answer(results, tasks):
   """The Markdown table (list of lines)."""
-  tables = {(task, tag): load_table(results, task, tag)
-            for task in tasks for tag in {tag for tag, *_ in LINES}}
+  tags = {line[0] for line in LINES} | {line[2] for line in LINES}
+  tables = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
   facts = budget_facts(t for (_, tag), t in tables.items() if tag == "")
   lines = ["| Budget (best block, PSL's row − the other) | " + " | ".join(tasks) + " |",
            "|---|" + "---:|" * len(tasks)]
-  for tag, a, b, what in LINES:
-    cells = [cell(tables[(task, tag)], a, b) for task in tasks]
+  for tag_a, a, tag_b, b, what in LINES:
+    cells = [cell(tables[(task, tag_a)], a, tables[(task, tag_b)], b) for task in tasks]
     if all(c == "–" for c in cells):
       continue
     lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
