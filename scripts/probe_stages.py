@@ -92,7 +92,8 @@ def table(results, runs, stages):
         cells.append(f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}")
       else:
         cells.append(f"{values[0]:.1f}" if values else "–")
-    lines.append(f"| mean ± sd ({len(rows)} runs) | stage {stage} | " + " | ".join(cells) + " |")
+    runs_text = f"{len(rows)} run" + ("s" if len(rows) > 1 else "")
+    lines.append(f"| mean ± sd ({runs_text}) | stage {stage} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
