@@ -125,6 +125,10 @@ def parse_args(argv=None):
                       help="extra psl_tf.train flag for every run, e.g. "
                       "--extra=--frozen_bn=batch_stats (repeatable); changes the run names")
   parser.add_argument("--tag", default="", help="suffix of the run names (variants)")
+  parser.add_argument("--reprobe_before", default=None, metavar="COMMIT",
+                      help="probe again (pre-trained weights kept) every requested run whose "
+                      "stored probes were made by code older than COMMIT, e.g. the first "
+                      "commit of a changed probe pipeline")
   parser.add_argument("--base_extra", action="append", default=[],
                       help="the --extra flags of the variant a variant table is compared "
                       "with (default: none, the base campaign), e.g. --base_extra=--head_grid=4 "
@@ -395,16 +399,38 @@ def code_version():
   return commit + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def read_record(args, row, seed):
-  """The stored record of a finished run probed the way `args` asks, or None."""
+def probed_before(record, commit):
+  """True if the record's probes were made by code older than `commit` (a strict ancestor;
+  a record without `probe_code_version` was probed by the commit that pre-trained it)."""
+  version = (record.get("probe_code_version") or record.get("code_version") or "").rstrip("+")
+  if not version or version.startswith("unknown"):
+    return True
+  def git(*cmd):
+    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
+  full = git("rev-parse", "--verify", "--quiet", commit + "^{commit}").stdout.strip()
+  if not full:
+    raise ValueError(f"--reprobe_before={commit} is not a commit of this repository")
+  if git("rev-parse", version).stdout.strip() == full:
+    return False
+  return git("merge-base", "--is-ancestor", version, full).returncode == 0
+
+
+def _stored_record(args, row, seed):
   path = os.path.join(stored_dir(args, row, seed), "record.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    record = json.load(f)
-  if not record.get("probes"):
+    return json.load(f)
+
+
+def read_record(args, row, seed):
+  """The stored record of a finished run probed the way `args` asks, or None."""
+  record = _stored_record(args, row, seed)
+  if record is None or not record.get("probes"):
     return None
   if probe_settings(record["settings"]) != probe_settings(vars(args)):
+    return None
+  if args.reprobe_before and probed_before(record, args.reprobe_before):
     return None
   return record
 
@@ -419,6 +445,13 @@ def run_one(args, row, seed, log=print):
     log(f"-- {run_name(args, row, seed)}: stored in {stored_dir(args, row, seed)}, skipped")
     return stored
   workdir = run_dir(args, row, seed)
+  kept = _stored_record(args, row, seed)
+  if (row != RANDOM and kept and kept.get("probes") and args.reprobe_before and
+      probe_settings(kept["settings"]) == probe_settings(vars(args)) and
+      not _finished(workdir, row)):
+    log(f"-- {run_name(args, row, seed)}: its weights are not in {workdir}, so it cannot be "
+        "probed again; its stored probes are kept")
+    return kept
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, "reproduce.log")
   epochs = [0] if row == RANDOM else stage_epochs(args, row)
@@ -434,32 +467,37 @@ def run_one(args, row, seed, log=print):
                               else shlex.join(train_command(args, row, seed))),
             "eval_command": shlex.join(eval_command(args, row, seed)),
             "training_tflops": training_tflops(args, row, epochs)}
+  trained_now = False
   if row == RANDOM:
     if not _finished(workdir, row):
       write_random_run(args, seed)
   elif not _finished(workdir, row):
-    if os.path.exists(os.path.join(stored_dir(args, row, seed), "record.json")):
+    if kept is not None:
       log(f"-- {run_name(args, row, seed)} is stored with other probe settings, but its "
           f"weights are not in {workdir}: pre-training it again")
     log(f"-- pre-training {args.task} {row} seed {seed} ({workdir})")
     _note_training_process(workdir)
     record["train_process_s"] = round(_run(train_command(args, row, seed), log_path), 1)
-  else:
-    # Pre-trained earlier (e.g. a record stored with other probe settings): keep the commit
-    # and the time of its pre-training; `probe_code_version` says what probed it.
-    previous = os.path.join(stored_dir(args, row, seed), "record.json")
-    if os.path.exists(previous):
-      with open(previous) as f:
-        old = json.load(f)
-      record["code_version"] = old.get("code_version", "unknown (not recorded)")
-      if "train_code_versions" in old:
-        record["train_code_versions"] = old["train_code_versions"]
-      if "train_process_s" in old:
-        record["train_process_s"] = old["train_process_s"]
+    trained_now = True
+  if kept is not None and not trained_now:
+    # Pre-trained earlier, probed again (other probe settings, or older probe code): keep the
+    # commit and the time of its pre-training; `probe_code_version` says what probed it.
+    record["code_version"] = kept.get("code_version", "unknown (not recorded)")
+    for key in ("train_code_versions", "train_process_s"):
+      if key in kept:
+        record[key] = kept[key]
+    if kept.get("probes"):  # what the probes it replaces said, for the report
+      record["previous_probes"] = {
+          "probe_code_version": kept.get("probe_code_version") or kept.get("code_version"),
+          "settings": probe_settings(kept["settings"]),
+          "top1": {b: v.get("top1") for b, v in kept["probes"].items()}}
   versions = _training_code_versions(workdir)
   if versions:
     record["train_code_versions"] = versions
   probe_json = _find_probe_json(args, workdir, row)
+  if probe_json is not None and args.reprobe_before and kept is not None and probed_before(
+      kept, args.reprobe_before):
+    probe_json = None  # the work directory's probes are the old code's
   if probe_json is None:
     log(f"-- linear probes for {row} seed {seed}")
     record["probe_code_version"] = code_version()

@@ -301,6 +301,76 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
   assert reproduce.read_record(reproduce.parse_args(argv), reproduce.RANDOM, 0) is None
 
 
+def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkeypatch):
+  # Commits of a repository of its own (CI may clone this one shallow).
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  def git(*cmd):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+  git("init", "-q")
+  commits = []
+  for i in range(3):
+    git("commit", "-q", "--allow-empty", "-m", f"c{i}")
+    commits.append(git("rev-parse", "HEAD"))
+  monkeypatch.setattr(reproduce, "REPO", str(repo))
+  assert reproduce.probed_before({"probe_code_version": commits[0]}, commits[1])
+  assert not reproduce.probed_before({"probe_code_version": commits[1]}, commits[1])
+  assert not reproduce.probed_before({"probe_code_version": commits[2] + "+"}, commits[1])
+  # No probe_code_version: probed by the commit that pre-trained it.
+  assert reproduce.probed_before({"code_version": commits[0]}, commits[1])
+  with pytest.raises(ValueError, match="not a commit"):
+    reproduce.probed_before({"probe_code_version": commits[0]}, "f" * 40)
+
+  data = tmp_path / "data"
+  for split in ("train", "test"):
+    (data / split).mkdir(parents=True)
+  argv = ["--task=rotation", "--data", str(data), "--root", str(tmp_path / "runs"),
+          "--results", str(tmp_path / "results"), "--preset=tiny", "--seeds=0"]
+  calls = []
+
+  def fake_probe(cmd, log_path):  # what psl_tf.evaluate leaves in <workdir>/eval
+    calls.append(cmd)
+    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    os.makedirs(os.path.join(flags["workdir"], "eval"), exist_ok=True)
+    with open(os.path.join(flags["workdir"], "eval", "linear_x_stage1.json"), "w") as f:
+      json.dump({"settings": {"epochs": int(flags["epochs"]),
+                              "batch_size": int(flags["batch_size"]),
+                              "learning_rate": float(flags["learning_rate"]),
+                              "probe_inputs": flags["probe_inputs"]},
+                 "results": {"b1": {"top1": 50.0 + len(calls)}}}, f)
+    return 1.0
+
+  monkeypatch.setattr(reproduce, "_run", fake_probe)
+  monkeypatch.setattr(reproduce, "code_version", lambda: commits[0])
+  first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
+  assert first["probes"]["b1"]["top1"] == 51.0 and len(calls) == 1
+  # Probed by commits[0]: a re-probe before commits[0] finds nothing older, runs nothing.
+  reproduce.run_one(reproduce.parse_args(argv + [f"--reprobe_before={commits[0]}"]),
+                    reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 1
+  # Before commits[2]: probed again with the new code, the old numbers kept beside.
+  monkeypatch.setattr(reproduce, "code_version", lambda: commits[2])
+  args = reproduce.parse_args(argv + [f"--reprobe_before={commits[2]}"])
+  second = reproduce.run_one(args, reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 2 and second["probes"]["b1"]["top1"] == 52.0
+  assert second["probe_code_version"] == commits[2]
+  assert second["previous_probes"]["top1"] == {"b1": 51.0}
+  assert second["previous_probes"]["probe_code_version"] == commits[0]
+  # Now current: the same request runs nothing.
+  reproduce.run_one(args, reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 2
+  # A trained run whose weights are gone is never pre-trained again to be re-probed.
+  old = dict(first, row="psl", mode="psl", protocol="equal")
+  os.makedirs(reproduce.stored_dir(args, "psl", 0))
+  with open(os.path.join(reproduce.stored_dir(args, "psl", 0), "record.json"), "w") as f:
+    json.dump(old, f)
+  said = []
+  assert reproduce.run_one(args, "psl", 0, log=said.append) == old
+  assert len(calls) == 2 and "cannot be probed again" in said[-1]
+
+
 def test_a_run_resumed_by_another_commit_records_every_training_commit(tmp_path, monkeypatch):
   from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
   data = tmp_path / "data"
