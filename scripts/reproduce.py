@@ -12,7 +12,8 @@ the test split) and keeps the small result files of every finished run in
 `<results>/<task>/<run>/` (`record.json`, `summary.json`, `probes.json`; never weights), so a
 campaign spread over several sessions resumes from what is stored: a run whose record is there
 is never run again, a run interrupted mid-training resumes from its work directory under
-`--root` when that still exists. Tables are always built from the stored records.
+`--root` when that still exists; `--reprobe_before=COMMIT` probes again (weights kept) the runs
+whose probes older code made. Tables are always built from the stored records.
 
 Rows (one pre-training recipe each; `--stage_epochs` E is the budget unit):
 
