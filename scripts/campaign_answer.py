@@ -28,12 +28,16 @@ BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 # run-name tag of `scripts/reproduce.py --extra` ('' for the default heads); `{...}` is filled
 # from the tables.
 GRID = "_headgrid4"
+ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
 LINES = (
     ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
     (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
     ("", "psl", "", "e2e_at_psl",
      "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads"),
     (GRID, "psl", GRID, "e2e_at_psl", "equal compute, grid heads"),
+    (ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
+     "learning-rate schedule (`--lr_restart=false`)"),
+    (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
     ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "
      "{paper_cost} e2e's compute) vs e2e"),
     ("", "psl_paper", "", "e2e_matched",
