@@ -261,7 +261,10 @@ def test_every_row_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
   reproduce.main(argv)
 
 
-def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path, monkeypatch):
+def _probe_only(tmp_path, monkeypatch, score):
+  """Command line of a tiny campaign over an empty image tree, with psl_tf.evaluate replaced
+  by a fake that writes what the real one leaves in <workdir>/eval, its B1 top-1 given by
+  `score(decays, calls)`. Returns (argv, calls)."""
   data = tmp_path / "data"
   for split in ("train", "test"):
     (data / split).mkdir(parents=True)
@@ -269,7 +272,7 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
           "--results", str(tmp_path / "results"), "--preset=tiny", "--seeds=0"]
   calls = []
 
-  def fake_probe(cmd, log_path):  # what psl_tf.evaluate leaves in <workdir>/eval
+  def fake_probe(cmd, log_path):
     calls.append(cmd)
     flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
     decays = [float(d) for d in flags.get("probe_weight_decays", "").split(",") if d]
@@ -280,10 +283,15 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
                               "learning_rate": float(flags["learning_rate"]),
                               "probe_inputs": flags["probe_inputs"],
                               **({"probe_weight_decays": decays} if decays else {})},
-                 "results": {"b1": {"top1": 50.0 + len(decays)}}}, f)
+                 "results": {"b1": {"top1": score(decays, calls)}}}, f)
     return 1.0
 
   monkeypatch.setattr(reproduce, "_run", fake_probe)
+  return argv, calls
+
+
+def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path, monkeypatch):
+  argv, calls = _probe_only(tmp_path, monkeypatch, lambda decays, calls: 50.0 + len(decays))
   first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
   assert first["probes"]["b1"]["top1"] == 50.0 and len(calls) == 1
   # The same settings: stored, nothing runs.
@@ -323,26 +331,7 @@ def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkey
   with pytest.raises(ValueError, match="not a commit"):
     reproduce.probed_before({"probe_code_version": commits[0]}, "f" * 40)
 
-  data = tmp_path / "data"
-  for split in ("train", "test"):
-    (data / split).mkdir(parents=True)
-  argv = ["--task=rotation", "--data", str(data), "--root", str(tmp_path / "runs"),
-          "--results", str(tmp_path / "results"), "--preset=tiny", "--seeds=0"]
-  calls = []
-
-  def fake_probe(cmd, log_path):  # what psl_tf.evaluate leaves in <workdir>/eval
-    calls.append(cmd)
-    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
-    os.makedirs(os.path.join(flags["workdir"], "eval"), exist_ok=True)
-    with open(os.path.join(flags["workdir"], "eval", "linear_x_stage1.json"), "w") as f:
-      json.dump({"settings": {"epochs": int(flags["epochs"]),
-                              "batch_size": int(flags["batch_size"]),
-                              "learning_rate": float(flags["learning_rate"]),
-                              "probe_inputs": flags["probe_inputs"]},
-                 "results": {"b1": {"top1": 50.0 + len(calls)}}}, f)
-    return 1.0
-
-  monkeypatch.setattr(reproduce, "_run", fake_probe)
+  argv, calls = _probe_only(tmp_path, monkeypatch, lambda decays, calls: 50.0 + len(calls))
   monkeypatch.setattr(reproduce, "code_version", lambda: commits[0])
   first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
   assert first["probes"]["b1"]["top1"] == 51.0 and len(calls) == 1
