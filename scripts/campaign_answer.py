@@ -38,6 +38,8 @@ LINES = (
     (ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
      "learning-rate schedule (`--lr_restart=false`)"),
     (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
+    ("_lrrestartfalse", "psl", "", "e2e_at_psl",
+     "equal compute, default heads, PSL on one schedule"),
     ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "
      "{paper_cost} e2e's compute) vs e2e"),
     ("", "psl_paper", "", "e2e_matched",

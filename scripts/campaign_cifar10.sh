@@ -69,6 +69,10 @@ for task in rotation jigsaw; do
     done
   fi
 done
+# Does the one-schedule gain carry over to jigsaw? (On rotation it was made in stage 1, by a
+# longer phase at the high rate.) psl with --lr_restart=false, the default head, against
+# jigsaw's e2e_at_psl.
+step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false
 # The head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
