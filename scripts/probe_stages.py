@@ -20,11 +20,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCKS = ("b1", "b2", "b3", "b4", "b5")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BLOCKS = reproduce.BLOCKS
 
 
 def stage_probe_path(results, run, stage):
@@ -43,9 +44,8 @@ def probe_stage(results, root, run, stage):
          if not a.startswith(("--workdir=", "--output="))]
   cmd[0] = sys.executable
   cmd += [f"--workdir={workdir}", f"--output={output}", f"--stage={stage}"]
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   print(f"probe_stages: {run} stage {stage}", flush=True)
-  subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+  reproduce._run(cmd, os.path.join(workdir, "reproduce.log"))  # pylint: disable=protected-access
   # psl_tf.evaluate keeps each run's own result in <workdir>/eval/ (the report goes to output).
   hits = glob.glob(os.path.join(workdir, "eval", f"linear_*_stage{stage}.json"))
   if not hits:
@@ -59,16 +59,13 @@ def probe_stage(results, root, run, stage):
 def top1(results, run, stage):
   """{block: top-1} after `stage` (the last stage's from the stored record), or None."""
   path = stage_probe_path(results, run, stage)
-  if os.path.exists(path):
-    with open(path) as f:
-      return {b: v["top1"] for b, v in json.load(f)["results"].items()}
-  with open(os.path.join(results, run, "record.json")) as f:
-    record = json.load(f)
-  with open(os.path.join(results, run, "probes.json")) as f:
-    final = json.load(f)
-  if final.get("stage") == stage:
-    return {b: v["top1"] for b, v in record["probes"].items() if b in BLOCKS}
-  return None
+  if not os.path.exists(path):
+    path = os.path.join(results, run, "probes.json")  # the stored run's own: its last stage
+  with open(path) as f:
+    probes = json.load(f)
+  if probes.get("stage") != stage:
+    return None
+  return {b: v["top1"] for b, v in probes["results"].items() if b in BLOCKS}
 
 
 def table(results, runs, stages):

@@ -389,15 +389,18 @@ def write_random_run(args, seed):
   wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, 1))
 
 
+def _git(*cmd):
+  """`git cmd` in the repository (completed process; never raises on a git error)."""
+  return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
+
+
 def code_version():
   """The commit of the code that runs (with '+' when the checkout has local changes)."""
-  def git(*cmd):
-    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
-                          check=False).stdout.strip()
-  commit = git("rev-parse", "HEAD")
+  commit = _git("rev-parse", "HEAD").stdout.strip()
   if not commit:
     return "unknown"
-  return commit + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+  dirty = _git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+  return commit + ("+" if dirty else "")
 
 
 def probed_before(record, commit):
@@ -406,14 +409,12 @@ def probed_before(record, commit):
   version = (record.get("probe_code_version") or record.get("code_version") or "").rstrip("+")
   if not version or version.startswith("unknown"):
     return True
-  def git(*cmd):
-    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
-  full = git("rev-parse", "--verify", "--quiet", commit + "^{commit}").stdout.strip()
+  full = _git("rev-parse", "--verify", "--quiet", commit + "^{commit}").stdout.strip()
   if not full:
     raise ValueError(f"--reprobe_before={commit} is not a commit of this repository")
-  if git("rev-parse", version).stdout.strip() == full:
+  if _git("rev-parse", version).stdout.strip() == full:
     return False
-  return git("merge-base", "--is-ancestor", version, full).returncode == 0
+  return _git("merge-base", "--is-ancestor", version, full).returncode == 0
 
 
 def _stored_record(args, row, seed):
