@@ -29,6 +29,7 @@ BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 # from the tables.
 GRID = "_headgrid4"
 ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
+GRID_COSINE = "_headgrid4_lrschedulecosine"
 LINES = (
     ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
     (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
@@ -38,6 +39,9 @@ LINES = (
     (ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
      "learning-rate schedule (`--lr_restart=false`)"),
     (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
+    (ONE_SCHEDULE, "psl", GRID_COSINE, "e2e_at_psl",
+     "equal compute, grid heads, PSL on one schedule, e2e on a cosine schedule "
+     "(`--lr_schedule=cosine`) instead of the preset's steps"),
     ("_lrrestartfalse", "psl", "", "e2e_at_psl",
      "equal compute, default heads, PSL on one schedule"),
     ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "

@@ -67,6 +67,11 @@ for task in rotation jigsaw; do
       step --task=$task --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=$ablation \
           --base_extra=--head_grid=4
     done
+    # A control for that reading: e2e keeps the preset's step schedule, which spends a third
+    # of its 10 epochs at the peak rate; one-schedule psl spends its whole first stage there.
+    # e2e_at_psl on a cosine schedule tells whether e2e was held back by its schedule.
+    step --task=$task --rows=e2e_at_psl --seeds=0,1 --extra=--head_grid=4 \
+        --extra=--lr_schedule=cosine --base_extra=--head_grid=4
   fi
 done
 # Does the one-schedule gain carry over to jigsaw? (On rotation it was made in stage 1, by a
