@@ -1,6 +1,7 @@
 """Data sources (demo, image folders with bad files, TFDS via mock_data) and the input_fn."""
 
 import os
+import socket
 
 import numpy as np
 from PIL import Image
@@ -96,6 +97,41 @@ def test_tfds_download_without_network_says_how_to_prepare_elsewhere(monkeypatch
   with pytest.raises(data.DataError,
                      match=r"^cannot load TFDS 'cifar10' split 'tran': Unknown split 'tran'.*\]\.$"):
     data.load_source("cifar10", "tran")
+
+
+def test_tfds_not_prepared_and_server_unreachable_fails_at_once(monkeypatch, tmp_path):
+  calls, asked = [], []
+
+  def load(*args, download=True, **kwargs):
+    del args, kwargs
+    calls.append(download)
+    if download:
+      raise AssertionError("the test failed: a download was started")
+    raise AssertionError(f"Dataset cifar10: could not find data in {tmp_path}. Please ...")
+
+  monkeypatch.setattr(tfds, "load", load)
+  monkeypatch.setattr(data, "_reachable", lambda urls: asked.extend(urls) or False)
+  with pytest.raises(data.DataError) as error:
+    data.load_source("cifar10", "train", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert calls == [False] and any("cs.toronto.edu" in url for url in asked)
+  assert "\n" not in message and "does not answer (no network?)" in message
+  assert f"not prepared in {tmp_path}" in message and "tfds build cifar10" in message
+
+
+def test_reachable_opens_a_connection_or_trusts_a_proxy(monkeypatch):
+  for key in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "HTTP_PROXY",
+              "HTTPS_PROXY", "FTP_PROXY", "ALL_PROXY"):
+    monkeypatch.delenv(key, raising=False)
+  with socket.socket() as server:
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    open_url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar.tar.gz"
+    assert data._reachable([open_url], timeout=5)
+  closed_url = open_url  # the server socket is closed now: the connection is refused
+  assert not data._reachable([closed_url], timeout=5)
+  monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+  assert data._reachable([closed_url], timeout=5)
 
 
 def test_input_fn_batches_per_replica_and_is_reproducible():

@@ -9,6 +9,9 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import socket
+import urllib.parse
+import urllib.request
 
 from absl import logging
 import numpy as np
@@ -259,25 +262,65 @@ def _is_network_error(error):
   return False
 
 
+def _reachable(urls, timeout=10.0):
+  """True if a TCP connection to the host of one of `urls` opens within `timeout` seconds, or
+  if a proxy is configured (the download would go through it: nothing to tell here)."""
+  if urllib.request.getproxies():
+    return True
+  for url in urls:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80, "ftp": 21}.get(parts.scheme, 443)
+    try:
+      with socket.create_connection((parts.hostname, port), timeout=timeout):
+        return True
+    except (OSError, ValueError):
+      continue
+  return False
+
+
+def _download_urls(name, data_dir):
+  """The URLs TFDS would download `name` from ([] for a data set needing a manual download)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    return []
+  return sorted(builder.url_infos or {})
+
+
 def tfds_load(name, split, data_dir=None, shuffle_files=False):
   """`tfds.load(name, split, with_info=True)` with one-line DataErrors: an unknown name, a
   split that does not exist, or a data set that is not prepared and cannot be downloaded here
-  (the message then says where TFDS looked and how to prepare it elsewhere)."""
+  (the message then says where TFDS looked and how to prepare it elsewhere). A data set that
+  is not prepared is downloaded only after its server answers: without network that error
+  comes at once rather than after minutes of TFDS's download retries."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   check_tfds_name(name, data_dir)
+  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+  not_prepared = (f"cannot load TFDS {name!r}: it is not prepared in {root} and {{}} (no "
+                  "network?). Prepare it where there is network (`tfds build "
+                  f"{name.split(':')[0]} --data_dir=DIR`), copy DIR here and pass "
+                  "--data_dir=DIR, or use --dataset=folder:PATH")
+  # A fixed file-shuffle seed: the same run reads the same order (exact resume).
+  load = functools.partial(tfds.load, name, split=split, data_dir=data_dir, with_info=True,
+                           shuffle_files=shuffle_files,
+                           read_config=tfds.ReadConfig(shuffle_seed=0))
   try:
-    # A fixed file-shuffle seed: the same run reads the same order (exact resume).
-    return tfds.load(name, split=split, data_dir=data_dir, with_info=True,
-                     shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=0))
+    try:
+      return load(download=False)
+    except AssertionError as e:  # not prepared in `root`: TFDS would download it
+      if "could not find data" not in str(e):
+        raise
+    urls = _download_urls(name, data_dir)
+    if urls and not _reachable(urls):
+      raise DataError(not_prepared.format("its download server does not answer"))
+    return load(download=True)
+  except DataError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
     message = f"cannot load TFDS {name!r} split {split!r}: {str(e).strip().splitlines()[0]}"
     if _is_network_error(e):
-      root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-          "~/tensorflow_datasets")
-      message = (f"cannot load TFDS {name!r}: it is not prepared in {root} and downloading it "
-                 "failed (no network?). Prepare it where there is network (`tfds build "
-                 f"{name.split(':')[0]} --data_dir=DIR`), copy DIR here and pass "
-                 "--data_dir=DIR, or use --dataset=folder:PATH")
+      message = not_prepared.format("downloading it failed")
     raise DataError(message) from e
 
 
