@@ -82,4 +82,8 @@ step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
     --base_extra=--head_grid=4
+# Epochs weighted the other way: the probes after every stage put psl's early-block features in
+# stage 1, and --epochs=3,5,7 (less of stage 1) lowered every block for seed 0; does 7,5,3 lift them?
+step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--epochs=7,5,3 \
+    --base_extra=--head_grid=4
 echo "== $(date -u +%H:%M:%S) campaign finished"
