@@ -9,7 +9,9 @@ prints, per budget, the best-block difference of PSL's row minus the other row, 
 error of the difference, for every task. `--update FILE...` rewrites the table between the
 `<!-- campaign-answer -->` and `<!-- /campaign-answer -->` markers of each file, so the README
 and RESULTS never carry hand-copied numbers (tests/campaign_answer_test.py checks they are
-current).
+current). The ablation table (issue item 6: each change's effect on its row's best block, and
+PSL's gap to e2e at equal compute with the change made) is printed after it and written
+between `<!-- campaign-ablations -->` markers where a file has them.
 """
 
 import argparse
@@ -30,6 +32,7 @@ BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 GRID = "_headgrid4"
 ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
 GRID_COSINE = "_headgrid4_lrschedulecosine"
+ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
 LINES = (
     ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
     (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
@@ -50,6 +53,35 @@ LINES = (
      "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
     ("", "psl", "", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
     ("", "psl", "", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+)
+
+
+# Issue item 6, "which change moves the gap and by how much": (the change, its effect as
+# (variant, row) with − (variant, row) without it, and PSL's gap to e2e at equal compute once
+# the change is made, as (variant, row) − (variant, row)).
+ABLATIONS = (
+    ("heads keep a 4×4 grid (`--head_grid=4`, psl and e2e alike)",
+     (GRID, "psl"), ("", "psl"), (GRID, "psl"), (GRID, "e2e_at_psl")),
+    ("psl's stages on one learning-rate schedule (`--lr_restart=false`), on the grid heads",
+     (ONE_SCHEDULE, "psl"), (GRID, "psl"), (ONE_SCHEDULE, "psl"), (GRID, "e2e_at_psl")),
+    ("psl's stages on one learning-rate schedule, default heads",
+     ("_lrrestartfalse", "psl"), ("", "psl"), ("_lrrestartfalse", "psl"), ("", "e2e_at_psl")),
+    ("frozen blocks normalised with batch statistics (`--frozen_bn=batch_stats`), grid heads",
+     (GRID + "_frozenbnbatchstats", "psl"), (GRID, "psl"),
+     (GRID + "_frozenbnbatchstats", "psl"), (GRID, "e2e_at_psl")),
+    ("the 15 epochs weighted 3,5,7 over the stages (`--epochs=3,5,7`), grid heads",
+     (GRID + "_epochs357", "psl"), (GRID, "psl"), (GRID + "_epochs357", "psl"),
+     (GRID, "e2e_at_psl")),
+    ("the 15 epochs weighted 7,5,3 (`--epochs=7,5,3`), grid heads",
+     (GRID + "_epochs753", "psl"), (GRID, "psl"), (GRID + "_epochs753", "psl"),
+     (GRID, "e2e_at_psl")),
+    ("psl's heads without the hidden layer (`--head_hidden=0`; e2e_at_psl keeps its), grid heads",
+     (GRID + "_headhidden0", "psl"), (GRID, "psl"), (GRID + "_headhidden0", "psl"),
+     (GRID, "e2e_at_psl")),
+    ("control: e2e_at_psl on a cosine schedule (`--lr_schedule=cosine`) against one-schedule "
+     "psl, grid heads",
+     (GRID_COSINE, "e2e_at_psl"), (GRID, "e2e_at_psl"), (ONE_SCHEDULE, "psl"),
+     (GRID_COSINE, "e2e_at_psl")),
 )
 
 
@@ -111,14 +143,40 @@ def answer(results, tasks):
   return lines
 
 
-def update(path, lines):
+def ablations(results, tasks):
+  """The ablation table (list of lines): per change and task, the change's effect on its row's
+  best block, and PSL's best-block gap to e2e at equal compute with the change made."""
+  tags = {pair[0] for line in ABLATIONS for pair in line[1:]} | {""}
+  tables = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
+  lines = ["| Change | " + " | ".join(f"{task}: with − without | {task}: PSL − e2e_at_psl "
+                                        "with it" for task in tasks) + " |",
+           "|---|" + "---:|---:|" * len(tasks)]
+  for what, *pairs in ABLATIONS:
+    cells = []
+    for task in tasks:
+      (ta, a), (tb, b), (tc, c), (td, d) = pairs
+      cells += [cell(tables[(task, ta)], a, tables[(task, tb)], b),
+                cell(tables[(task, tc)], c, tables[(task, td)], d)]
+    if all(c == "–" for c in cells):
+      continue
+    lines.append(f"| {what} | " + " | ".join(cells) + " |")
+  default = ", ".join(
+      f"{cell(tables[(task, '')], 'psl', tables[(task, '')], 'e2e_at_psl')} on {task}"
+      for task in tasks)
+  lines += ["", "Best block, difference of the seed means ± its standard error; (n+m) seeds; "
+            "**bold**: outside two standard errors; –: not run yet. With none of the changes "
+            f"(default heads, schedule restarted per stage) PSL − e2e_at_psl is {default}."]
+  return lines
+
+
+def update(path, lines, begin=BEGIN, end_marker=END):
   """Rewrites the block between the markers of `path`; returns True if it changed."""
   with open(path) as f:
     text = f.read()
-  start, end = text.find(BEGIN), text.find(END)
+  start, end = text.find(begin), text.find(end_marker)
   if start < 0 or end < start:
-    raise SystemExit(f"campaign_answer: {path} has no {BEGIN} ... {END} block")
-  new = text[:start] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[end:]
+    raise SystemExit(f"campaign_answer: {path} has no {begin} ... {end_marker} block")
+  new = text[:start] + begin + "\n" + "\n".join(lines) + "\n" + text[end:]
   if new != text:
     with open(path, "w") as f:
       f.write(new)
@@ -135,8 +193,16 @@ def main(argv=None):
   lines = answer(args.results, [t for t in args.tasks.split(",") if t])
   if args.update is None:
     print("\n".join(lines))
+  table = ablations(args.results, [t for t in args.tasks.split(",") if t])
+  if args.update is None:
+    print("\n" + "\n".join(table))
   for path in args.update or []:
     print(f"campaign_answer: {path} {'updated' if update(path, lines) else 'already current'}")
+    with open(path) as f:
+      has_ablations = ABLATIONS_BEGIN in f.read()
+    if has_ablations:
+      changed = update(path, table, ABLATIONS_BEGIN, ABLATIONS_END)
+      print(f"campaign_answer: {path} ablations {'updated' if changed else 'already current'}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,26 @@ def test_cells_mark_what_lies_outside_two_standard_errors(tmp_path):
   assert "psl_paper" not in text and "`sl`" not in text
 
 
+def test_ablation_lines_give_the_change_and_the_gap_it_leaves(tmp_path):
+  results = str(tmp_path)
+  _write(results, "rotation", "", {"psl": _entry([48.0, 50.0], 50.0, 5),
+                                   "e2e_at_psl": _entry([56.0, 58.0], 48.0, 10)})
+  _write(results, "rotation", "_headgrid4", {"psl": _entry([57.0, 59.0], 50.0, 5),
+                                             "e2e_at_psl": _entry([57.0, 58.0], 48.0, 10)})
+  _write(results, "rotation", "_headgrid4_lrrestartfalse", {"psl": _entry([61.0, 63.0], 50.0, 5)})
+  lines = campaign_answer.ablations(results, ["rotation", "jigsaw"])
+  text = "\n".join(lines)
+  # Grid − global for psl: 58 − 49 = +9, SE sqrt(2/2 + 2/2) = 1.41; gap 58 − 57.5 = +0.5,
+  # SE sqrt(2/2 + 0.5/2) = 1.12.
+  assert ("| heads keep a 4×4 grid (`--head_grid=4`, psl and e2e alike) | **+9.0 ± 1.4** (2+2) "
+          "| +0.5 ± 1.1 (2+2) | – | – |") in text
+  # One schedule: 62 − 58 = +4 over the grid psl; 62 − 57.5 = +4.5 over e2e_at_psl (grid).
+  assert "on the grid heads | **+4.0 ± 1.4** (2+2) | **+4.5 ± 1.1** (2+2) | – | – |" in text
+  # Changes nobody ran are left out; the gap without any change closes the table.
+  assert "frozen_bn" not in text and "cosine" not in text
+  assert lines[-1].endswith("PSL − e2e_at_psl is **−8.0 ± 1.4** (2+2) on rotation, – on jigsaw.")
+
+
 def test_update_rewrites_only_the_marked_block(tmp_path):
   path = tmp_path / "doc.md"
   path.write_text(f"before\n{campaign_answer.BEGIN}\nold\n{campaign_answer.END}\nafter\n")
@@ -73,3 +93,14 @@ def test_the_documents_carry_the_answer_of_the_stored_results(doc):
   assert block == "\n".join(expected) + "\n", (
       f"{doc} is stale: run python scripts/campaign_answer.py --update README.md "
       "docs/RESULTS.md")
+
+
+def test_results_carries_the_ablation_table_of_the_stored_results():
+  with open(os.path.join(ROOT, "docs", "RESULTS.md")) as f:
+    text = f.read()
+  begin, end = campaign_answer.ABLATIONS_BEGIN, campaign_answer.ABLATIONS_END
+  block = text[text.index(begin) + len(begin) + 1:text.index(end)]
+  expected = campaign_answer.ablations(campaign_answer.DEFAULT_RESULTS, ["rotation", "jigsaw"])
+  assert block == "\n".join(expected) + "\n", (
+      "docs/RESULTS.md's ablation table is stale: run python scripts/campaign_answer.py "
+      "--update README.md docs/RESULTS.md")
