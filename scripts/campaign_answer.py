@@ -32,6 +32,7 @@ BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 GRID = "_headgrid4"
 ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
 GRID_COSINE = "_headgrid4_lrschedulecosine"
+ONE_COSINE = "_headgrid4_lrrestartfalse_lrschedulecosine"
 ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
 LINES = (
     ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
@@ -43,8 +44,10 @@ LINES = (
      "learning-rate schedule (`--lr_restart=false`)"),
     (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
     (ONE_SCHEDULE, "psl", GRID_COSINE, "e2e_at_psl",
-     "equal compute, grid heads, PSL on one schedule, e2e on a cosine schedule "
+     "equal compute, grid heads, PSL on one step schedule, e2e on a cosine schedule "
      "(`--lr_schedule=cosine`) instead of the preset's steps"),
+    (ONE_COSINE, "psl", GRID_COSINE, "e2e_at_psl",
+     "equal compute, grid heads, both on a cosine schedule (PSL's over its whole run)"),
     ("_lrrestartfalse", "psl", "", "e2e_at_psl",
      "equal compute, default heads, PSL on one schedule"),
     ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "
@@ -78,9 +81,12 @@ ABLATIONS = (
     ("psl's heads without the hidden layer (`--head_hidden=0`; e2e_at_psl keeps its), grid heads",
      (GRID + "_headhidden0", "psl"), (GRID, "psl"), (GRID + "_headhidden0", "psl"),
      (GRID, "e2e_at_psl")),
-    ("control: e2e_at_psl on a cosine schedule (`--lr_schedule=cosine`) against one-schedule "
-     "psl, grid heads",
+    ("control: e2e_at_psl on a cosine schedule (`--lr_schedule=cosine`) instead of steps, "
+     "against one-schedule psl, grid heads",
      (GRID_COSINE, "e2e_at_psl"), (GRID, "e2e_at_psl"), (ONE_SCHEDULE, "psl"),
+     (GRID_COSINE, "e2e_at_psl")),
+    ("one-schedule psl on cosine instead of steps, against e2e_at_psl on cosine, grid heads",
+     (ONE_COSINE, "psl"), (ONE_SCHEDULE, "psl"), (ONE_COSINE, "psl"),
      (GRID_COSINE, "e2e_at_psl")),
 )
 
