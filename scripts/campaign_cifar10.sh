@@ -78,10 +78,11 @@ for task in rotation jigsaw; do
         --extra=--lr_schedule=cosine --base_extra=--head_grid=4 --base_extra=--lr_restart=false
   fi
 done
-# Does the one-schedule gain carry over to jigsaw? (On rotation it was made in stage 1, by a
-# longer phase at the high rate.) psl with --lr_restart=false, the default head, against
-# jigsaw's e2e_at_psl.
-step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false
+# Schedules on jigsaw, at equal compute: on rotation one schedule over psl's stages lifted its
+# early blocks (made in stage 1, by a longer phase at the peak rate), and a cosine schedule
+# lifted e2e as much. Both rows on cosine (psl's over its whole run), default heads.
+step --task=jigsaw --rows=e2e_at_psl --seeds=0,1 --extra=--lr_schedule=cosine
+step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false --extra=--lr_schedule=cosine
 # The head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
@@ -89,5 +90,9 @@ step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head
 # Epochs weighted the other way: the probes after every stage put psl's early-block features in
 # stage 1, and --epochs=3,5,7 (less of stage 1) lowered every block for seed 0; does 7,5,3 lift them?
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--epochs=7,5,3 \
+    --base_extra=--head_grid=4
+# Equal images on cosine for rotation: e2e's 15 epochs on the same cosine schedule as the
+# one-schedule psl runs above.
+step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
     --base_extra=--head_grid=4
 echo "== $(date -u +%H:%M:%S) campaign finished"
