@@ -76,6 +76,12 @@ for task in rotation jigsaw; do
     # schedule, over its whole run: equal compute with both rows on cosine.
     step --task=$task --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--lr_restart=false \
         --extra=--lr_schedule=cosine --base_extra=--head_grid=4 --base_extra=--lr_restart=false
+    # Both rows on cosine is the comparison the rotation answer rests on: fresh seeds 2, 3 of
+    # both before jigsaw, as for the one-schedule reading.
+    step --task=$task --rows=psl --seeds=2,3 --extra=--head_grid=4 --extra=--lr_restart=false \
+        --extra=--lr_schedule=cosine --base_extra=--head_grid=4 --base_extra=--lr_restart=false
+    step --task=$task --rows=e2e_at_psl --seeds=2,3 --extra=--head_grid=4 \
+        --extra=--lr_schedule=cosine --base_extra=--head_grid=4
   fi
 done
 # Schedules on jigsaw, at equal compute: on rotation one schedule over psl's stages lifted its
