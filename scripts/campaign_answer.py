@@ -69,7 +69,8 @@ ABLATIONS = (
      (GRID, "psl"), ("", "psl"), (GRID, "psl"), (GRID, "e2e_at_psl")),
     ("psl's stages on one learning-rate schedule (`--lr_restart=false`), on the grid heads",
      (ONE_SCHEDULE, "psl"), (GRID, "psl"), (ONE_SCHEDULE, "psl"), (GRID, "e2e_at_psl")),
-    ("both rows on cosine, psl's over its whole run (effect on psl), default heads",
+    ("psl on one cosine schedule instead of restarted steps, against e2e_at_psl on cosine, "
+     "default heads",
      ("_lrrestartfalse_lrschedulecosine", "psl"), ("", "psl"),
      ("_lrrestartfalse_lrschedulecosine", "psl"), ("_lrschedulecosine", "e2e_at_psl")),
     ("frozen blocks normalised with batch statistics (`--frozen_bn=batch_stats`), grid heads",
@@ -160,10 +161,9 @@ def ablations(results, tasks):
   lines = ["| Change | " + " | ".join(f"{task}: with − without | {task}: PSL − e2e_at_psl "
                                         "with it" for task in tasks) + " |",
            "|---|" + "---:|---:|" * len(tasks)]
-  for what, *pairs in ABLATIONS:
+  for what, (ta, a), (tb, b), (tc, c), (td, d) in ABLATIONS:
     cells = []
     for task in tasks:
-      (ta, a), (tb, b), (tc, c), (td, d) = pairs
       cells += [cell(tables[(task, ta)], a, tables[(task, tb)], b),
                 cell(tables[(task, tc)], c, tables[(task, td)], d)]
     if all(c == "–" for c in cells):
@@ -199,12 +199,10 @@ def main(argv=None):
   parser.add_argument("--update", nargs="*", default=None, metavar="FILE",
                       help="rewrite the marked table of these Markdown files")
   args = parser.parse_args(argv)
-  lines = answer(args.results, [t for t in args.tasks.split(",") if t])
+  tasks = [t for t in args.tasks.split(",") if t]
+  lines, table = answer(args.results, tasks), ablations(args.results, tasks)
   if args.update is None:
-    print("\n".join(lines))
-  table = ablations(args.results, [t for t in args.tasks.split(",") if t])
-  if args.update is None:
-    print("\n" + "\n".join(table))
+    print("\n".join(lines + [""] + table))
   for path in args.update or []:
     print(f"campaign_answer: {path} {'updated' if update(path, lines) else 'already current'}")
     with open(path) as f:
