@@ -236,6 +236,12 @@ def folder_source(path, split="train", image_check="full"):
 
 # ---- TFDS --------------------------------------------------------------------------------
 
+def _tfds_root(data_dir):
+  """Where TFDS looks for prepared data sets: `data_dir`, $TFDS_DATA_DIR or its default."""
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+
+
 def check_tfds_name(name, data_dir=None):
   """Raises DataError unless `name` ('cifar10', 'voc/2007', 'imagenet2012:5.1.0') names a
   TFDS builder or a data set already prepared in `data_dir` (for example one written by
@@ -243,8 +249,7 @@ def check_tfds_name(name, data_dir=None):
   the disk, never the network."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   base = name.split("/")[0].split(":")[0]
-  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-      "~/tensorflow_datasets")
+  root = _tfds_root(data_dir)
   if os.path.isdir(os.path.join(root, base)):
     return
   if base not in tfds.list_builders(with_community_datasets=False):
@@ -295,8 +300,7 @@ def tfds_load(name, split, data_dir=None, shuffle_files=False):
   comes at once rather than after minutes of TFDS's download retries."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
   check_tfds_name(name, data_dir)
-  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-      "~/tensorflow_datasets")
+  root = _tfds_root(data_dir)
   not_prepared = (f"cannot load TFDS {name!r}: it is not prepared in {root} and {{}} (no "
                   "network?). Prepare it where there is network (`tfds build "
                   f"{name.split(':')[0]} --data_dir=DIR`), copy DIR here and pass "
