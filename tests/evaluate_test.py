@@ -160,6 +160,35 @@ def test_evaluate_api_and_program_in_process(fake_run, capsys):
   assert "flags.txt" in lines[0]
 
 
+def test_evaluate_recalibrates_batch_norm_before_probing(fake_run):
+  import psl_tf  # pylint: disable=g-import-not-at-top
+  from psl_tf.models import blocks  # pylint: disable=g-import-not-at-top
+  seen = {}
+  original = blocks.recalibrate_batch_norm
+
+  def spy(model, batches):
+    seen["batches"] = original(model, batches)
+    seen["mean"] = [v.numpy().copy() for v in blocks.moving_statistics(model)[:1]]
+    return seen["batches"]
+
+  blocks.recalibrate_batch_norm = spy
+  try:
+    result = psl_tf.evaluate(fake_run, protocol="linear", stage=2, epochs=1, steps_per_epoch=2,
+                             batch_size=32, probe_inputs="features", log=None, verbose=0,
+                             bn_recalibration_batches=2)
+  finally:
+    blocks.recalibrate_batch_norm = original
+  assert seen["batches"] == 2
+  # A freshly initialised backbone's moving mean is 0; re-estimated on images it is not.
+  assert np.abs(seen["mean"][0]).max() > 1e-3
+  assert sorted(result.results) == ["b1", "b2", "b3", "b4", "b5"]
+  with open(os.path.join(fake_run, "eval", "linear_demo_stage2.json")) as f:
+    assert json.load(f)["settings"]["bn_recalibration_batches"] == 2
+  with pytest.raises(ValueError, match="fine-tuning trains"):
+    psl_tf.evaluate(fake_run, protocol="finetune", stage=2, epochs=1, steps_per_epoch=1,
+                    batch_size=8, log=None, verbose=0, bn_recalibration_batches=1)
+
+
 def test_report_table_layout(tmp_path):
   rows = [("psl", {f"b{i}": {"top1": 10.0 * i, "top5": 20.0 * i} for i in range(1, 6)}),
           ("e2e", {"b1": {"top1": 5.0}, "b5": {"top1": 55.56}})]

@@ -42,3 +42,32 @@ def test_blocks_chain_to_the_full_model():
 def test_unknown_backbone_names_the_known_ones():
   with pytest.raises(ValueError, match="known: .*resnet50"):
     models.build_backbone("resnet51")
+
+
+def test_recalibrate_batch_norm_averages_batch_statistics_through_nested_frozen_layers():
+  import keras  # pylint: disable=g-import-not-at-top
+  inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn1")])
+  model = keras.Sequential([keras.Input((4,)), inner,
+                            keras.layers.Dense(4, name="mix"),
+                            keras.layers.BatchNormalization(momentum=0.9, name="bn2")])
+  model.trainable = False  # frozen, as a probed backbone is
+  rng = np.random.default_rng(0)
+  batches = [rng.normal([1.0, -2.0, 0.5, 3.0], [1.0, 2.0, 0.5, 3.0], (64, 4)).astype("float32")
+             for _ in range(3)]
+  used = blocks.recalibrate_batch_norm(model, batches)
+  assert used == 3
+  bn1, bn2 = inner.get_layer("bn1"), model.get_layer("bn2")
+  # The plain average of the three batches' statistics, not a momentum-weighted one.
+  np.testing.assert_allclose(bn1.moving_mean, np.mean([b.mean(0) for b in batches], 0),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(bn1.moving_variance, np.mean([b.var(0) for b in batches], 0),
+                             rtol=1e-3, atol=1e-5)
+  # The layer above sees its input normalised with the batch's own statistics.
+  mix = model.get_layer("mix")
+  inputs = [mix((b - b.mean(0)) / np.sqrt(b.var(0) + bn1.epsilon)).numpy() for b in batches]
+  np.testing.assert_allclose(bn2.moving_mean, np.mean([x.mean(0) for x in inputs], 0),
+                             rtol=1e-3, atol=1e-4)
+  # Flags restored: still frozen, momentum as configured.
+  assert not bn1.trainable and not bn2.trainable and bn2.momentum == 0.9
+  with pytest.raises(ValueError, match="no batches"):
+    blocks.recalibrate_batch_norm(model, [])

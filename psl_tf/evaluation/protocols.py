@@ -90,6 +90,11 @@ class Settings:
                           choices=precision.PRECISIONS)
   seed: int = option(0, "Seed of the subsets, shuffling, augmentation and heads.",
                      range=(0, 2**31 - 1))
+  bn_recalibration_batches: int = option(
+      0, "linear, transfer, knn: before evaluating, re-estimate the backbone's BatchNorm "
+      "statistics on this many batches of the training split's centre crops (0: keep the "
+      "pre-training statistics). For a backbone trained on other inputs than it is "
+      "evaluated on, e.g. jigsaw's tiles.", range=(0, 10**6))
   verbose: int = option(1, "0: quiet; 1: a line per probe / fine-tuning epoch (a Keras "
                         "progress bar on a terminal); 2: a line per epoch.", range=(0, 2))
 
@@ -196,6 +201,8 @@ class Evaluation:
                 "probe_val_fraction": v.probe_val_fraction} if self.weight_decays else {}),
             **({"knn_k": v.knn_k, "knn_temperature": v.knn_temperature,
                 "knn_pooling": v.knn_pooling} if self.protocol == "knn" else {}),
+            **({"bn_recalibration_batches": v.bn_recalibration_batches}
+               if v.bn_recalibration_batches else {}),
             **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
                 "lr_schedule": v.lr_schedule} if self.protocol == "finetune" else {})}
 
@@ -217,6 +224,15 @@ class Evaluation:
     v = self.v
     keras.utils.set_random_seed(v.seed)
     backbone = run.build_backbone()
+    if v.bn_recalibration_batches:
+      if self.protocol == "finetune":
+        raise ValueError("--bn_recalibration_batches applies to linear, transfer and knn "
+                         "(fine-tuning trains the BatchNorm statistics itself)")
+      images = self.dataset_of(self.train_source, False).map(lambda x, _: x)
+      used = blocks_lib.recalibrate_batch_norm(backbone, images.take(
+          v.bn_recalibration_batches))
+      self._say(f"BatchNorm statistics re-estimated on {used} batches of {v.batch_size} "
+                f"{self.dataset} {v.train_split} images")
     if self.protocol in ("linear", "transfer"):
       self.probe_inputs = self.resolve_probe_inputs(backbone)
       if self.weight_decays and self.probe_inputs != "features":

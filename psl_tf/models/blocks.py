@@ -78,6 +78,37 @@ def set_synchronized_batchnorm(model, synchronized=True):
       layer.synchronized = synchronized
 
 
+def recalibrate_batch_norm(model, batches):
+  """Re-estimates the moving mean and variance of every BatchNormalization layer of `model`
+  (sub-models included) as the plain average of its batch statistics over `batches` (an
+  iterable of input batches), each layer seeing the batch normalised by the layers below it
+  with their batch statistics, as in training (AdaBN; SWA's BN update).
+
+  For features used on other images than the ones a backbone was trained on: a jigsaw
+  backbone's statistics come from 9 px tiles, its probes see whole images. The layers'
+  momentum and `trainable` flags are restored afterwards. Returns the number of batches used.
+  """
+  norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
+           if isinstance(layer, layers.BatchNormalization)]
+  saved = [(layer.momentum, layer.trainable) for layer in norms]
+  count = 0
+  try:
+    for layer in norms:
+      layer.trainable = True  # a frozen layer would normalise with its moving statistics
+    for batch in batches:
+      for layer in norms:
+        # moving <- moving * k/(k+1) + batch / (k+1): the mean over the first k+1 batches.
+        layer.momentum = count / (count + 1)
+      model(batch, training=True)
+      count += 1
+  finally:
+    for layer, (momentum, trainable) in zip(norms, saved):
+      layer.momentum, layer.trainable = momentum, trainable
+  if not count:
+    raise ValueError("recalibrate_batch_norm: no batches")
+  return count
+
+
 def moving_statistics(model):
   """The BatchNorm moving means and variances a training step of `model` can change: those of
   its trainable normalisation layers (sub-models included), each once."""
