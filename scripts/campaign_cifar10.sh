@@ -87,21 +87,28 @@ for task in rotation jigsaw; do
         --extra=--lr_schedule=cosine --base_extra=--head_grid=4
   fi
 done
-# Schedules on jigsaw, at equal compute: on rotation one schedule over psl's stages lifted its
-# early blocks (made in stage 1, by a longer phase at the peak rate), and a cosine schedule
-# lifted e2e as much. Both rows on cosine (psl's over its whole run), default heads.
-step --task=jigsaw --rows=e2e_at_psl --seeds=0,1 --extra=--lr_schedule=cosine
-step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false --extra=--lr_schedule=cosine
 # The issue's head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
+    --base_extra=--head_grid=4
+# Jigsaw's B3-B5 probe below the untrained network for psl and e2e alike (seed 0, eighth
+# session), and not because of BatchNorm statistics; the blocks' receptive fields (3/7/13/25/49
+# px) outgrow the 9 px tiles from B3 on. Tiles cut from the image upsampled 2x (19 px tiles in
+# 22 px cells: the same content, B3's 13 px field inside a tile) test that; probes unchanged.
+step --task=jigsaw --rows=e2e,psl --seeds=0 --extra=--jigsaw_resize=75 --extra=--jigsaw_crop=66 \
+    --extra=--jigsaw_cell=22 --extra=--jigsaw_tile=19
+# Equal images on cosine for rotation: e2e's 15 epochs on the same cosine schedule as the
+# one-schedule psl runs above.
+step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
     --base_extra=--head_grid=4
 # Epochs weighted the other way: the probes after every stage put psl's early-block features in
 # stage 1, and --epochs=3,5,7 (less of stage 1) lowered every block for seed 0; does 7,5,3 lift them?
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--epochs=7,5,3 \
     --base_extra=--head_grid=4
-# Equal images on cosine for rotation: e2e's 15 epochs on the same cosine schedule as the
-# one-schedule psl runs above.
-step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
-    --base_extra=--head_grid=4
+# Schedules on jigsaw, at equal compute (last since the eighth session: at 9 px tiles neither
+# row beats the untrained network past B2, so a schedule's effect there says little): on
+# rotation one schedule over psl's stages lifted its early blocks, and a cosine schedule lifted
+# e2e as much. Both rows on cosine (psl's over its whole run), default heads.
+step --task=jigsaw --rows=e2e_at_psl --seeds=0,1 --extra=--lr_schedule=cosine
+step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false --extra=--lr_schedule=cosine
 echo "== $(date -u +%H:%M:%S) campaign finished"
