@@ -160,7 +160,7 @@ def test_evaluate_api_and_program_in_process(fake_run, capsys):
   assert "flags.txt" in lines[0]
 
 
-def test_evaluate_recalibrates_batch_norm_before_probing(fake_run):
+def test_evaluate_recalibrates_batch_norm_before_probing(fake_run, monkeypatch):
   import psl_tf  # pylint: disable=g-import-not-at-top
   from psl_tf.models import blocks  # pylint: disable=g-import-not-at-top
   seen = {}
@@ -171,13 +171,10 @@ def test_evaluate_recalibrates_batch_norm_before_probing(fake_run):
     seen["mean"] = [v.numpy().copy() for v in blocks.moving_statistics(model)[:1]]
     return seen["batches"]
 
-  blocks.recalibrate_batch_norm = spy
-  try:
-    result = psl_tf.evaluate(fake_run, protocol="linear", stage=2, epochs=1, steps_per_epoch=2,
-                             batch_size=32, probe_inputs="features", log=None, verbose=0,
-                             bn_recalibration_batches=2)
-  finally:
-    blocks.recalibrate_batch_norm = original
+  monkeypatch.setattr(blocks, "recalibrate_batch_norm", spy)
+  result = psl_tf.evaluate(fake_run, protocol="linear", stage=2, epochs=1, steps_per_epoch=2,
+                           batch_size=32, probe_inputs="features", log=None, verbose=0,
+                           bn_recalibration_batches=2)
   assert seen["batches"] == 2
   # A freshly initialised backbone's moving mean is 0; re-estimated on images it is not.
   assert np.abs(seen["mean"][0]).max() > 1e-3
