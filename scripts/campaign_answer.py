@@ -11,12 +11,16 @@ error of the difference, for every task. `--update FILE...` rewrites the table b
 and RESULTS never carry hand-copied numbers (tests/campaign_answer_test.py checks they are
 current). The ablation table (issue item 6: each change's effect on its row's best block, and
 PSL's gap to e2e at equal compute with the change made) is printed after it and written
-between `<!-- campaign-ablations -->` markers where a file has them.
+between `<!-- campaign-ablations -->` markers where a file has them. A task's full table
+(`reproduce.py --phase=table`'s `results*.md`) is copied between
+`<!-- stored-table: <task>/results*.md -->` and `<!-- /stored-table -->` markers, heading left
+out, so RESULTS can show it in place without a hand-copied number.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +38,8 @@ ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
 GRID_COSINE = "_headgrid4_lrschedulecosine"
 ONE_COSINE = "_headgrid4_lrrestartfalse_lrschedulecosine"
 ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
+STORED_TABLE = re.compile(r"(<!-- stored-table: (\S+) -->\n)(.*?)(<!-- /stored-table -->)",
+                          re.DOTALL)
 LINES = (
     ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
     (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
@@ -192,6 +198,41 @@ def update(path, lines, begin=BEGIN, end_marker=END):
   return new != text
 
 
+def stored_table(results, name):
+  """The lines of the stored table `<results>/<name>` without its Markdown headings."""
+  path = os.path.join(results, name)
+  if not os.path.exists(path):
+    raise SystemExit(f"campaign_answer: no stored table {path} (reproduce.py --phase=table "
+                     "writes it)")
+  with open(path) as f:
+    lines = [line.rstrip("\n") for line in f if not line.startswith("#")]
+  while lines and not lines[0].strip():
+    lines.pop(0)
+  while lines and not lines[-1].strip():
+    lines.pop()
+  return lines
+
+
+def update_stored_tables(path, results):
+  """Copies every `<!-- stored-table: NAME -->` block of `path` from the stored table NAME;
+  returns the number of blocks that changed."""
+  with open(path) as f:
+    text = f.read()
+  changed = 0
+
+  def copy(match):
+    nonlocal changed
+    body = "\n".join(stored_table(results, match.group(2))) + "\n"
+    changed += body != match.group(3)
+    return match.group(1) + body + match.group(4)
+
+  new = STORED_TABLE.sub(copy, text)
+  if new != text:
+    with open(path, "w") as f:
+      f.write(new)
+  return changed
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--results", default=DEFAULT_RESULTS)
@@ -210,6 +251,9 @@ def main(argv=None):
     if has_ablations:
       changed = update(path, table, ABLATIONS_BEGIN, ABLATIONS_END)
       print(f"campaign_answer: {path} ablations {'updated' if changed else 'already current'}")
+    changed = update_stored_tables(path, args.results)
+    if changed:
+      print(f"campaign_answer: {path} {changed} stored table(s) updated")
 
 
 if __name__ == "__main__":

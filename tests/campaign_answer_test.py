@@ -104,3 +104,31 @@ def test_results_carries_the_ablation_table_of_the_stored_results():
   assert block == "\n".join(expected) + "\n", (
       "docs/RESULTS.md's ablation table is stale: run python scripts/campaign_answer.py "
       "--update README.md docs/RESULTS.md")
+
+
+def test_stored_table_blocks_copy_the_table_without_its_heading(tmp_path):
+  results = tmp_path / "results"
+  (results / "jigsaw").mkdir(parents=True)
+  (results / "jigsaw" / "results.md").write_text("### jigsaw: probes\n\n| a |\n|---|\n| 1 |\n\n")
+  doc = tmp_path / "doc.md"
+  doc.write_text("intro\n<!-- stored-table: jigsaw/results.md -->\nold\n<!-- /stored-table -->\n"
+                 "outro\n")
+  assert campaign_answer.update_stored_tables(str(doc), str(results)) == 1
+  assert doc.read_text() == ("intro\n<!-- stored-table: jigsaw/results.md -->\n| a |\n|---|\n"
+                             "| 1 |\n<!-- /stored-table -->\noutro\n")
+  assert campaign_answer.update_stored_tables(str(doc), str(results)) == 0
+  doc.write_text("<!-- stored-table: rotation/results.md -->\n<!-- /stored-table -->\n")
+  with pytest.raises(SystemExit, match="no stored table .*rotation/results.md"):
+    campaign_answer.update_stored_tables(str(doc), str(results))
+
+
+def test_results_carries_the_stored_tables_it_shows():
+  with open(os.path.join(ROOT, "docs", "RESULTS.md")) as f:
+    text = f.read()
+  blocks = campaign_answer.STORED_TABLE.findall(text)
+  assert "jigsaw/results.md" in [name for _, name, _, _ in blocks]
+  for _, name, body, _ in blocks:
+    expected = campaign_answer.stored_table(campaign_answer.DEFAULT_RESULTS, name)
+    assert body == "\n".join(expected) + "\n", (
+        f"docs/RESULTS.md's copy of {name} is stale: run python scripts/campaign_answer.py "
+        "--update README.md docs/RESULTS.md")
