@@ -16,8 +16,17 @@ calls its API function. The command lines live in `psl_tf/cli/`.
 """
 
 import importlib
+import os
 import sys
 import types
+
+# TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with AVX-512-class
+# features; elsewhere (e.g. AVX2-only AMD EPYC) it falls back to Eigen's, which train this
+# library's backbones about 4x slower (`python scripts/bench_onednn.py`, docs/RESULTS.md).
+# Asked for here, before anything imports TensorFlow, so every entry point gets the same kernels;
+# a value the user set (`TF_ENABLE_ONEDNN_OPTS=0`) wins, and a process that imported TensorFlow
+# before psl_tf keeps what it had.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 _LAZY = {"Config": ("psl_tf.config", "Config"), "load_run": ("psl_tf.workdir", "load_run")}
 _CALLABLE_MODULES = ("pretrain", "evaluate", "export")

@@ -45,10 +45,13 @@ for task in rotation jigsaw; do
   # (Before the paper's protocol since the eighth session: equal cost is the comparison a
   # user needs, and two e2e_at_psl runs cost less than one psl_paper run.)
   step --task=$task --rows=e2e_at_psl --seeds=0,1
+  # The paper's other orderings (PSL vs SL, PSL vs PSL_f). Before the paper's protocol since
+  # the tenth session: a jigsaw sl or psl_f run fits in a session, a jigsaw e2e_matched run not
+  # always, and a new machine starts without the checkpoints of a run left unfinished.
+  step --task=$task --rows=sl,psl_f --seeds=0,1
   # The paper's protocol: every stage as long as e2e (three times psl's images), and e2e at
   # that compute.
   step --task=$task --rows=psl_paper,e2e_matched --seeds=0,1
-  step --task=$task --rows=sl,psl_f --seeds=0,1
   if [ $task = rotation ]; then
     # The one reading where PSL came out ahead: with one learning-rate schedule over the run
     # (`--lr_restart=false`, next loop) the grid-head psl's best block beat e2e_at_psl's by
