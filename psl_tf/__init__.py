@@ -21,8 +21,8 @@ import sys
 import types
 
 # TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with AVX-512-class
-# features; elsewhere (e.g. AVX2-only AMD EPYC) it falls back to Eigen's, which train this
-# library's backbones about 4x slower (`python scripts/bench_onednn.py`, docs/RESULTS.md).
+# features; elsewhere (e.g. an AVX2-only AMD EPYC) it falls back to Eigen's, and the campaign's
+# training step ran 1.5-4x slower (`python scripts/bench_onednn.py`, docs/RESULTS.md).
 # Asked for here, before anything imports TensorFlow, so every entry point gets the same kernels;
 # a value the user set (`TF_ENABLE_ONEDNN_OPTS=0`) wins, and a process that imported TensorFlow
 # before psl_tf keeps what it had.

@@ -18,6 +18,7 @@ import time
 
 from absl import app
 from absl import flags
+import psl_tf  # pylint: disable=unused-import  # before TensorFlow: asks for oneDNN
 import keras
 import numpy as np
 import tensorflow as tf

@@ -5,6 +5,11 @@ mixed_float16 the loss is scaled by a LossScaleOptimizer and the update equals t
 update within float16 rounding; `auto` picks bfloat16 only where the hardware has it.
 """
 
+import os
+import platform
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -156,6 +161,29 @@ def test_float16_step_with_non_finite_gradients_is_skipped_and_the_scale_halved(
 ])
 def test_auto_picks_bfloat16_only_where_the_hardware_has_it(flags, tpu, gpu, expected):
   assert precision.resolve("auto", flags=flags, tpu=tpu, gpu_compute_capability=gpu) == expected
+
+
+_ONEDNN_PROBE = """
+import os, psl_tf
+from tensorflow.python.util import _pywrap_util_port
+print(os.environ["TF_ENABLE_ONEDNN_OPTS"], _pywrap_util_port.IsMklEnabled())
+"""
+
+
+@pytest.mark.parametrize("user_setting, expected", [(None, "1 True"), ("0", "0 False")])
+def test_importing_psl_tf_turns_onednn_on_unless_the_user_chose(user_setting, expected):
+  # A fresh process: TensorFlow reads the variable once, at its import.
+  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  if user_setting is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+  env["PYTHONPATH"] = os.pathsep.join(
+      [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env.get("PYTHONPATH", "")])
+  out = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()
+  variable, enabled = expected.split()
+  assert out[0] == variable
+  if platform.machine() in ("x86_64", "AMD64"):  # TensorFlow's oneDNN build targets x86
+    assert out[1] == enabled
 
 
 def test_explicit_precision_is_taken_as_given_and_typos_are_refused():
