@@ -152,8 +152,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   # Seeded per stage, so a stage's head starts the same whether or not the run was resumed.
   keras.utils.set_random_seed(config.seed * 1000 + stage.index)
   with strategy.scope():
-    feature_shape = backbone.get_layer(f"b{stage.last}").output.shape[1:]
-    head = task.build_head(feature_shape, stage.level)
+    head = trainer.build_stage_head(backbone, task, stage)
     if config.sync_bn:
       blocks_lib.set_synchronized_batchnorm(head)
     # A task may scale the flag's rate with the batch (SimCLR: lr x batch / 256).

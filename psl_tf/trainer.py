@@ -19,6 +19,11 @@ from psl_tf.models import blocks as blocks_lib
 FROZEN_BN_MODES = ("inference", "batch_stats")
 
 
+def build_stage_head(backbone, task, stage):
+  """The task's head g_i for `stage`: the stage's level, on the output of its last block."""
+  return task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+
+
 class StageModel(keras.Model):
   """Trains one stage of a backbone on one level of a task.
 

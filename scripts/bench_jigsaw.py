@@ -62,7 +62,7 @@ def step_rate(task, stage, batch_size, steps):
   keras.utils.set_random_seed(0)
   kwargs = {"depth": FLAGS.depth, "width": FLAGS.width} if FLAGS.backbone == "cifar_resnet" else {}
   backbone = build_backbone(FLAGS.backbone, **kwargs)
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   model = trainer.StageModel(backbone, task, stage, head)
   model.compile(optimizer=optim.build_optimizer("sgd", 0.01, 0.9))
   rng = np.random.default_rng(0)

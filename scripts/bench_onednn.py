@@ -43,7 +43,7 @@ def child(args):
   backbone = models.build_backbone(args.backbone, **(
       {"depth": args.depth, "width": args.width} if args.backbone == "cifar_resnet" else {}))
   stage = stages_lib.make_stages("e2e", 3)[0]
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   model = trainer.StageModel(backbone, task, stage, head, name="e2e")
   model.compile(optimizer=optim.build_optimizer("sgd", 0.01))
   input_fn = data.make_input_fn(data.load_source(args.data, "train"),

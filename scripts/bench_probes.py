@@ -164,7 +164,7 @@ def main():
   backbone = backbone_of(args)
   task = tasks.build_task("rotation", image_spec=tasks.ImageSpec(size, resize))
   stage = stages.make_stages("e2e", 3)[0]
-  head = task.build_head(backbone.get_layer("b5").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   stage_model = trainer.StageModel(backbone, task, stage, head, weight_decay=5e-4)
   stage_model.compile(optimizer=optim.build_optimizer("sgd", 0.1, 0.9))
   pipeline = data.make_input_fn(train, task.example_fn(stage.level, True), 128)()

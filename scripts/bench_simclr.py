@@ -51,7 +51,7 @@ def step_rate(task, stage, batch, steps):
   keras.utils.set_random_seed(0)
   kwargs = {"depth": FLAGS.depth, "width": FLAGS.width} if FLAGS.backbone == "cifar_resnet" else {}
   backbone = build_backbone(FLAGS.backbone, **kwargs)
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   optimizer = optim.build_optimizer("lars", 0.3, 0.9, weight_decay=1e-6)
   model = trainer.StageModel(backbone, task, stage, head, weight_decay=0.0)
   model.compile(optimizer=optimizer)

@@ -84,7 +84,7 @@ def predicted_ratio(stage, flops):
 def _stage_model(backbone, task, stage, lr=0.01, jit_compile=False):
   """A StageModel as `psl_tf.pretrain` builds it, under the current dtype policy (with
   the LossScaleOptimizer under mixed_float16)."""
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   model = trainer.StageModel(backbone, task, stage, head, name=f"stage_{stage.index}")
   optimizer = precision_lib.wrap_optimizer(optim.build_optimizer("sgd", lr))
   model.compile(optimizer=optimizer, jit_compile=jit_compile)

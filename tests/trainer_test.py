@@ -41,13 +41,26 @@ def _train_steps(mode, stage_index, steps=2, frozen_bn="inference", seed=0):
   stage = stages.make_stages(mode, 3)[stage_index - 1]
   backbone = build_backbone("cifar_resnet", depth=10, width=8)
   task, x, y = _batch(stage.level)
-  head = task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
+  head = trainer.build_stage_head(backbone, task, stage)
   model = trainer.StageModel(backbone, task, stage, head, frozen_bn=frozen_bn)
   model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
   before = _snapshot(backbone)
   model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), steps_per_epoch=steps, epochs=1,
             verbose=0)
   return _changed(before, _snapshot(backbone)), model
+
+
+@pytest.mark.parametrize("mode", ["psl", "sl", "e2e"])
+def test_stage_head_reads_the_last_block_and_predicts_the_level(mode):
+  backbone = build_backbone("cifar_resnet", depth=10, width=8)
+  task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
+  for stage in stages.make_stages(mode, 3):
+    head = trainer.build_stage_head(backbone, task, stage)
+    features = blocks.run_blocks(blocks.get_blocks(backbone), tf.zeros([2, SIZE, SIZE, 3]),
+                                 1, stage.last, training=False)
+    logits = head(features)
+    assert logits.shape == (2, task.num_classes(stage.level)), (mode, stage.index)
+    assert head.inputs[0].shape[-1] == features.shape[-1], (mode, stage.index)
 
 
 def test_psl_stage2_freezes_b1_and_never_computes_b5():
@@ -116,7 +129,7 @@ def _one_step_under(strategy, x, y, init_weights=None):
     blocks.set_synchronized_batchnorm(backbone)
     stage = stages.make_stages("psl", 3)[1]
     task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
-    head = task.build_head(backbone.get_layer("b4").output.shape[1:], stage.level)
+    head = trainer.build_stage_head(backbone, task, stage)
     blocks.set_synchronized_batchnorm(head)
     model = trainer.StageModel(backbone, task, stage, head)
     model.compile(optimizer=optim.build_optimizer("sgd", 0.5))
@@ -155,7 +168,7 @@ def test_moving_statistics_are_one_set_over_replicas(two_replica_strategy):
       backbone = build_backbone("cifar_resnet", depth=10, width=8)
       stage = stages.make_stages("psl", 3)[1]
       task = rotation.RotationTask(ImageSpec(SIZE, SIZE + 2), head_hidden=16)
-      head = task.build_head(backbone.get_layer("b4").output.shape[1:], stage.level)
+      head = trainer.build_stage_head(backbone, task, stage)
       model = trainer.StageModel(backbone, task, stage, head)
       model.compile(optimizer=optim.build_optimizer("sgd", 0.1))
     before = {v.path: v.numpy() for v in blocks.moving_statistics(model)}
