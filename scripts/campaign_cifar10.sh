@@ -90,6 +90,11 @@ for task in rotation jigsaw; do
         --extra=--lr_schedule=cosine --base_extra=--head_grid=4
   fi
 done
+# Equal images on cosine for rotation (first after jigsaw: it is the equal-images half of the
+# comparison where PSL leads at equal compute): e2e's 15 epochs on the same cosine schedule as
+# the one-schedule psl runs above.
+step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
+    --base_extra=--head_grid=4
 # The issue's head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
@@ -100,10 +105,6 @@ step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head
 # 22 px cells: the same content, B3's 13 px field inside a tile) test that; probes unchanged.
 step --task=jigsaw --rows=e2e,psl --seeds=0 --extra=--jigsaw_resize=75 --extra=--jigsaw_crop=66 \
     --extra=--jigsaw_cell=22 --extra=--jigsaw_tile=19
-# Equal images on cosine for rotation: e2e's 15 epochs on the same cosine schedule as the
-# one-schedule psl runs above.
-step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
-    --base_extra=--head_grid=4
 # Epochs weighted the other way: the probes after every stage put psl's early-block features in
 # stage 1, and --epochs=3,5,7 (less of stage 1) lowered every block for seed 0; does 7,5,3 lift them?
 step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--epochs=7,5,3 \
