@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 RESULTS="${1:-docs/results/cifar10}"
 RUNS="${2:-/tmp/psl_campaign}"
 DATA=/tmp/cifar10
+# oneDNN kernels, as every stored run had them: explicit, so a change of psl_tf's default
+# cannot change what a resumed campaign computes (each record stores the setting).
+export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
 if [ ! -d "$DATA/train" ]; then
   mkdir -p "$DATA" && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$DATA"
 fi
@@ -23,6 +26,16 @@ step() {
   python scripts/reproduce.py --preset=cifar10 --data="$DATA" --root="$RUNS" \
       --results="$RESULTS" "$@"
 }
+# SimCLR and MoCo v2 first (the paper's headline, unmeasured until then): psl vs e2e at equal
+# images and vs e2e_at_psl at equal compute, one cosine decay over the whole run for every row
+# (reproduce.task_flags), linear probes and kNN on B1..B5, the random floor of every seed.
+# Seed 0 of SimCLR first: its e2e row tells whether the budget learns (>= 5 points above the
+# untrained network at e2e's best block) before the other rows spend it.
+for seeds in 0 1,2; do
+  for task in simclr mocov2; do
+    step --task=$task --rows=e2e,psl,e2e_at_psl --seeds=$seeds
+  done
+done
 for task in rotation jigsaw; do
   step --task=$task --rows=e2e,psl --seeds=0
   step --task=$task --rows=e2e,psl --seeds=1,2

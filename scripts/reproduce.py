@@ -48,6 +48,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 MODES = ("psl", "sl", "psl_f", "e2e", "greedy")
+TASKS = ("rotation", "jigsaw", "simclr", "mocov2")
+CONTRASTIVE = ("simclr", "mocov2")
 RANDOM = "random"
 # row -> (training mode, protocol); the table lists rows in this order.
 ROWS = {"psl": ("psl", "equal"), "sl": ("sl", "equal"), "psl_f": ("psl_f", "equal"),
@@ -101,7 +103,7 @@ def extra_tag(extra):
 def parse_args(argv=None):
   """The command line, with the preset filled in where no explicit flag was given."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--task", default="rotation", help="rotation, jigsaw or simclr")
+  parser.add_argument("--task", default="rotation", choices=TASKS)
   parser.add_argument("--data", default=None,
                       help="image-folder tree with train/ and test/ (not needed for "
                       "--phase=table)")
@@ -118,6 +120,9 @@ def parse_args(argv=None):
     kind = {"probe_learning_rate": float, "probe_inputs": str,
             "probe_weight_decays": str}.get(name, int)
     parser.add_argument(f"--{name}", type=kind, default=None, help="overrides the preset")
+  parser.add_argument("--knn", action=argparse.BooleanOptionalAction, default=None,
+                      help="also score every run with weighted kNN on B1..B5 (default: on for "
+                      "the contrastive tasks)")
   parser.add_argument("--phase", default="all", choices=("all", "table"),
                       help="all: run what is missing, then the tables; table: tables only")
   parser.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -145,6 +150,8 @@ def parse_args(argv=None):
   if args.base_tag == args.tag and args.tag:
     parser.error("--base_extra names the variant itself; give the flags of the base variant")
   args.results = args.results or args.root
+  if args.knn is None:
+    args.knn = args.task in CONTRASTIVE
   args.rows = [r for r in args.rows.split(",") if r]
   bad = [r for r in args.rows if r not in ROWS or r == RANDOM]
   if bad:
@@ -258,8 +265,17 @@ def task_flags(task):
     # classes cannot be learnt at this budget; 50/100/200 (prefixes of the same greedy
     # maximal-Hamming sequence) keep the ladder's shape.
     return ["--jigsaw_sizes=50,100,200"]
-  if task == "simclr":
-    return ["--contrastive_color_strength=0.5", "--simclr_lr_scaling=none"]
+  if task in CONTRASTIVE:
+    # The contrastive recipe: the rotation campaign's winning schedule (one cosine decay over
+    # the whole run, PSL's stages continuing it instead of restarting) with the CIFAR choices
+    # of SimCLR (colour strength 0.5, temperature 0.5) and MoCo v2 (crop scale 0.2,
+    # temperature 0.2, queue 4,096, key momentum 0.99); global pooling in the projection head
+    # (two random crops share no grid cells, so the rotation's 4x4 grid head does not apply).
+    common = ["--lr_schedule=cosine", "--lr_restart=false", "--contrastive_color_strength=0.5"]
+    if task == "simclr":
+      return common + ["--simclr_lr_scaling=none", "--simclr_temperature=0.5"]
+    return common + ["--contrastive_crop_min_scale=0.2", "--mocov2_temperature=0.2",
+                     "--mocov2_queue_size=4096", "--mocov2_key_momentum=0.99"]
   return []
 
 
@@ -299,6 +315,24 @@ def eval_command(args, row, seed):
   if args.probe_weight_decays:
     cmd += [f"--probe_weight_decays={args.probe_weight_decays}", "--probe_val_fraction=0.1"]
   return cmd
+
+
+def knn_command(args, row, seed):
+  """Weighted kNN (k=200, T=0.07, globally pooled features of B1..B5; InstDisc's protocol)."""
+  workdir = run_dir(args, row, seed)
+  return [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}", "--protocol=knn",
+          "--precision=float32", f"--batch_size={args.probe_batch_size}", f"--seed={seed}",
+          f"--output={os.path.join(workdir, 'eval_knn')}"]
+
+
+def _find_knn_json(workdir, row):
+  """The run's own kNN JSON from psl_tf.evaluate, if it has one."""
+  eval_dir = os.path.join(workdir, "eval")
+  if not os.path.isdir(eval_dir):
+    return None
+  suffix = f"_stage{STAGES_PER_MODE[ROWS[row][0]]}.json"
+  hits = sorted(n for n in os.listdir(eval_dir) if n.startswith("knn_") and n.endswith(suffix))
+  return os.path.join(eval_dir, hits[-1]) if hits else None
 
 
 def probe_settings(settings):
@@ -434,6 +468,8 @@ def read_record(args, row, seed):
     return None
   if args.reprobe_before and probed_before(record, args.reprobe_before):
     return None
+  if getattr(args, "knn", False) and not record.get("knn"):
+    return None
   return record
 
 
@@ -468,7 +504,10 @@ def run_one(args, row, seed, log=print):
             "train_command": ("(untrained initialisation)" if row == RANDOM
                               else shlex.join(train_command(args, row, seed))),
             "eval_command": shlex.join(eval_command(args, row, seed)),
-            "training_tflops": training_tflops(args, row, epochs)}
+            "training_tflops": training_tflops(args, row, epochs),
+            # TensorFlow's oneDNN kernels as the child processes get them (import psl_tf asks
+            # for them unless the environment says otherwise).
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)")}
   trained_now = False
   if row == RANDOM:
     if not _finished(workdir, row):
@@ -510,6 +549,18 @@ def run_one(args, row, seed, log=print):
   with open(probe_json) as f:
     probes = json.load(f)
   record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
+  if getattr(args, "knn", False):
+    knn_json = _find_knn_json(workdir, row)
+    if knn_json is None:
+      log(f"-- kNN for {row} seed {seed}")
+      record["knn_process_s"] = round(_run(knn_command(args, row, seed), log_path), 1)
+      knn_json = _find_knn_json(workdir, row)
+      if knn_json is None:
+        raise RuntimeError(f"psl_tf.evaluate left no kNN results in {workdir}/eval")
+    with open(knn_json) as f:
+      knn = json.load(f)
+    record["knn"] = {b: v for b, v in knn["results"].items() if b in BLOCKS}
+    record["knn_command"] = shlex.join(knn_command(args, row, seed))
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   stages = summary["stages"]
