@@ -29,6 +29,7 @@ import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = os.path.join(REPO, "docs", "results", "cifar10")
 BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
+TASKS = ("rotation", "jigsaw", "simclr", "mocov2")
 
 # (variant of row a, row a, variant of row b, row b, what the line answers); a variant is the
 # run-name tag of `scripts/reproduce.py --extra` ('' for the default heads); `{...}` is filled
@@ -64,6 +65,8 @@ LINES = (
      "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
     ("", "psl", "", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
     ("", "psl", "", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+    ("", "e2e", "", "random", "what e2e learnt: e2e − the untrained network"),
+    ("", "psl", "", "random", "what PSL learnt: psl − the untrained network"),
 )
 
 
@@ -109,20 +112,34 @@ def load_table(results, task, tag):
     return json.load(f)["table"]
 
 
-def cell(table_a, a, table_b, b):
-  """'−1.5 ± 0.6 (2+2)', in bold when the difference is outside two standard errors."""
+# A difference is a finding (bold) only with this many seeds in each row and p below ALPHA;
+# a row with fewer seeds makes the line preliminary.
+MIN_SEEDS, ALPHA = 3, 0.05
+
+
+def cell(table_a, a, table_b, b, block="best"):
+  """'**+2.5 ± 0.5** (4+4, p = 0.004)': the difference of the seed means at `block` ± its
+  standard error, the seed counts and the two-sided Welch t-test's p; bold only with at least
+  MIN_SEEDS seeds in each row and p < ALPHA; 'preliminary' when a row has fewer seeds."""
   if a not in table_a or b not in table_b:
     return "–"
   pair = {"a": table_a[a], "b": table_b[b]}
-  d, se = reproduce.difference(pair, "a", "b", "best")
+  d, se = reproduce.difference(pair, "a", "b", block)
   if d is None:
     return "–"
-  seeds = f"({len(pair['a']['seeds'])}+{len(pair['b']['seeds'])})"
+  na, nb = len(pair["a"]["seeds"]), len(pair["b"]["seeds"])
   text = f"{d:+.1f}".replace("-", "−")
-  if se is None:
-    return f"{text} {seeds}"
-  text += f" ± {se:.1f}"
-  return f"**{text}** {seeds}" if abs(d) > 2 * se else f"{text} {seeds}"
+  notes = [f"{na}+{nb}"]
+  p = reproduce.welch_p(pair, "a", "b", block)
+  if se is not None:
+    text += f" ± {se:.1f}"
+  if p is not None:
+    notes.append(reproduce.format_p(p))
+  if min(na, nb) < MIN_SEEDS:
+    notes.append("preliminary")
+  elif p is not None and p < ALPHA:
+    text = f"**{text}**"
+  return f"{text} ({', '.join(notes)})"
 
 
 def budget_facts(tables):
@@ -146,16 +163,21 @@ def answer(results, tasks):
   tags = {line[0] for line in LINES} | {line[2] for line in LINES}
   tables = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
   facts = budget_facts(t for (_, tag), t in tables.items() if tag == "")
-  lines = ["| Budget (best block, PSL's row − the other) | " + " | ".join(tasks) + " |",
+  lines = ["| Budget (best block, first row − second) | " + " | ".join(tasks) + " |",
            "|---|" + "---:|" * len(tasks)]
   for tag_a, a, tag_b, b, what in LINES:
     cells = [cell(tables[(task, tag_a)], a, tables[(task, tag_b)], b) for task in tasks]
     if all(c == "–" for c in cells):
       continue
     lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
-  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split, difference of the seed means "
-            "± its standard error; (n+m) seeds; **bold**: outside two standard errors; "
-            "–: not run yet."]
+  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split at each run's best block, "
+            "difference of the seed means ± its standard error; (n+m) seeds, p of a two-sided "
+            f"Welch t-test; **bold**: ≥ {MIN_SEEDS} seeds a row and p < {ALPHA}; preliminary: "
+            f"a row has fewer than {MIN_SEEDS} seeds; –: not run yet."]
+  if any(task in reproduce.CONTRASTIVE for task in tasks):
+    lines[-1] += (" SimCLR and MoCo v2: every row on one cosine decay over its whole run "
+                  "(PSL's stages continue it), global-pooling projection heads; the "
+                  "rotation/jigsaw \"default heads\" wording does not apply to them.")
   return lines
 
 
@@ -179,7 +201,8 @@ def ablations(results, tasks):
       f"{cell(tables[(task, '')], 'psl', tables[(task, '')], 'e2e_at_psl')} on {task}"
       for task in tasks)
   lines += ["", "Best block, difference of the seed means ± its standard error; (n+m) seeds; "
-            "**bold**: outside two standard errors; –: not run yet. With none of the changes "
+            f"p of a two-sided Welch t-test; **bold**: ≥ {MIN_SEEDS} seeds a row and p < {ALPHA}; "
+            "–: not run yet. With none of the changes "
             f"(default heads, schedule restarted per stage) PSL − e2e_at_psl is {default}."]
   return lines
 
@@ -236,11 +259,11 @@ def update_stored_tables(path, results):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--results", default=DEFAULT_RESULTS)
-  parser.add_argument("--tasks", default="rotation,jigsaw")
+  parser.add_argument("--tasks", default=",".join(TASKS))
   parser.add_argument("--update", nargs="*", default=None, metavar="FILE",
                       help="rewrite the marked table of these Markdown files")
   args = parser.parse_args(argv)
-  tasks = [t for t in args.tasks.split(",") if t]
+  tasks = tuple(t for t in args.tasks.split(",") if t)
   lines, table = answer(args.results, tasks), ablations(args.results, tasks)
   if args.update is None:
     print("\n".join(lines + [""] + table))

@@ -639,6 +639,11 @@ def aggregate(records):
     entry["epochs_per_stage"] = rs[0].get("epochs_per_stage")
     entry["seeds"] = [r["seed"] for r in rs]
     entry["values"] = {b: [r["probes"].get(b, {}).get("top1") for r in rs] for b in BLOCKS}
+    if all(r.get("knn") for r in rs):
+      entry["knn"] = {b: mean_spread([r["knn"].get(b, {}).get("top1") for r in rs])
+                      for b in BLOCKS}
+      entry["knn"]["best"] = mean_spread([max((r["knn"].get(b, {}).get("top1") or 0.0)
+                                               for b in BLOCKS) for r in rs])
     out[row] = entry
   return out
 
@@ -654,6 +659,24 @@ def difference(table, a, b, block):
   return ma - mb, math.sqrt(sa ** 2 / na + sb ** 2 / nb)
 
 
+def welch_p(table, a, b, block):
+  """Two-sided p-value of Welch's t-test of a's seeds against b's at `block` (from the means,
+  sample sds and seed counts), or None when either row has fewer than two seeds."""
+  (ma, sa), (mb, sb) = table[a][block], table[b][block]
+  na, nb = len(table[a]["seeds"]), len(table[b]["seeds"])
+  if None in (ma, mb, sa, sb) or na < 2 or nb < 2:
+    return None
+  if sa == 0 and sb == 0:
+    return 1.0 if ma == mb else 0.0
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return float(stats.ttest_ind_from_stats(ma, sa, na, mb, sb, nb, equal_var=False).pvalue)
+
+
+def format_p(p):
+  """'p = 0.03', 'p < 0.001'."""
+  return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
 def difference_cell(table, a, b, block):
   """One table cell: mean of a − mean of b at `block`, ± the standard error of the difference
   when both rows have several seeds; when one row has a single seed, the difference is placed
@@ -663,7 +686,9 @@ def difference_cell(table, a, b, block):
     return "–"
   mark = ""
   if se:
-    mark = " (outside 2 SE)" if abs(d) > 2 * se else " (within 2 SE)"
+    mark = " (outside 2 SE" if abs(d) > 2 * se else " (within 2 SE"
+    p = welch_p(table, a, b, block)
+    mark += (f", {format_p(p)})" if p is not None else ")")
   else:
     for single, other in ((a, b), (b, a)):
       sd = table[other][block][1]
@@ -730,10 +755,19 @@ def markdown(args, records, table, base_table=None):
                  " | ".join(cells) + f" | {fmt(*entry['heldout_accuracy'])} | "
                  f"{fmt(*entry['pretext_accuracy'])} | {fmt(*entry['training_tflops'])} | "
                  f"{fmt(*entry['train_wall_s'], digits=0)} |")
+  knn_rows = {row: entry["knn"] for row, entry in table.items() if "knn" in entry}
+  if knn_rows:
+    lines += ["", "Weighted kNN (k = 200, T = 0.07, globally pooled features), top-1 % on the "
+              "test split:", "", "| Row | seeds | B1 | B2 | B3 | B4 | B5 | best block |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row, knn in knn_rows.items():
+      lines.append(f"| {row} | {','.join(map(str, table[row]['seeds']))} | " +
+                   " | ".join(fmt(*knn[b]) for b in BLOCKS + ("best",)) + " |")
   diff = comparisons(table)
   if diff:
     lines += ["", "Differences of the means (± standard error of the difference, "
-              "sqrt(sd_a²/n_a + sd_b²/n_b)):", "", *diff]
+              "sqrt(sd_a²/n_a + sd_b²/n_b); p: two-sided Welch t-test over seeds):", "",
+              *diff]
   against_base = variant_comparison(table, base_table or {}, args.tag, args.base_tag)
   if against_base:
     base = (f"the variant {' '.join(args.base_extra)}" if args.base_extra

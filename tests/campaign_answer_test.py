@@ -39,14 +39,18 @@ def test_cells_mark_what_lies_outside_two_standard_errors(tmp_path):
   lines = campaign_answer.answer(results, ["rotation", "jigsaw"])
   text = "\n".join(lines)
   assert lines[0].endswith("| rotation | jigsaw |")
-  # psl − e2e = 52 − 59 = −7, SE sqrt(4/3 + 1/3) = 1.29: outside 2 SE, in bold.
-  assert "at 50 % of e2e's compute), default heads | **−7.0 ± 1.3** (3+3) | – |" in text
-  # psl − e2e_at_psl = 52 − 52.5, SE sqrt(4/3 + 0.5/2) = 1.26: within, plain.
-  assert "(e2e for PSL's FLOPs, 7 epochs), default heads | −0.5 ± 1.3 (3+2) | – |" in text
-  # A single seed: no standard error, no verdict.
-  assert "(the paper: equal) | +1.0 (3+1) | – |" in text
-  # Only jigsaw has the grid rows.
-  assert "heads on a 4×4 grid (`--head_grid=4`) | – | −0.5 ± 0.7 (2+2) |" in text
+  # psl − e2e = 52 − 59 = −7, SE sqrt(4/3 + 1/3) = 1.29; Welch t = −5.42 on 2.94 degrees of
+  # freedom: p = 0.013 (the t density integrated numerically). Three seeds a row: in bold.
+  assert ("at 50 % of e2e's compute), default heads | **−7.0 ± 1.3** (3+3, p = 0.01) | – |"
+          in text)
+  # psl − e2e_at_psl = 52 − 52.5, SE sqrt(4/3 + 0.5/2) = 1.26, p = 0.72; a 2-seed row.
+  assert ("(e2e for PSL's FLOPs, 7 epochs), default heads | −0.5 ± 1.3 (3+2, p = 0.72, "
+          "preliminary) | – |") in text
+  # A single seed: no standard error, no test, no verdict.
+  assert "(the paper: equal) | +1.0 (3+1, preliminary) | – |" in text
+  # Only jigsaw has the grid rows: t = −0.71 on 2 degrees of freedom, p = 1 − t/sqrt(2+t²).
+  assert ("heads on a 4×4 grid (`--head_grid=4`) | – | −0.5 ± 0.7 (2+2, p = 0.55, "
+          "preliminary) |") in text
   # Budgets nobody ran are left out, not listed empty.
   assert "psl_paper" not in text and "`sl`" not in text
 
@@ -60,15 +64,19 @@ def test_ablation_lines_give_the_change_and_the_gap_it_leaves(tmp_path):
   _write(results, "rotation", "_headgrid4_lrrestartfalse", {"psl": _entry([61.0, 63.0], 50.0, 5)})
   lines = campaign_answer.ablations(results, ["rotation", "jigsaw"])
   text = "\n".join(lines)
-  # Grid − global for psl: 58 − 49 = +9, SE sqrt(2/2 + 2/2) = 1.41; gap 58 − 57.5 = +0.5,
-  # SE sqrt(2/2 + 0.5/2) = 1.12.
-  assert ("| heads keep a 4×4 grid (`--head_grid=4`, psl and e2e alike) | **+9.0 ± 1.4** (2+2) "
-          "| +0.5 ± 1.1 (2+2) | – | – |") in text
-  # One schedule: 62 − 58 = +4 over the grid psl; 62 − 57.5 = +4.5 over e2e_at_psl (grid).
-  assert "on the grid heads | **+4.0 ± 1.4** (2+2) | **+4.5 ± 1.1** (2+2) | – | – |" in text
+  # Grid − global for psl: 58 − 49 = +9, SE sqrt(2/2 + 2/2) = 1.41, t = 6.4 on 2 degrees of
+  # freedom: p = 1 − t/sqrt(2+t²) = 0.024; gap 58 − 57.5 = +0.5, SE sqrt(2/2 + 0.5/2) = 1.12,
+  # p = 0.71. Two seeds a row: preliminary, never bold, however small p is.
+  assert ("| heads keep a 4×4 grid (`--head_grid=4`, psl and e2e alike) | +9.0 ± 1.4 (2+2, "
+          "p = 0.02, preliminary) | +0.5 ± 1.1 (2+2, p = 0.71, preliminary) | – | – |") in text
+  # One schedule: 62 − 58 = +4 over the grid psl (p = 0.11); 62 − 57.5 = +4.5 over
+  # e2e_at_psl (grid; p = 0.092).
+  assert ("on the grid heads | +4.0 ± 1.4 (2+2, p = 0.11, preliminary) | +4.5 ± 1.1 (2+2, "
+          "p = 0.09, preliminary) | – | – |") in text
   # Changes nobody ran are left out; the gap without any change closes the table.
   assert "frozen_bn" not in text and "cosine" not in text
-  assert lines[-1].endswith("PSL − e2e_at_psl is **−8.0 ± 1.4** (2+2) on rotation, – on jigsaw.")
+  assert lines[-1].endswith("PSL − e2e_at_psl is −8.0 ± 1.4 (2+2, p = 0.03, preliminary) on "
+                            "rotation, – on jigsaw.")
 
 
 def test_update_rewrites_only_the_marked_block(tmp_path):
@@ -89,7 +97,7 @@ def test_the_documents_carry_the_answer_of_the_stored_results(doc):
     text = f.read()
   block = text[text.index(campaign_answer.BEGIN) + len(campaign_answer.BEGIN) + 1:
                text.index(campaign_answer.END)]
-  expected = campaign_answer.answer(campaign_answer.DEFAULT_RESULTS, ["rotation", "jigsaw"])
+  expected = campaign_answer.answer(campaign_answer.DEFAULT_RESULTS, campaign_answer.TASKS)
   assert block == "\n".join(expected) + "\n", (
       f"{doc} is stale: run python scripts/campaign_answer.py --update README.md "
       "docs/RESULTS.md")
@@ -100,7 +108,7 @@ def test_results_carries_the_ablation_table_of_the_stored_results():
     text = f.read()
   begin, end = campaign_answer.ABLATIONS_BEGIN, campaign_answer.ABLATIONS_END
   block = text[text.index(begin) + len(begin) + 1:text.index(end)]
-  expected = campaign_answer.ablations(campaign_answer.DEFAULT_RESULTS, ["rotation", "jigsaw"])
+  expected = campaign_answer.ablations(campaign_answer.DEFAULT_RESULTS, campaign_answer.TASKS)
   assert block == "\n".join(expected) + "\n", (
       "docs/RESULTS.md's ablation table is stale: run python scripts/campaign_answer.py "
       "--update README.md docs/RESULTS.md")

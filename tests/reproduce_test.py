@@ -178,8 +178,9 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   text = (results / "rotation" / "results.md").read_text()
   assert "| psl | 0,1,2 | 1 | 41.0 ± 1.0 |" in text
   assert "| random | 0,1 |" in text
-  # psl − e2e at B1: +10.0, standard error sqrt(1/3 + 1/3) = 0.8: outside 2 SE.
-  assert "| psl − e2e | equal images | +10.0 ± 0.8 (outside 2 SE) |" in text
+  # psl − e2e at B1: +10.0, standard error sqrt(1/3 + 1/3) = 0.8: outside 2 SE; Welch t =
+  # 12.2 on 4 degrees of freedom: p = 0.00026 (the t density integrated numerically).
+  assert "| psl − e2e | equal images | +10.0 ± 0.8 (outside 2 SE, p < 0.001) |" in text
   assert "| psl s2 | 42.0 | – | – | – | 52.0 | 90.0/70.0/50.0 | 62 |" in text
   # A single seed is placed against the other row's spread: B1 31.5 − 31.0 = +0.5, e2e sd 1.0.
   assert ("| psl_paper − e2e | paper's protocol vs e2e at equal epochs per stage | "
@@ -210,8 +211,9 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
                   "--preset=small", "--tag=_x"])
   text = (results / "rotation" / "results_x.md").read_text()
-  # 42.5 - 41.0 = +1.5, SE sqrt(2.0/2 + 1.0/3) = 1.15: within 2 SE.
-  assert "| psl_x − psl | 6,7 vs 0,1,2 | +1.5 ± 1.2 (within 2 SE) |" in text
+  # 42.5 - 41.0 = +1.5, SE sqrt(2.0/2 + 1.0/3) = 1.15: within 2 SE; Welch t = 1.30 on
+  # 1.68 degrees of freedom (Welch–Satterthwaite): p = 0.34.
+  assert "| psl_x − psl | 6,7 vs 0,1,2 | +1.5 ± 1.2 (within 2 SE, p = 0.34) |" in text
   assert "| random |" not in text  # no untrained record of seeds 6, 7: no floor
   # An ablation made on top of a variant is compared with that variant (--base_extra).
   for seed, b1 in ((6, 45.5), (7, 47.5)):
@@ -221,8 +223,9 @@ def test_tables_are_built_from_the_stored_records_alone(tmp_path):
   reproduce.main(["--phase=table", "--task=rotation", "--results", str(results),
                   "--preset=small", "--extra=--x", "--extra=--y", "--base_extra=--x"])
   text = (results / "rotation" / "results_x_y.md").read_text()
-  # 46.5 - 42.5 = +4.0, SE sqrt(2/2 + 2/2) = 1.4: outside 2 SE.
-  assert "| psl_x_y − psl_x | 6,7 vs 6,7 | +4.0 ± 1.4 (outside 2 SE) |" in text
+  # 46.5 - 42.5 = +4.0, SE sqrt(2/2 + 2/2) = 1.4: outside 2 SE, yet with two seeds a side
+  # Welch's t = 2.83 on 2 degrees of freedom gives p = 1 - t / sqrt(2 + t²) = 0.11.
+  assert "| psl_x_y − psl_x | 6,7 vs 6,7 | +4.0 ± 1.4 (outside 2 SE, p = 0.11) |" in text
   assert "against the same rows of the variant --x" in text
   with pytest.raises(SystemExit):
     reproduce.parse_args(["--phase=table", "--extra=--x", "--base_extra=--x"])
