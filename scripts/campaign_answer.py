@@ -38,6 +38,9 @@ GRID = "_headgrid4"
 ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
 GRID_COSINE = "_headgrid4_lrschedulecosine"
 ONE_COSINE = "_headgrid4_lrrestartfalse_lrschedulecosine"
+# The semi-supervised runs: the winning rotation recipe retrained with its weights kept for
+# fine-tuning (psl with ONE_COSINE's flags, e2e_at_psl with GRID_COSINE's; `--tag=_semisup`).
+SEMI = "_semisup"
 ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
 STORED_TABLE = re.compile(r"(<!-- stored-table: (\S+) -->\n)(.*?)(<!-- /stored-table -->)",
                           re.DOTALL)
@@ -65,6 +68,14 @@ LINES = (
      "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
     ("", "psl", "", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
     ("", "psl", "", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 1 % of the labels: fine-tuned, "
+     "grid heads, both on cosine, equal compute", "finetune_1%"),
+    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 10 % of the labels (as above)",
+     "finetune_10%"),
+    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 1 % of the labels: e2e_at_psl − "
+     "training from scratch", "finetune_1%"),
+    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 10 % of the labels: e2e_at_psl − "
+     "training from scratch", "finetune_10%"),
     ("", "e2e", "", "random", "what e2e learnt: e2e − the untrained network"),
     ("", "psl", "", "random", "what PSL learnt: psl − the untrained network"),
 )
@@ -165,12 +176,14 @@ def answer(results, tasks):
   facts = budget_facts(t for (_, tag), t in tables.items() if tag == "")
   lines = ["| Budget (best block, first row − second) | " + " | ".join(tasks) + " |",
            "|---|" + "---:|" * len(tasks)]
-  for tag_a, a, tag_b, b, what in LINES:
-    cells = [cell(tables[(task, tag_a)], a, tables[(task, tag_b)], b) for task in tasks]
+  for tag_a, a, tag_b, b, what, *block in LINES:
+    cells = [cell(tables[(task, tag_a)], a, tables[(task, tag_b)], b, *block)
+             for task in tasks]
     if all(c == "–" for c in cells):
       continue
     lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
-  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split at each run's best block, "
+  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split at each run's best block "
+            "(semi-supervised lines: top-1 % of the fine-tuned network), "
             "difference of the seed means ± its standard error; (n+m) seeds, p of a two-sided "
             f"Welch t-test; **bold**: ≥ {MIN_SEEDS} seeds a row and p < {ALPHA}; preliminary: "
             f"a row has fewer than {MIN_SEEDS} seeds; –: not run yet."]

@@ -31,10 +31,18 @@ step() {
 # (reproduce.task_flags), linear probes and kNN on B1..B5, the random floor of every seed.
 # Seed 0 of SimCLR first: its e2e row tells whether the budget learns (>= 5 points above the
 # untrained network at e2e's best block) before the other rows spend it.
+# After each round of them, semi-supervised fine-tuning (1 % and 10 % of the labels) on the
+# winning rotation recipe, psl against e2e_at_psl and training from scratch (the untrained
+# network fine-tuned): both rows trained again with their weights kept (the stored runs keep
+# none), under their own tag.
 for seeds in 0 1,2; do
   for task in simclr mocov2; do
     step --task=$task --rows=e2e,psl,e2e_at_psl --seeds=$seeds
   done
+  step --task=rotation --rows=psl --seeds=$seeds --tag=_semisup --finetune \
+      --extra=--head_grid=4 --extra=--lr_restart=false --extra=--lr_schedule=cosine
+  step --task=rotation --rows=e2e_at_psl --seeds=$seeds --tag=_semisup --finetune \
+      --extra=--head_grid=4 --extra=--lr_schedule=cosine
 done
 for task in rotation jigsaw; do
   step --task=$task --rows=e2e,psl --seeds=0

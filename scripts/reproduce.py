@@ -123,6 +123,9 @@ def parse_args(argv=None):
   parser.add_argument("--knn", action=argparse.BooleanOptionalAction, default=None,
                       help="also score every run with weighted kNN on B1..B5 (default: on for "
                       "the contrastive tasks)")
+  parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
+                      help="also fine-tune every trained run on 1 %% and 10 %% of the labels "
+                      "(class-balanced subsets chosen by the run's seed)")
   parser.add_argument("--phase", default="all", choices=("all", "table"),
                       help="all: run what is missing, then the tables; table: tables only")
   parser.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -317,6 +320,14 @@ def eval_command(args, row, seed):
   return cmd
 
 
+# Semi-supervised fine-tuning (`--finetune`): the whole network and a linear classifier on B5,
+# on class-balanced subsets of the train labels chosen by the run's seed; one setting for every
+# row (not tuned: the same for the rows compared).
+FINETUNE_FRACTIONS = ("0.01", "0.1")
+FINETUNE_FLAGS = ("--epochs=30", "--batch_size=64", "--learning_rate=0.05",
+                  "--lr_schedule=cosine", "--weight_decay=5e-4")
+
+
 def knn_command(args, row, seed):
   """Weighted kNN (k=200, T=0.07, globally pooled features of B1..B5; InstDisc's protocol)."""
   workdir = run_dir(args, row, seed)
@@ -325,13 +336,23 @@ def knn_command(args, row, seed):
           f"--output={os.path.join(workdir, 'eval_knn')}"]
 
 
-def _find_knn_json(workdir, row):
-  """The run's own kNN JSON from psl_tf.evaluate, if it has one."""
+def finetune_command(args, row, seed):
+  """Fine-tuning on 1 % and 10 % of the labels, the subsets chosen by the run's seed."""
+  workdir = run_dir(args, row, seed)
+  return [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
+          "--protocol=finetune", "--precision=float32",
+          f"--label_fractions={','.join(FINETUNE_FRACTIONS)}", *FINETUNE_FLAGS,
+          f"--seed={seed}", f"--output={os.path.join(workdir, 'eval_finetune')}"]
+
+
+def _find_eval_json(workdir, row, protocol):
+  """The run's own `protocol` JSON from psl_tf.evaluate, if it has one."""
   eval_dir = os.path.join(workdir, "eval")
   if not os.path.isdir(eval_dir):
     return None
   suffix = f"_stage{STAGES_PER_MODE[ROWS[row][0]]}.json"
-  hits = sorted(n for n in os.listdir(eval_dir) if n.startswith("knn_") and n.endswith(suffix))
+  hits = sorted(n for n in os.listdir(eval_dir)
+                if n.startswith(protocol + "_") and n.endswith(suffix))
   return os.path.join(eval_dir, hits[-1]) if hits else None
 
 
@@ -470,6 +491,8 @@ def read_record(args, row, seed):
     return None
   if getattr(args, "knn", False) and not record.get("knn"):
     return None
+  if getattr(args, "finetune", False) and not record.get("finetune"):
+    return None
   return record
 
 
@@ -549,18 +572,22 @@ def run_one(args, row, seed, log=print):
   with open(probe_json) as f:
     probes = json.load(f)
   record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
-  if getattr(args, "knn", False):
-    knn_json = _find_knn_json(workdir, row)
-    if knn_json is None:
-      log(f"-- kNN for {row} seed {seed}")
-      record["knn_process_s"] = round(_run(knn_command(args, row, seed), log_path), 1)
-      knn_json = _find_knn_json(workdir, row)
-      if knn_json is None:
-        raise RuntimeError(f"psl_tf.evaluate left no kNN results in {workdir}/eval")
-    with open(knn_json) as f:
-      knn = json.load(f)
-    record["knn"] = {b: v for b, v in knn["results"].items() if b in BLOCKS}
-    record["knn_command"] = shlex.join(knn_command(args, row, seed))
+  extra_protocols = [("knn", knn_command)] if getattr(args, "knn", False) else []
+  if getattr(args, "finetune", False):  # the untrained network too: training from scratch
+    extra_protocols.append(("finetune", finetune_command))
+  for protocol, command in extra_protocols:
+    found = _find_eval_json(workdir, row, protocol)
+    if found is None:
+      log(f"-- {protocol} for {row} seed {seed}")
+      record[f"{protocol}_process_s"] = round(_run(command(args, row, seed), log_path), 1)
+      found = _find_eval_json(workdir, row, protocol)
+      if found is None:
+        raise RuntimeError(f"psl_tf.evaluate left no {protocol} results in {workdir}/eval")
+    with open(found) as f:
+      results = json.load(f)["results"]
+    record[protocol] = ({b: v for b, v in results.items() if b in BLOCKS}
+                        if protocol == "knn" else results)
+    record[f"{protocol}_command"] = shlex.join(command(args, row, seed))
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   stages = summary["stages"]
@@ -644,6 +671,10 @@ def aggregate(records):
                       for b in BLOCKS}
       entry["knn"]["best"] = mean_spread([max((r["knn"].get(b, {}).get("top1") or 0.0)
                                                for b in BLOCKS) for r in rs])
+    for fraction in FINETUNE_FRACTIONS:
+      column = f"{100 * float(fraction):g}%"
+      if all((r.get("finetune") or {}).get(column) for r in rs):
+        entry[f"finetune_{column}"] = mean_spread([r["finetune"][column]["top1"] for r in rs])
     out[row] = entry
   return out
 
@@ -763,6 +794,19 @@ def markdown(args, records, table, base_table=None):
     for row, knn in knn_rows.items():
       lines.append(f"| {row} | {','.join(map(str, table[row]['seeds']))} | " +
                    " | ".join(fmt(*knn[b]) for b in BLOCKS + ("best",)) + " |")
+  tuned = [(row, entry) for row, entry in table.items()
+           if any(k.startswith("finetune_") for k in entry)]
+  if tuned:
+    columns = [f"{100 * float(f):g}%" for f in FINETUNE_FRACTIONS]
+    lines += ["", "Semi-supervised: the whole network fine-tuned on class-balanced subsets of "
+              "the train labels (subset chosen by the run's seed; "
+              f"{' '.join(FINETUNE_FLAGS)}), top-1 % on the test split:", "",
+              "| Row | seeds | " + " | ".join(f"{c} labels" for c in columns) + " |",
+              "|---|---|" + "---:|" * len(columns)]
+    for row, entry in tuned:
+      lines.append(f"| {row} | {','.join(map(str, entry['seeds']))} | " +
+                   " | ".join(fmt(*entry.get(f"finetune_{c}", (None, None))) for c in columns)
+                   + " |")
   diff = comparisons(table)
   if diff:
     lines += ["", "Differences of the means (± standard error of the difference, "

@@ -136,6 +136,28 @@ def _record(row, seed, b1, b5, heldout=0.5):
           "epochs_per_stage": 1}
 
 
+def test_knn_and_finetune_results_get_their_own_columns_and_tables():
+  records = []
+  for seed, (knn, one, ten) in enumerate([(30.0, 20.0, 50.0), (34.0, 22.0, 54.0)]):
+    record = _record("psl", seed, 40.0, 41.0)
+    record["knn"] = {"b1": {"top1": knn}, "b5": {"top1": knn + 2}}
+    record["finetune"] = {"1%": {"top1": one}, "10%": {"top1": ten}}
+    records.append(record)
+  records.append(_record("e2e", 0, 45.0, 46.0))  # no kNN, no fine-tuning: no such columns
+  table = reproduce.aggregate(records)
+  assert table["psl"]["knn"]["b1"] == pytest.approx((32.0, np.std([30, 34], ddof=1)))
+  assert table["psl"]["knn"]["best"][0] == pytest.approx(34.0)  # per seed: B5, then mean
+  assert table["psl"]["finetune_1%"][0] == pytest.approx(21.0)
+  assert table["psl"]["finetune_10%"][0] == pytest.approx(52.0)
+  assert "knn" not in table["e2e"] and "finetune_1%" not in table["e2e"]
+  args = reproduce.parse_args(["--phase=table", "--task=simclr", "--results=/nowhere"])
+  assert args.knn and not args.finetune  # kNN by default on the contrastive tasks only
+  text = reproduce.markdown(args, records, table)
+  assert "| psl | 0,1 | 32.0 ± 2.8 | – | – | – | 34.0 ± 2.8 | 34.0 ± 2.8 |" in text
+  assert "| psl | 0,1 | 21.0 ± 1.4 | 52.0 ± 2.8 |" in text
+  assert "| e2e | 0 |" not in text.split("Weighted kNN")[1].split("Per seed")[0]
+
+
 def test_aggregate_gives_mean_and_sample_sd_over_seeds():
   records = [_record("e2e", 0, 10.0, 30.0), _record("psl", 0, 20.0, 40.0),
              _record("psl", 1, 22.0, 44.0)]
