@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CIFAR-10 campaign behind docs/RESULTS.md ("Does PSL beat e2e?"), in the order that
+# The CIFAR-10 campaign behind docs/RESULTS.md (its answers by question), in the order that
 # answers the main question first. Every step skips the runs whose results are already stored
 # under docs/results/cifar10/, so the script can be started again after a kill, in a new
 # session or on a new machine, and it continues where the stored results end.
