@@ -282,9 +282,21 @@ def task_flags(task):
   return []
 
 
+ARCH = ("depth", "width", "image_size")
+
+
+def arch_suffix(args):
+  """'' for the preset's backbone and image size, else e.g. '_d10_w32_32px'."""
+  preset = PRESETS[args.preset]
+  if all(getattr(args, k) == preset[k] for k in ARCH):
+    return ""
+  return f"_d{args.depth}_w{args.width}_{args.image_size}px"
+
+
 def run_name(args, row, seed):
-  # The untrained network is the same for every variant (`--extra` changes only training).
-  return f"{row}{'' if row == RANDOM else args.tag}_s{seed}"
+  # The untrained network is the same for every variant of one backbone (`--extra` changes
+  # only training); another width, depth or image size is another network.
+  return f"{row}{arch_suffix(args) if row == RANDOM else args.tag}_s{seed}"
 
 
 def run_dir(args, row, seed):
@@ -609,7 +621,7 @@ def run_one(args, row, seed, log=print):
 
 # ---- tables --------------------------------------------------------------------------------
 
-def load_records(results, task, tag="", probes=None):
+def load_records(results, task, tag="", probes=None, arch=None):
   """Every stored record of `task` with variant `tag` (and, if given, probed with the
   `probes` settings: a table never mixes probe protocols), in a stable order. The untrained
   network's records (no variant) belong to every variant's table, for the seeds its trained
@@ -624,6 +636,8 @@ def load_records(results, task, tag="", probes=None):
     if probes is not None and probe_settings(record["settings"]) != probes:
       print(f"reproduce: {path} was probed with other settings; left out of the table")
       continue
+    if arch is not None and any(record["settings"].get(k) != v for k, v in arch.items()):
+      continue  # another backbone or image size: never in one table
     records.append(record)
   seeds = {r["seed"] for r in records if r["row"] != RANDOM}
   return [r for r in records if r["row"] != RANDOM or r["seed"] in seeds]
@@ -859,14 +873,16 @@ def plot(table, path, title):
 def write_results(args, records=None):
   """Writes results.md/.json/.png under <results>/<task>/ from the stored records."""
   if records is None:
-    records = load_records(args.results, args.task, args.tag, probe_settings(vars(args)))
+    records = load_records(args.results, args.task, args.tag, probe_settings(vars(args)),
+                           {k: getattr(args, k) for k in ARCH})
   out_dir = os.path.join(args.results, args.task)
   os.makedirs(out_dir, exist_ok=True)
   table = aggregate(records)
   base_table = None
   if args.tag:
     base_table = aggregate(load_records(args.results, args.task, args.base_tag,
-                                        probe_settings(vars(args))))
+                                        probe_settings(vars(args)),
+                                        {k: getattr(args, k) for k in ARCH}))
   text = markdown(args, records, table, base_table)
   stem = f"results{args.tag}"
   with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:

@@ -126,7 +126,8 @@ def test_random_baseline_is_the_seeds_initialisation(tmp_path):
 
 def _record(row, seed, b1, b5, heldout=0.5):
   mode, protocol = reproduce.ROWS[row]
-  settings = {k: (reproduce.PRESETS["small"].get(k) if k in reproduce.PROBE_SETTINGS else 1)
+  settings = {k: (reproduce.PRESETS["small"].get(k)
+                  if k in reproduce.PROBE_SETTINGS + reproduce.ARCH else 1)
               for k in reproduce.SETTINGS}
   return {"row": row, "mode": mode or "random", "protocol": protocol, "seed": seed, "tag": "",
           "preset": "small", "settings": settings,
@@ -156,6 +157,29 @@ def test_knn_and_finetune_results_get_their_own_columns_and_tables():
   assert "| psl | 0,1 | 32.0 ± 2.8 | – | – | – | 34.0 ± 2.8 | 34.0 ± 2.8 |" in text
   assert "| psl | 0,1 | 21.0 ± 1.4 | 52.0 ± 2.8 |" in text
   assert "| e2e | 0 |" not in text.split("Weighted kNN")[1].split("Per seed")[0]
+
+
+def test_another_width_has_its_own_untrained_floor_and_table(tmp_path):
+  args = reproduce.parse_args(["--phase=table", "--preset=cifar10", "--width=32",
+                               "--tag=_w32", f"--results={tmp_path}"])
+  assert reproduce.run_name(args, "random", 0) == "random_d10_w32_32px_s0"
+  assert reproduce.run_name(args, "psl", 0) == "psl_w32_s0"
+  same = reproduce.parse_args(["--phase=table", "--preset=cifar10", f"--results={tmp_path}"])
+  assert reproduce.run_name(same, "random", 0) == "random_s0"  # stored names unchanged
+  for name, width in (("random_s0", 16), ("random_d10_w32_32px_s0", 32)):
+    record = _record("random", 0, 10.0 + width, 20.0)
+    record["settings"].update(depth=10, width=width, image_size=32)
+    (tmp_path / "rotation" / name).mkdir(parents=True)
+    (tmp_path / "rotation" / name / "record.json").write_text(json.dumps(record))
+  psl = _record("psl", 0, 50.0, 50.0)
+  psl["tag"] = "_w32"
+  psl["settings"].update(depth=10, width=32, image_size=32)
+  (tmp_path / "rotation" / "psl_w32_s0").mkdir()
+  (tmp_path / "rotation" / "psl_w32_s0" / "record.json").write_text(json.dumps(psl))
+  records = reproduce.load_records(str(tmp_path), "rotation", "_w32",
+                                   arch={"depth": 10, "width": 32, "image_size": 32})
+  assert sorted((r["row"], r["probes"]["b1"]["top1"]) for r in records) == [
+      ("psl", 50.0), ("random", 42.0)]
 
 
 def test_aggregate_gives_mean_and_sample_sd_over_seeds():
