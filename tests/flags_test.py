@@ -12,12 +12,22 @@ from psl_tf import tasks
 from psl_tf.cli import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags")))
+# The flagfiles ship inside the package; the checkout's flags/ points at them.
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "psl_tf", "flags", "*.flags")))
 
 
 def test_there_are_flagfiles():
   names = {os.path.basename(p) for p in FLAGFILES}
-  assert {"smoke.flags", "rotation_psl_imagenet.flags", "rotation_psl_cifar10.flags"} <= names
+  assert {"smoke.flags", "rotation_cifar10.flags", "rotation_cifar10_paper.flags",
+          "rotation_imagenet_paper.flags"} <= names
+
+
+def test_the_checkouts_flags_folder_is_the_packaged_one():
+  # --flagfile=flags/x.flags keeps working in a checkout, and reads the packaged file.
+  assert os.path.islink(os.path.join(ROOT, "flags"))
+  assert os.path.samefile(os.path.join(ROOT, "flags"), os.path.join(ROOT, "psl_tf", "flags"))
+  assert sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags"))) == [
+      os.path.join(ROOT, "flags", os.path.basename(p)) for p in FLAGFILES]
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
