@@ -122,6 +122,10 @@ class Config:
   workdir: str = option("", "Work directory (empty: runs/<task>_<mode>_<dataset>).")
   export: bool = option(True, "Write a SavedModel of the backbone to <workdir>/export.",
                         resume_safe=True)
+  online_probes: bool = option(
+      False, "Train stop-gradient linear probes on every computed block alongside the pretext "
+      "task (labelled data only); per-epoch accuracy to TensorBoard (logs/online_probes) and "
+      "summary.json. They never touch the backbone.", resume_safe=True)
   verbose: int = option(1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per "
                         "epoch.", range=(0, 2), resume_safe=True)
 

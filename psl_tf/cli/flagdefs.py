@@ -9,6 +9,9 @@ Nothing here declares a setting by hand: each flag comes from a `psl_tf.config.o
 * of `Launch` below: how this process runs (strategy, devices, guards), which never changes
   what a run learns and is not part of its `Config`.
 
+Besides, `--recipe=NAME` starts from a packaged flagfile (`psl_tf.recipes`): `apply_recipe`
+sets each of its flags that the command line (or a --flagfile) did not give.
+
 Flags are defined only when a program asks (`define_train_flags`), so importing any module
 of the package defines none. Library code gets a `Config` (`psl_tf.config.from_flags`).
 """
@@ -20,6 +23,7 @@ from absl import flags
 from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import options as options_lib
+from psl_tf import recipes
 from psl_tf import tasks
 
 
@@ -34,10 +38,6 @@ class Launch:
       "replica its own input pipeline, as each worker of --strategy=multi_worker has (the "
       "one-process twin of an N-worker run, for testing; scripts/multi_worker_drill.py). "
       "0: off.", range=(0, 64))
-  online_probes: bool = options_lib.option(
-      False, "Train stop-gradient linear probes on every computed block alongside the pretext "
-      "task (labelled data only); per-epoch accuracy to TensorBoard (logs/online_probes) and "
-      "summary.json.")
   first_batch_timeout: int = options_lib.option(
       600, "Seconds a stage may wait for its first batch before the run stops with an error "
       "(0: wait forever).", range=(0, 10**6))
@@ -92,7 +92,27 @@ def define_train_flags(flag_values=flags.FLAGS):
     return flag_values
   for name, field in declarations().items():
     define_flag(name, field, flag_values)
+  flags.DEFINE_string(
+      "recipe", None, "Start from a packaged recipe (psl_tf/flags/<name>.flags); every flag "
+      "given explicitly overrides it, wherever it stands. The measured-best recipe per task "
+      "and data size has the plain name, the paper's protocol ends in _paper. Known: "
+      f"{', '.join(recipes.names())}.", flag_values=flag_values)
   return flag_values
+
+
+def apply_recipe(flag_values):
+  """Gives every flag of the `--recipe` the recipe's value unless the command line (or a
+  --flagfile) set it; returns the recipe's name, or None without --recipe. ValueError (one
+  line, naming the known recipes) for an unknown name."""
+  name = flag_values["recipe"].value
+  if not name:
+    return None
+  for flag, text in recipes.load(name).items():
+    if flag not in flag_values:
+      raise ValueError(f"recipe {name} sets --{flag}, which is not a flag of psl_tf.train")
+    if not flag_values[flag].present:
+      flag_values.set_default(flag, text)  # the value too, since the flag was not given
+  return name
 
 
 def flag_text(value):
