@@ -124,7 +124,7 @@ class JigsawTask(base.Task):
     head_hidden: width of the per-tile and joint hidden layers of the head (0: linear).
     options / keywords (`JigsawTask.Options`, flags `--jigsaw_<option>`):
     sizes: set sizes of the levels, increasing (default the demo's 24,48,96; the paper's
-      500,1000,2000 are in flags/jigsaw_*.flags).
+      500,1000,2000 are in the jigsaw_imagenet_paper recipe).
     resize: shorter side before cropping.
     crop: side of the random square crop; must be 3 * cell.
     cell: side of a grid cell.
@@ -149,7 +149,7 @@ class JigsawTask(base.Task):
     sizes: tuple = options_lib.option(
         (24, 48, 96), "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy "
         "sequence). The default is the demo's, small enough to learn in minutes; the paper's "
-        "500,1000,2000 are in flags/jigsaw_*.flags.")
+        "500,1000,2000 are in --recipe=jigsaw_imagenet_paper.")
     criterion: str = options_lib.option(
         "average", "Greedy permutation selection: maximise the average Hamming distance "
         "(Noroozi & Favaro) or the minimum one.", choices=perms_lib.CRITERIA)
