@@ -18,6 +18,7 @@ import psl_tf
 from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
+from psl_tf.evaluation import online_probes
 from psl_tf import export as export_lib
 from psl_tf import guards
 from psl_tf import optim
@@ -376,29 +377,68 @@ def check_resume(config):
                      " or pick a new --workdir")
 
 
+class ConfigError(ValueError):
+  """The run cannot start: a setting, the data or the work directory is wrong (raised before
+  anything is trained; the command line reports it in one line, exit code 2)."""
+
+
+def prepare(config, strategy):
+  """Everything before the first stage: checks the work directory against the config (a
+  different run there is refused), plans the run against its data and task, builds the online
+  probes when `config.online_probes`, and writes flags.txt (`config.to_flags(config)`, on the
+  chief). Returns (plan, online probes callback or None); raises ConfigError."""
+  try:
+    check_resume(config)
+    the_plan = plan(config)
+    if config.batch_size % strategy.num_replicas_in_sync:
+      raise ValueError(f"--batch_size={config.batch_size} does not split over "
+                       f"{strategy.num_replicas_in_sync} replicas")
+    probes = None
+    if config.online_probes:
+      probes = online_probes.for_run(
+          the_plan.source, config.dataset, config.data_dir, config.image_size,
+          config.resize_to, config.batch_size,
+          os.path.join(config.workdir, "logs", "online_probes"), config.seed,
+          config.image_check)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  if distribute.is_chief(strategy):
+    try:
+      wd.write_flags(config.workdir, config_lib.to_flags(config))
+    except (OSError, tf.errors.OpError) as e:
+      raise ConfigError(f"cannot write the work directory {config.workdir}: "
+                        f"{getattr(e, 'message', None) or e}") from e
+  return the_plan, probes
+
+
 def pretrain(config, strategy=None, log=print, callbacks=()):
-  """Runs (or resumes) the pre-training `config` describes: the Python form of
-  `python -m psl_tf.train`.
+  """Runs (or resumes) the pre-training `config` describes. `python -m psl_tf.train` parses
+  its flags into a Config and calls this; nothing else runs a run.
 
   Checks the work directory against the config (a different run there is refused), writes
-  its flags.txt (so `psl_tf.evaluate` and `psl_tf.export` can read the run back), runs every
-  stage and exports the backbone when `config.export`. Returns the summary (summary.json).
+  its flags.txt (so `psl_tf.evaluate` and `psl_tf.export` can read the run back, and
+  `--flagfile=<workdir>/flags.txt` repeats it), runs every stage (with online probes when
+  `config.online_probes`) and exports the backbone when `config.export`. Returns the summary
+  (summary.json).
 
   Args:
     config: a `psl_tf.config.Config`.
     strategy: a `tf.distribute.Strategy` (default: `psl_tf.distribute.make_strategy("auto")`).
     log: where the one-line messages go.
     callbacks: extra Keras callbacks for every stage's `fit`.
+
+  Raises:
+    ConfigError: the run cannot start (nothing was trained).
+    psl_tf.guards.TrainingDiverged: a loss, gradient or weight became non-finite.
   """
   strategy = strategy or distribute.make_strategy("auto")
-  check_resume(config)
-  the_plan = plan(config)
-  if config.batch_size % strategy.num_replicas_in_sync:
-    raise ValueError(f"batch_size={config.batch_size} does not split over "
-                     f"{strategy.num_replicas_in_sync} replicas")
-  if distribute.is_chief(strategy):
-    wd.write_flags(config.workdir, config_lib.to_flags(config))
-  return run(config, strategy, log=log, the_plan=the_plan, callbacks=callbacks)
+  the_plan, probes = prepare(config, strategy)
+  extra = [probes] if probes is not None else []
+  summary = run(config, strategy, log=log, the_plan=the_plan, callbacks=[*extra, *callbacks])
+  if probes is not None and distribute.is_chief(strategy):
+    summary = online_probes.merge_history(summary, probes.history)
+    wd.write_summary(config.workdir, summary)
+  return summary
 
 
 psl_tf.make_module_callable(__name__, "pretrain")

@@ -5,6 +5,7 @@ configuration (main at b5dbc48: `train.resolved_flags` on a command line with no
 options of each task), as the runs of a campaign started then have them.
 """
 
+import dataclasses
 import os
 import shutil
 
@@ -41,15 +42,24 @@ def test_flags_txt_to_config_to_flags_round_trips(task):
 
 
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
-def test_the_command_line_writes_old_flags_txt_files_unchanged(task, train_flags):
-  # The same command line gives the same flags.txt as before, every flag (and the flags added
-  # since at their defaults): a run started by the old code resumes under the old and the new
-  # check alike.
+def test_the_command_line_reads_old_flags_txt_files_into_the_same_run(task, train_flags,
+                                                                      tmp_path):
+  # An old flags.txt (every flag of the command line then, other tasks' options and launch
+  # flags included) given back as a flagfile makes the same Config; the flags.txt written now
+  # (`to_flags`, by psl_tf.pretrain for the command line and the Python API alike) keeps every
+  # setting of the old file unchanged, plus the settings added since at their defaults; and
+  # the old run resumes under the new check.
   values = _fixture_values(task)
-  train_flags(["psl_tf.train", f"--flagfile={os.path.join(FIXTURES, f'flags_v0_{task}.txt')}"])
+  fixture = os.path.join(FIXTURES, f"flags_v0_{task}.txt")
+  train_flags(["psl_tf.train", f"--flagfile={fixture}"])
   config = train.config_from_flags(train_flags)
-  assert train.resolved_flags(train_flags, config) == values | ADDED_SINCE_V0
   assert config == config_lib.from_flags(values)
+  settings = set(config_lib.to_flags(config))
+  assert config_lib.to_flags(config) == {
+      name: text for name, text in values.items() if name in settings} | ADDED_SINCE_V0
+  workdir = str(tmp_path / "old_run")
+  wd.write_flags(workdir, values | {"workdir": workdir})
+  pretrain.check_resume(dataclasses.replace(config, workdir=workdir))
 
 
 def test_task_options_come_back_typed():

@@ -239,3 +239,32 @@ def test_an_epoch_checkpoint_without_time_and_curve_still_restores(tmp_path):
       **core2, training_seconds=seconds2, epoch_curve=curve2))
   assert float(seconds2.numpy()) == 12.5 and curve2.numpy().tolist() == [[0.5, 0.75]]
   assert int(core2["epoch"].numpy()) == 3
+
+
+def test_the_command_line_and_the_python_api_are_one_path(tmp_path, train_flags, capsys):
+  # The CLI parses its flags into a Config and calls psl_tf.pretrain: the same flags.txt, and
+  # online probes on both paths.
+  import psl_tf  # pylint: disable=g-import-not-at-top
+  from psl_tf import recipes  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  config = recipes.config("smoke", workdir=workdir, online_probes=True, export=False)
+  summary = psl_tf.pretrain(config)
+  history = summary["online_probes"]
+  assert [(h["stage"], h["epoch"]) for h in history] == [(1, 1), (2, 1), (3, 1)]
+  assert "probe_b3" in history[0] and "val_probe_b5" in history[2]
+  with open(os.path.join(workdir, wd.FLAGS_FILE)) as f:
+    written_by_the_api = f.read()
+  assert wd.read_flags(workdir) == config_lib.to_flags(config)
+  # The same run from the command line: it resumes (every stage done) and writes flags.txt
+  # again, byte for byte the same.
+  os.remove(os.path.join(workdir, wd.FLAGS_FILE))
+  train_flags(["psl_tf.train", "--recipe=smoke", f"--workdir={workdir}", "--online_probes",
+               "--noexport"])
+  train.main(["psl_tf.train"], train_flags)
+  assert train.config_from_flags(train_flags) == config
+  with open(os.path.join(workdir, wd.FLAGS_FILE)) as f:
+    assert f.read() == written_by_the_api
+  out = capsys.readouterr().out
+  assert out.count("already finished") == 3 and "== summary" in out
+  assert json.load(open(os.path.join(workdir, "summary.json")))["online_probes"] == history

@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf import workdir as wd
 from psl_tf.cli import flagdefs
 from psl_tf.evaluation import protocols
@@ -42,7 +42,7 @@ def define_flags(flag_values=flags.FLAGS):
                     "becomes a row of the table and a line of the plot.", flag_values=flag_values)
   flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
                       "<workdir>/eval).", flag_values=flag_values)
-  for field in config_lib.options_of(protocols.Settings):
+  for field in options_lib.options_of(protocols.Settings):
     flagdefs.define_flag(field.name, field, flag_values)
   return flag_values
 
@@ -50,7 +50,7 @@ def define_flags(flag_values=flags.FLAGS):
 def settings_from_flags(flag_values):
   """`Settings` from parsed flags (each value checked against its declaration)."""
   return protocols.Settings(**{f.name: flag_values[f.name].value
-                               for f in config_lib.options_of(protocols.Settings)})
+                               for f in options_lib.options_of(protocols.Settings)})
 
 
 def main(argv, flag_values=None):

@@ -1,12 +1,14 @@
 r"""Pre-trains a backbone with Progressive Stage-wise Learning.
 
   python -m psl_tf.train --task=rotation                   # demo data, offline, minutes
-  python -m psl_tf.train --flagfile=flags/rotation_psl_imagenet.flags
+  python -m psl_tf.train --recipe=rotation_cifar10 --dataset=folder:/data/cifar10
+  python -m psl_tf.train --flagfile=flags/rotation_imagenet_paper.flags
 
-Every mistake a user can make in the flags or paths ends in one line on stderr, exit code 2.
+The flags become a `psl_tf.Config`, and `psl_tf.pretrain(config)` runs it: the command line
+and the Python API are one path. Every mistake a user can make in the flags or paths ends in
+one line on stderr, exit code 2.
 """
 
-import os
 import sys
 
 from psl_tf.cli import quiet
@@ -22,11 +24,9 @@ from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf.cli import flagdefs
 from psl_tf import guards
-from psl_tf.evaluation import online_probes
 from psl_tf import pretrain
 from psl_tf import progress
-from psl_tf import workdir as wd
-
+from psl_tf import recipes
 
 
 class UsageError(ValueError):
@@ -34,25 +34,12 @@ class UsageError(ValueError):
 
 
 def config_from_flags(flag_values):
-  """The run's Config from parsed flags: their flags.txt texts through `config.from_flags`,
-  the one path from flags to a Config (also taken when a run is read back)."""
+  """The run's Config from parsed flags (`--recipe` applied, idempotent): their flags.txt
+  texts through `config.from_flags`, the one path from flags to a Config (also taken when a
+  run is read back)."""
   try:
+    flagdefs.apply_recipe(flag_values)
     return config_lib.from_flags(flagdefs.train_flag_texts(flag_values))
-  except ValueError as e:
-    raise UsageError(str(e)) from None
-
-
-def resolved_flags(flag_values, config):
-  """{name: text} of every training flag, as flags.txt stores them (re-usable as a flagfile)."""
-  values = flagdefs.train_flag_texts(flag_values)
-  values["workdir"] = config.workdir
-  return values
-
-
-def check_resume(config):
-  """Raises UsageError if the work directory holds a run made with other learning flags."""
-  try:
-    pretrain.check_resume(config)
   except ValueError as e:
     raise UsageError(str(e)) from None
 
@@ -69,34 +56,15 @@ def main(argv, flag_values=None):
   with quiet.one_line_errors("psl_tf.train"):  # DataError and UsageError are ValueErrors
     # First: MultiWorkerMirroredStrategy configures collective ops, which must happen before
     # anything (a tf.data pipeline in pretrain.plan, say) starts TensorFlow's runtime.
+    flagdefs.apply_recipe(FLAGS)  # so that its values are checked like given ones
     flagdefs.check_ranges(FLAGS)
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     config = config_from_flags(FLAGS)
-    values = resolved_flags(FLAGS, config)
-    check_resume(config)
-    the_plan = pretrain.plan(config)
-    callbacks = []
-    if FLAGS.online_probes:
-      callbacks.append(online_probes.for_run(
-          the_plan.source, config.dataset, config.data_dir, config.image_size, config.resize_to,
-          config.batch_size, os.path.join(config.workdir, "logs", "online_probes"),
-          config.seed, config.image_check))
-    if config.batch_size % strategy.num_replicas_in_sync:
-      raise UsageError(f"--batch_size={config.batch_size} does not split over "
-                       f"{strategy.num_replicas_in_sync} replicas")
-    if distribute.is_chief(strategy):
-      try:
-        wd.write_flags(config.workdir, values)
-      except (OSError, tf.errors.OpError) as e:
-        raise UsageError(f"cannot write the work directory {config.workdir}: "
-                         f"{getattr(e, 'message', None) or e}") from e
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
   with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged):
-    summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=[*callbacks, watchdog])
-  if callbacks and distribute.is_chief(strategy):
-    summary = online_probes.merge_history(summary, callbacks[0].history)
-    wd.write_summary(config.workdir, summary)
+    with quiet.one_line_errors("psl_tf.train", errors=pretrain.ConfigError):
+      summary = pretrain.pretrain(config, strategy, callbacks=[watchdog])
   if distribute.is_chief(strategy):
     print(progress.summary_table(summary, config.workdir, summary.get("export")), flush=True)
 
@@ -104,7 +72,8 @@ def main(argv, flag_values=None):
 def run():
   """The `python -m psl_tf.train` program: defines the flags, parses argv, runs `main`."""
   flagdefs.define_train_flags()
-  sys.modules["__main__"].__doc__ = __doc__  # --help shows this usage, not the shim's
+  # --help shows this usage (not the shim's) and the recipes.
+  sys.modules["__main__"].__doc__ = f"{__doc__}\nRecipes (--recipe=NAME):\n{recipes.listing()}\n"
   app.run(main, flags_parser=quiet.one_line_flags_parser("psl_tf.train"))
 
 

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import optim
+from psl_tf import options as options_lib
 from psl_tf import precision
 from psl_tf import progress
 from psl_tf.data import views
@@ -27,7 +28,8 @@ from psl_tf.evaluation import transfer
 from psl_tf.models import blocks as blocks_lib
 
 PROTOCOLS = ("linear", "knn", "finetune", "transfer")
-option = config_lib.option
+PROBE_INPUTS = ("auto", "features", "images")
+option = options_lib.option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Settings:
   probe_val_fraction: float = option(0.1, "Share of the training split held out to choose "
                                      "among --probe_weight_decays.", range=(0.0, 1.0))
   lr_schedule: str = option("step", "Fine-tuning schedule (probes always use the step "
-                            "schedule).", choices=("step", "cosine", "constant"))
+                            "schedule).", choices=optim.SCHEDULES)
   lr_step_split: str = option("10,10,8", "Step schedule: relative lengths of the constant "
                               "pieces (Goyal et al.: 28 epochs, drops after 10 and 20).")
   lr_decay: float = option(0.1, "Step schedule: factor between pieces.", range=(0.0, 1.0, True))
@@ -72,7 +74,7 @@ class Settings:
                              "extracted once from centre crops (features: no augmentation, "
                              "fast), on augmented images through the backbone at every step "
                              "(images), or features when they fit in --feature_memory_gb "
-                             "(auto).", choices=("auto", "features", "images"))
+                             "(auto).", choices=PROBE_INPUTS)
   feature_memory_gb: float = option(8.0, "--probe_inputs=auto: most memory the stored "
                                     "features may take (float16).", range=(0.0, 10**6))
   knn_k: int = option(200, "kNN: neighbours.", range=(1, 10**6))
@@ -99,8 +101,8 @@ class Settings:
                         "progress bar on a terminal); 2: a line per epoch.", range=(0, 2))
 
   def __post_init__(self):
-    for field in config_lib.options_of(Settings):
-      object.__setattr__(self, field.name, config_lib.coerce(field, getattr(self, field.name)))
+    for field in options_lib.options_of(Settings):
+      object.__setattr__(self, field.name, options_lib.coerce(field, getattr(self, field.name)))
 
 
 def _slug(text):

@@ -31,7 +31,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +145,7 @@ class Task:
     if int(head_grid) < 1:
       raise ValueError(f"--head_grid must be at least 1, got {head_grid}")
     self.head_grid = int(head_grid)
-    self.options = config_lib.build_options(self.Options, options, owner=self.name, **overrides)
+    self.options = options_lib.build_options(self.Options, options, owner=self.name, **overrides)
 
   @classmethod
   def from_config(cls, config):

@@ -7,7 +7,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf.data import augment
 from psl_tf.tasks import base
 from psl_tf.tasks import contrastive_aug
@@ -21,21 +21,21 @@ AUGMENT_OPTIONS = ("crop_min_scale", "color_strength", "color_prob", "gray_prob"
 class ContrastiveOptions:
   """Options of both contrastive tasks; each task's own options subclass this."""
   flag_prefix = "contrastive"
-  crop_min_scale: float = config_lib.option(
+  crop_min_scale: float = options_lib.option(
       0.08, "Smallest random-resized-crop area fraction (SimCLR 0.08, MoCo v2 0.2).",
       range=(0.0, 1.0, True))
-  color_strength: float = config_lib.option(
+  color_strength: float = options_lib.option(
       1.0, "Colour jitter strength s of T2/T3 (SimCLR ImageNet 1.0, CIFAR and MoCo v2 0.5).",
       range=(0.0, 10.0))
-  color_prob: float = config_lib.option(0.8, "Probability of the colour jitter (T2/T3).",
+  color_prob: float = options_lib.option(0.8, "Probability of the colour jitter (T2/T3).",
                                         range=(0.0, 1.0))
-  gray_prob: float = config_lib.option(0.2, "Probability of grayscale (T2/T3).",
+  gray_prob: float = options_lib.option(0.2, "Probability of grayscale (T2/T3).",
                                        range=(0.0, 1.0))
-  blur_prob: float = config_lib.option(0.5, "Probability of the Gaussian blur (T3).",
+  blur_prob: float = options_lib.option(0.5, "Probability of the Gaussian blur (T3).",
                                        range=(0.0, 1.0))
-  sobel_prob: float = config_lib.option(0.2, "Probability of replacing a view by its Sobel "
+  sobel_prob: float = options_lib.option(0.2, "Probability of replacing a view by its Sobel "
                                         "edge map (T3).", range=(0.0, 1.0))
-  proj_dim: int = config_lib.option(128, "Output width of the projection head.",
+  proj_dim: int = options_lib.option(128, "Output width of the projection head.",
                                     range=(1, 65536))
 
 

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf.models import blocks as blocks_lib
 from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
@@ -124,7 +124,7 @@ class JigsawTask(base.Task):
     head_hidden: width of the per-tile and joint hidden layers of the head (0: linear).
     options / keywords (`JigsawTask.Options`, flags `--jigsaw_<option>`):
     sizes: set sizes of the levels, increasing (default the demo's 24,48,96; the paper's
-      500,1000,2000 are in flags/jigsaw_*.flags).
+      500,1000,2000 are in the jigsaw_imagenet_paper recipe).
     resize: shorter side before cropping.
     crop: side of the random square crop; must be 3 * cell.
     cell: side of a grid cell.
@@ -146,29 +146,29 @@ class JigsawTask(base.Task):
   @dataclasses.dataclass(frozen=True)
   class Options:
     flag_prefix = "jigsaw"
-    sizes: tuple = config_lib.option(
+    sizes: tuple = options_lib.option(
         (24, 48, 96), "Permutation set sizes of levels C1, C2, C3 (prefixes of one greedy "
         "sequence). The default is the demo's, small enough to learn in minutes; the paper's "
-        "500,1000,2000 are in flags/jigsaw_*.flags.")
-    criterion: str = config_lib.option(
+        "500,1000,2000 are in --recipe=jigsaw_imagenet_paper.")
+    criterion: str = options_lib.option(
         "average", "Greedy permutation selection: maximise the average Hamming distance "
         "(Noroozi & Favaro) or the minimum one.", choices=perms_lib.CRITERIA)
-    perm_seed: int = config_lib.option(0, "Seed of the greedy permutation sequence.",
+    perm_seed: int = options_lib.option(0, "Seed of the greedy permutation sequence.",
                                        range=(0, 2**31 - 1))
     # Tile geometry; 0 scales it from --image_size by the paper's ratios (224 -> 256/225/75/64).
-    resize: int = config_lib.option(0, "Jigsaw: shorter side before the random crop.",
+    resize: int = options_lib.option(0, "Jigsaw: shorter side before the random crop.",
                                     range=(0, 4096))
-    crop: int = config_lib.option(0, "Jigsaw: side of the random square crop (3 x cell).",
+    crop: int = options_lib.option(0, "Jigsaw: side of the random square crop (3 x cell).",
                                   range=(0, 4096))
-    cell: int = config_lib.option(0, "Jigsaw: side of a cell of the 3x3 grid.", range=(0, 4096))
-    tile: int = config_lib.option(0, "Jigsaw: side of the random tile inside each cell.",
+    cell: int = options_lib.option(0, "Jigsaw: side of a cell of the 3x3 grid.", range=(0, 4096))
+    tile: int = options_lib.option(0, "Jigsaw: side of the random tile inside each cell.",
                                   range=(0, 4096))
-    normalize: bool = config_lib.option(True, "Jigsaw: standardise each tile on its own.")
-    color_jitter: float = config_lib.option(0.0, "Jigsaw: per-tile colour jitter strength "
+    normalize: bool = options_lib.option(True, "Jigsaw: standardise each tile on its own.")
+    color_jitter: float = options_lib.option(0.0, "Jigsaw: per-tile colour jitter strength "
                                             "(0: off).", range=(0.0, 10.0))
-    grayscale: float = config_lib.option(0.0, "Jigsaw: probability of a grayscale tile.",
+    grayscale: float = options_lib.option(0.0, "Jigsaw: probability of a grayscale tile.",
                                          range=(0.0, 1.0))
-    cache_dir: str = config_lib.option("", "Jigsaw: permutation cache directory (empty: "
+    cache_dir: str = options_lib.option("", "Jigsaw: permutation cache directory (empty: "
                                        "$PSL_TF_CACHE or ~/.cache/psl_tf).", resume_safe=True)
 
   def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,

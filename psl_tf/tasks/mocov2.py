@@ -29,7 +29,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf import losses
 from psl_tf.tasks import base
 from psl_tf.tasks import contrastive
@@ -138,11 +138,11 @@ class MoCoV2Task(contrastive.ContrastiveTask):
   @dataclasses.dataclass(frozen=True)
   class Options(contrastive.ContrastiveOptions):
     flag_prefix = "mocov2"
-    temperature: float = config_lib.option(0.2, "MoCo v2: InfoNCE temperature.",
+    temperature: float = options_lib.option(0.2, "MoCo v2: InfoNCE temperature.",
                                            range=(0.0, 100.0, True))
-    queue_size: int = config_lib.option(512, "MoCo v2: negatives in the queue (MoCo v2 on "
+    queue_size: int = options_lib.option(512, "MoCo v2: negatives in the queue (MoCo v2 on "
                                         "ImageNet: 65536).", range=(1, 10**8))
-    key_momentum: float = config_lib.option(0.99, "MoCo v2: EMA momentum m of the key encoder "
+    key_momentum: float = options_lib.option(0.99, "MoCo v2: EMA momentum m of the key encoder "
                                             "(MoCo v2 on ImageNet: 0.999).", range=(0.0, 1.0))
 
   def __init__(self, image_spec=base.ImageSpec(), head_hidden=512, options=None, head_grid=1,

@@ -27,7 +27,7 @@ import math
 
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf.data import images as image_lib
 from psl_tf.tasks import base
 
@@ -87,7 +87,7 @@ class RotationTask(base.Task):
   @dataclasses.dataclass(frozen=True)
   class Options:
     flag_prefix = "rotation"
-    crop: str = config_lib.option(
+    crop: str = options_lib.option(
         "uniform", "Centre crop after rotating: the same 1/sqrt(2) crop for every angle, or "
         "each angle's largest crop (leaks a zoom cue).", choices=CROP_MODES)
 

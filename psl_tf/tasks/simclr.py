@@ -24,7 +24,7 @@ import math
 
 import tensorflow as tf
 
-from psl_tf import config as config_lib
+from psl_tf import options as options_lib
 from psl_tf import losses
 from psl_tf.tasks import base
 from psl_tf.tasks import contrastive
@@ -40,9 +40,9 @@ class SimCLRTask(contrastive.ContrastiveTask):
   @dataclasses.dataclass(frozen=True)
   class Options(contrastive.ContrastiveOptions):
     flag_prefix = "simclr"
-    temperature: float = config_lib.option(0.1, "SimCLR: NT-Xent temperature.",
+    temperature: float = options_lib.option(0.1, "SimCLR: NT-Xent temperature.",
                                            range=(0.0, 100.0, True))
-    lr_scaling: str = config_lib.option(
+    lr_scaling: str = options_lib.option(
         "linear", "SimCLR: stage learning rate from --learning_rate: linear = lr x batch / 256 "
         "(lr 0.3 gives SimCLR's 0.3 x batch / 256), sqrt = lr x sqrt(batch), none = as given.",
         choices=LR_SCALINGS)
