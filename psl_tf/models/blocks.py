@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from psl_tf import keras_private
+
 BLOCK_NAMES = ("b1", "b2", "b3", "b4", "b5")
 
 # ImageNet statistics of RGB values in [0, 1]; a fixed input normalisation inside b1.
@@ -73,7 +75,7 @@ def set_synchronized_batchnorm(model, synchronized=True):
   With sync BN a step on N replicas computes the same statistics, hence the same loss and
   update, as one device on the same global batch.
   """
-  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+  for layer in keras_private.flatten_layers(model):
     if isinstance(layer, layers.BatchNormalization):
       layer.synchronized = synchronized
 
@@ -88,7 +90,7 @@ def recalibrate_batch_norm(model, batches):
   backbone's statistics come from 9 px tiles, its probes see whole images. The layers'
   momentum and `trainable` flags are restored afterwards. Returns the number of batches used.
   """
-  norms = [layer for layer in model._flatten_layers(include_self=False, recursive=True)  # pylint: disable=protected-access
+  norms = [layer for layer in keras_private.flatten_layers(model)
            if isinstance(layer, layers.BatchNormalization)]
   saved = [(layer.momentum, layer.trainable) for layer in norms]
   count = 0
@@ -113,7 +115,7 @@ def moving_statistics(model):
   """The BatchNorm moving means and variances a training step of `model` can change: those of
   its trainable normalisation layers (sub-models included), each once."""
   found, seen = [], set()
-  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+  for layer in keras_private.flatten_layers(model):
     if not layer.trainable:
       continue
     for name in ("moving_mean", "moving_variance"):
