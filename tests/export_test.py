@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import export
+from psl_tf import exporting as export
 from psl_tf.data import views
 from psl_tf.evaluation import protocols
 from psl_tf import workdir as wd

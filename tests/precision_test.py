@@ -21,7 +21,7 @@ from psl_tf import keras_private
 from psl_tf import losses
 from psl_tf import optim
 from psl_tf import precision
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import stages
 from psl_tf import trainer
 from psl_tf import workdir as wd

@@ -23,7 +23,7 @@ from psl_tf import distribute
 from psl_tf.cli import flagdefs
 from psl_tf import guards
 from psl_tf.evaluation import online_probes
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import progress
 from psl_tf import workdir as wd
 

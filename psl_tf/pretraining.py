@@ -1,7 +1,7 @@
 """The stage loop (paper Algorithm 1): for each stage, a fresh head, optimizer and schedule,
 then `fit`, then the stage's backbone weights on disk. Resumable at every epoch.
 
-`psl_tf.pretrain(config)` (this module, called; `pretrain` below) runs a whole run from a
+`pretrain(config)` below (re-exported as `psl_tf.pretrain`) runs a whole run from a
 `Config`, in Python, with no flags."""
 
 import dataclasses
@@ -14,11 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import psl_tf
 from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
-from psl_tf import export as export_lib
+from psl_tf import exporting as export_lib
 from psl_tf import guards
 from psl_tf import optim
 from psl_tf import progress as progress_lib
@@ -400,5 +399,3 @@ def pretrain(config, strategy=None, log=print, callbacks=()):
     wd.write_flags(config.workdir, config_lib.to_flags(config))
   return run(config, strategy, log=log, the_plan=the_plan, callbacks=callbacks)
 
-
-psl_tf.make_module_callable(__name__, "pretrain")
