@@ -11,8 +11,9 @@ SavedModel needs only TensorFlow to load: no `psl_tf`, no Keras.
 
 The entry point rebuilds the backbone of any finished stage of a run (architecture and image
 size from the run's flags.txt) and writes the SavedModel and, next to its files, the Keras
-model `backbone.keras` for fine-tuning in Keras (`keras.models.load_model` after
-`import psl_tf`, which registers the custom layers).
+model `backbone.keras` for fine-tuning in Keras. It is made of Keras' built-in layers only
+(`psl_tf.models.portable_backbone`: a RevNet is rebuilt without its custom layers), so
+`keras.saving.load_model` reads it in a process that never imports psl_tf.
 """
 
 import os
@@ -20,6 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
+from psl_tf import models
 from psl_tf import workdir as wd
 from psl_tf.data import images as image_lib
 from psl_tf.models import blocks as blocks_lib
@@ -81,7 +83,7 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   export_backbone(backbone, output, run.config.image_size, run.config.resize_to)
   keras_path = os.path.join(output, KERAS_FILE)
   log(f"   writing the Keras model {keras_path}")
-  backbone.save(keras_path)
+  models.portable_backbone(backbone).save(keras_path)
   return output, keras_path, run
 
 

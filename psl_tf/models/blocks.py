@@ -12,10 +12,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-# Registered so that a backbone saved as a .keras file loads with keras.models.load_model.
+def standardize(name="standardize"):
+  """(x - mean) / std with the fixed ImageNet constants: Keras' own `Normalization` with its
+  mean and variance given (not adapted), so it has no weights and a saved backbone needs no
+  psl_tf to load."""
+  return layers.Normalization(axis=-1, mean=list(IMAGENET_MEAN),
+                              variance=[s * s for s in IMAGENET_STD], name=name)
+
+
+# The input normalisation of backbones saved before `standardize` (a custom layer): kept
+# registered so that their .keras files still load (after `import psl_tf.models`). It has no
+# weights, so their stage weights load into today's backbones as they are.
 @keras.saving.register_keras_serializable(package="psl_tf")
 class Standardize(layers.Layer):
-  """(x - mean) / std with fixed constants; no weights, so nothing to train or save."""
+  """(x - mean) / std with fixed constants; no weights. Superseded by `standardize()`."""
 
   def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
     super().__init__(**kwargs)
@@ -44,7 +54,7 @@ def assemble(block_fns, input_shape=(None, None, 3), name="backbone"):
   shape = tuple(input_shape)
   for i, (block_name, fn) in enumerate(zip(BLOCK_NAMES, block_fns)):
     inp = keras.Input(shape, name=f"{block_name}_input")
-    x = Standardize(name="standardize")(inp) if i == 0 else inp
+    x = standardize()(inp) if i == 0 else inp
     out = fn(x)
     sub_models.append(keras.Model(inp, out, name=block_name))
     shape = tuple(out.shape[1:])

@@ -357,3 +357,81 @@ def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
 
   return blocks.assemble([root, stage(2, False), stage(3, True), stage(4, True),
                           stage(5, True)], input_shape=input_shape)
+
+
+# ---- the same network from Keras' built-in layers only ---------------------------------------
+
+def _builtin_unit(x, channels, prefix):
+  """A `ReversibleUnit` (inference and ordinary training) from built-in layers and ops:
+  ``[x1, x2] -> [x2, x1 + F(x2)]``; layer names `<prefix>_bn1`, `<prefix>_conv1`, ..."""
+  x1, x2 = ops.split(x, 2, axis=-1)
+  inner = channels // 8
+  y = x2
+  for i, (filters, kernel) in enumerate(((inner, 1), (inner, 3), (channels // 2, 1)), 1):
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                  name=f"{prefix}_bn{i}")(y)
+    y = layers.ReLU(name=f"{prefix}_relu{i}")(y)
+    y = layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                      name=f"{prefix}_conv{i}")(y)
+  y1 = layers.Add(name=f"{prefix}_add")([x1, y])
+  return layers.Concatenate(name=f"{prefix}_out")([x2, y1])
+
+
+def revnet50_builtin(filters_factor=4, input_shape=(None, None, 3)):
+  """`revnet50` built from Keras' built-in layers and `keras.ops` only, for files that load
+  with plain Keras (no psl_tf; `backbone.keras` of an export).
+
+  The same function in inference and in ordinary training (no recomputation). Its variables
+  are `revnet50`'s under flat names (`rev2/unit1/residual/bn1/gamma` is
+  `rev2_unit1_bn1/gamma` here); `to_builtin` copies a trained RevNet into it.
+  """
+  width = 64 * filters_factor
+
+  def root(x):
+    return _conv(width, 7, 2, name="root_conv")(x)
+
+  def stage(index, transition):
+    channels = width * 2 ** (index - 2)
+
+    def apply(x):
+      if transition:
+        x = layers.AveragePooling2D(2, 2, padding="same", name=f"transition{index}_pool")(x)
+        half = x.shape[-1] // 2
+        x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [half, half]])
+      else:
+        x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+      for unit in range(UNITS[index - 2]):
+        x = _builtin_unit(x, channels, f"rev{index}_unit{unit + 1}")
+      if index == 5:
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                      name="final_bn")(x)
+        x = layers.ReLU(name="final_relu")(x)
+      return x
+    return apply
+
+  return blocks.assemble([root, stage(2, False), stage(3, True), stage(4, True),
+                          stage(5, True)], input_shape=input_shape)
+
+
+def builtin_variable_path(path):
+  """The path of a `revnet50` variable in `revnet50_builtin`."""
+  parts = path.split("/")
+  if len(parts) == 5 and parts[2] == "residual":  # rev2/unit1/residual/bn1/gamma
+    return f"{parts[0]}_{parts[1]}_{parts[3]}/{parts[4]}"
+  return path
+
+
+def to_builtin(backbone):
+  """A `revnet50_builtin` holding `backbone`'s weights (a `revnet50`, any `recompute`)."""
+  root = backbone.get_layer("b1").get_layer("root_conv")
+  filters_factor = root.filters // 64
+  plain = revnet50_builtin(filters_factor, input_shape=tuple(backbone.input_shape[1:]))
+  for source_block, target_block in zip(blocks.get_blocks(backbone), blocks.get_blocks(plain)):
+    targets = {v.path: v for v in target_block.weights}
+    sources = {builtin_variable_path(v.path): v for v in source_block.weights}
+    if set(targets) != set(sources):
+      raise ValueError(f"{source_block.name}: the built-in RevNet's variables differ: "
+                       f"{sorted(set(targets) ^ set(sources))[:4]}")
+    for path, variable in sources.items():
+      targets[path].assign(variable)
+  return plain
