@@ -16,7 +16,10 @@ model `backbone.keras` for fine-tuning in Keras. It is made of Keras' built-in l
 `keras.saving.load_model` reads it in a process that never imports psl_tf.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -29,14 +32,15 @@ from psl_tf.models import blocks as blocks_lib
 KERAS_FILE = "backbone.keras"
 
 
-def features_fn(backbone, image_size, resize=None):
+def features_fn(backbone: keras.Model, image_size: int,
+                resize: int | None = None) -> Callable[[Any], dict[str, Any]]:
   """`uint8 images [N, H, W, 3] -> {b1..b5, b1_pool..b5_pool}` for a backbone.
 
   The images get the evaluation view (`psl_tf.data.views.eval_view_fn`): shorter side to
   `resize` (default image_size x 256/224, as in training), then the central crop."""
   resize = resize or int(round(image_size * 256 / 224))
 
-  def serve(images):
+  def serve(images: Any) -> dict[str, Any]:
     x = image_lib.resize_shorter_side_batch(image_lib.to_float(images), resize)
     x = tf.ensure_shape(image_lib.center_crop_batch(x, image_size),
                         [None, image_size, image_size, 3])
@@ -49,7 +53,8 @@ def features_fn(backbone, image_size, resize=None):
   return serve
 
 
-def export_backbone(backbone, path, image_size, resize=None):
+def export_backbone(backbone: keras.Model, path: str, image_size: int,
+                    resize: int | None = None) -> str:
   """Writes the backbone as a SavedModel at `path` (see the module docstring)."""
   archive = keras.export.ExportArchive()
   archive.track(backbone)
@@ -60,7 +65,8 @@ def export_backbone(backbone, path, image_size, resize=None):
   return path
 
 
-def export_run(workdir, stage=None, output=None, log=lambda text: None):
+def export_run(workdir: str, stage: int | None = None, output: str | None = None,
+               log: Callable[[str], object] = lambda text: None) -> tuple[str, str, wd.Run]:
   """Exports a finished stage of the run in `workdir`; returns (SavedModel dir, .keras path).
 
   Args:
@@ -87,13 +93,14 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   return output, keras_path, run
 
 
-def export(run, stage=None, output=None, log=None):
+def export(run: str | os.PathLike[str] | wd.Run, stage: int | None = None,
+           output: str | None = None, log: Callable[[str], object] | None = None) -> str:
   """Exports a finished stage of a run (a work directory or a `psl_tf.workdir.Run`) and
   returns the SavedModel's directory (`backbone.keras` is inside it); `psl_tf.export(...)`.
   """
   if isinstance(run, wd.Run):
     stage = run.stage if stage is None else stage
     run = run.workdir
-  path, _, _ = export_run(run, stage, output, log=log or (lambda text: None))
+  path, _, _ = export_run(os.fspath(run), stage, output, log=log or (lambda text: None))
   return path
 

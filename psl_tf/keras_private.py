@@ -53,7 +53,8 @@ class FirstReplicaSymbolicBuild:
   The first local replica's batch has the same shapes, without a collective.
   """
 
-  def _maybe_symbolic_build(self, iterator=None, data_batch=None):  # Keras' private hook
+  def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> Any:
+    # Keras' private hook
     strategy = getattr(self, "_distribute_strategy", None)
     if iterator is not None and data_batch is None and strategy is not None:
       for _, _, it in iterator:
@@ -62,4 +63,5 @@ class FirstReplicaSymbolicBuild:
             if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
         break
       iterator = None
-    return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)  # type: ignore[misc]
+    return super()._maybe_symbolic_build(  # type: ignore[misc]
+        iterator=iterator, data_batch=data_batch)

@@ -132,7 +132,7 @@ class LARS(keras.optimizers.Optimizer):
   decay nor the trust ratio, only plain momentum SGD: v = mu * v + lr * g; w = w - v.
 
   Weight decay is this optimizer's job (`handles_weight_decay = True`): the trainer's L2
-  term must be 0 when it is used (`psl_tf/pretrain.py` does that).
+  term must be 0 when it is used (`psl_tf/pretraining.py` does that).
 
   Args:
     learning_rate: float or schedule.

@@ -127,3 +127,26 @@ def test_wheel_carries_recipes_typing_marker_license_and_console_scripts(tmp_pat
       if f.endswith(".py"):
         rel = os.path.relpath(os.path.join(dirpath, f), ROOT).replace(os.sep, "/")
         assert rel in names, rel
+
+
+def test_public_api_is_annotated():
+  # mypy (CI) checks the annotations; this checks the API has them, config's included.
+  from psl_tf import config, models, workdir  # pylint: disable=g-import-not-at-top
+  from psl_tf.models import resnet, revnet  # pylint: disable=g-import-not-at-top
+  from psl_tf.tasks import base  # pylint: disable=g-import-not-at-top
+  contract = [f for name, f in vars(base.Task).items()
+              if not name.startswith("_") and inspect.isfunction(f)]
+  functions = [psl_tf.pretrain, psl_tf.evaluate, psl_tf.export, psl_tf.load_run,
+               config.from_flags, config.to_flags, config.Config.stage_epochs,
+               config.Config.backbone_kwargs, config.Config.resize_to.fget,
+               models.build_backbone, models.portable_backbone, resnet.resnet50,
+               resnet.cifar_resnet, revnet.revnet50, workdir.Run.build_backbone,
+               base.Task.from_config.__func__, *contract]
+  assert len(contract) >= 15
+  for function in functions:
+    signature = inspect.signature(function)
+    name = function.__qualname__
+    assert signature.return_annotation is not inspect.Signature.empty, name
+    for parameter in signature.parameters.values():
+      if parameter.name not in ("self", "cls"):
+        assert parameter.annotation is not inspect.Parameter.empty, (name, parameter.name)
