@@ -19,6 +19,7 @@ that learns in minutes on a CPU); the measured-best and the paper's settings are
 
 import dataclasses
 import re
+from typing import Any, Mapping
 
 from psl_tf import data
 from psl_tf import models
@@ -129,7 +130,7 @@ class Config:
   verbose: int = option(1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per "
                         "epoch.", range=(0, 2), resume_safe=True)
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     for field in options_of(Config):
       object.__setattr__(self, field.name, coerce(field, getattr(self, field.name)))
     if not self.epochs or min(self.epochs) < 1:
@@ -142,11 +143,11 @@ class Config:
           r"[^A-Za-z0-9_.-]+", "_", f"{self.task}_{self.mode}_{self.dataset}"))
 
   @property
-  def resize_to(self):
+  def resize_to(self) -> int:
     """Shorter side before cropping: given, or 256/224 of the crop as in the paper."""
     return self.resize or int(round(self.image_size * 256 / 224))
 
-  def stage_epochs(self, num_stages):
+  def stage_epochs(self, num_stages: int) -> list[int]:
     """Epochs of each stage: one value for all, or one per stage."""
     if len(self.epochs) == 1:
       return list(self.epochs) * num_stages
@@ -155,7 +156,7 @@ class Config:
                        "give one value or one per stage")
     return list(self.epochs)
 
-  def backbone_kwargs(self):
+  def backbone_kwargs(self) -> dict[str, Any]:
     """Keyword arguments of the chosen backbone's builder (spatial size left open, so the
     same backbone takes whole images, jigsaw tiles and probe crops)."""
     if self.backbone == "cifar_resnet":
@@ -165,7 +166,7 @@ class Config:
     return {}
 
 
-def from_flags(values):
+def from_flags(values: Mapping[str, str]) -> Config:
   """The one way from flags to a Config: {flag name: text} (a run's flags.txt as
   `psl_tf.workdir.read_flags` returns it, or the command line's resolved flags) -> Config.
 
@@ -182,7 +183,7 @@ def from_flags(values):
   return Config(task_options=options, **kwargs)
 
 
-def to_flags(config):
+def to_flags(config: Config) -> dict[str, str]:
   """{flag name: text} of a Config: what `from_flags` reads back into an equal Config."""
   values = {f.name: to_text(f, getattr(config, f.name)) for f in options_of(Config)}
   options = config.task_options

@@ -7,6 +7,8 @@ was built with, and each stage trains a different set.
 import keras
 from keras import ops
 
+from psl_tf import keras_private
+
 OPTIMIZERS = ("sgd", "adam", "lars")
 SCHEDULES = ("step", "cosine", "constant")
 
@@ -130,7 +132,7 @@ class LARS(keras.optimizers.Optimizer):
   decay nor the trust ratio, only plain momentum SGD: v = mu * v + lr * g; w = w - v.
 
   Weight decay is this optimizer's job (`handles_weight_decay = True`): the trainer's L2
-  term must be 0 when it is used (`psl_tf/pretrain.py` does that).
+  term must be 0 when it is used (`psl_tf/pretraining.py` does that).
 
   Args:
     learning_rate: float or schedule.
@@ -166,7 +168,7 @@ class LARS(keras.optimizers.Optimizer):
   def update_step(self, gradient, variable, learning_rate):
     lr = ops.cast(learning_rate, variable.dtype)
     g = ops.cast(gradient, variable.dtype)
-    v = self.momentums[self._get_variable_index(variable)]
+    v = self.momentums[keras_private.variable_index(self, variable)]
     if not self.exclude_fn(variable):
       w = ops.convert_to_tensor(variable)
       if self.weight_decay_rate:

@@ -22,41 +22,47 @@ wherever it stands. This module imports no TensorFlow until `config` is called.
 
 import importlib.resources
 import os
+from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+  from psl_tf import config as config_lib
 
 SUFFIX = ".flags"
 PAPER_SUFFIX = "_paper"
 
 
-def _folder():
+def _folder() -> Traversable:
   return importlib.resources.files("psl_tf").joinpath("flags")
 
 
-def names():
+def names() -> list[str]:
   """Names of every packaged recipe, sorted."""
   return sorted(entry.name[:-len(SUFFIX)] for entry in _folder().iterdir()
                 if entry.name.endswith(SUFFIX))
 
 
-def _entry(name):
+def _entry(name: str) -> Traversable:
   known = names()
   if name not in known:
     raise ValueError(f"unknown recipe {name!r}; known: {', '.join(known)}")
   return _folder().joinpath(name + SUFFIX)
 
 
-def path(name):
+def path(name: str) -> str:
   """The file system path of recipe `name`'s flagfile; ValueError naming the known ones."""
   entry = _entry(name)
   # A package installed as files (a wheel, an editable install, a checkout) gives a real path.
-  return os.fspath(entry)
+  # (a pathlib.Path there; the Traversable protocol in general, hence the ignore)
+  return os.fspath(entry)  # type: ignore[call-overload]
 
 
-def text(name):
+def text(name: str) -> str:
   """The flagfile of recipe `name`, comments included."""
   return _entry(name).read_text(encoding="utf-8")
 
 
-def load(name):
+def load(name: str) -> dict[str, str]:
   """{flag name: text} of recipe `name` (`--name=value` lines; a bare `--name` is true)."""
   values = {}
   for line in text(name).splitlines():
@@ -67,7 +73,7 @@ def load(name):
   return values
 
 
-def comments(name):
+def comments(name: str) -> list[str]:
   """The recipe's comment lines before its first flag, without the `#`. The first says what
   it is; the second starts with `Measured` (and the lines after name the records under
   `docs/results/` that show it) or with `Never run`."""
@@ -80,13 +86,13 @@ def comments(name):
   return lines
 
 
-def measured(name):
+def measured(name: str) -> bool:
   """Whether the recipe's result is recorded (its second comment line starts `Measured`)."""
   lines = comments(name)
   return len(lines) > 1 and lines[1].startswith("Measured")
 
 
-def records(name):
+def records(name: str) -> list[str]:
   """The record paths (`docs/results/...`, relative to a checkout) the recipe's comments name."""
   found = []
   for line in comments(name):
@@ -94,24 +100,24 @@ def records(name):
   return found
 
 
-def summary(name):
+def summary(name: str) -> str:
   """One line: what the recipe is, and whether it was measured."""
   lines = comments(name)
   title = lines[0] if lines else ""
   return f"{title} [{'measured' if measured(name) else 'never run'}]"
 
 
-def listing():
+def listing() -> str:
   """Every recipe with its one-line summary, one per line (for --help and docs)."""
   width = max(len(n) for n in names())
   return "\n".join(f"  {n:<{width}}  {summary(n)}" for n in names())
 
 
-def config(name, **overrides):
+def config(name: str, **overrides: Any) -> "config_lib.Config":
   """The `psl_tf.config.Config` of recipe `name`, with `overrides` (Config fields, typed or as
   texts) applied on top, as flags on the command line override `--recipe`. `task_options`
   given as a dict is merged into the recipe's task options."""
-  from psl_tf import config as config_lib  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from psl_tf import config as config_lib  # pylint: disable=g-import-not-at-top,redefined-outer-name  (TensorFlow)
   base = config_lib.from_flags(load(name))
   fields = {f.name: getattr(base, f.name) for f in config_lib.options_of(config_lib.Config)}
   fields["workdir"] = load(name).get("workdir", "")  # else derived from task, mode, dataset

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from psl_tf import distribute
+from psl_tf import keras_private
 from psl_tf import optim
 from psl_tf import precision
 from psl_tf.models import blocks as blocks_lib
@@ -24,7 +25,7 @@ def build_stage_head(backbone, task, stage):
   return task.build_head(backbone.get_layer(f"b{stage.last}").output.shape[1:], stage.level)
 
 
-class StageModel(keras.Model):
+class StageModel(keras_private.FirstReplicaSymbolicBuild, keras.Model):
   """Trains one stage of a backbone on one level of a task.
 
   Args:
@@ -64,21 +65,6 @@ class StageModel(keras.Model):
     # The task's per-stage state (MoCo: key encoder and queue), tracked: checkpointed with
     # the model. None for tasks without state.
     self.task_state = task.build_stage_state(self)
-
-  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    # Keras 3 (3.15) learns the input shapes from the first distributed batch by MEAN-reducing
-    # it across replicas, eagerly; under MultiWorkerMirroredStrategy that reduce fails
-    # ("Attempt to convert a value (PerReplica:...) ... to a Tensor"), so multi-worker `fit`
-    # never started. The first local replica's batch has the same shapes, without a collective.
-    if iterator is not None and data_batch is None and self._distribute_strategy is not None:
-      strategy = self._distribute_strategy
-      for _, _, it in iterator:
-        data_batch = tf.nest.map_structure(
-            lambda x: strategy.experimental_local_results(x)[0]
-            if isinstance(x, tf.distribute.DistributedValues) else x, next(it))
-        break
-      iterator = None
-    return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
   @property
   def metrics(self):
@@ -169,7 +155,6 @@ def _for_keras_reduce(logs):
   replicas, the value the other strategies log.
   """
   strategy = tf.distribute.get_strategy()
-  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-      and strategy.extended._in_multi_worker_mode()):  # pylint: disable=protected-access
+  if keras_private.in_multi_worker_mode(strategy):
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}
   return logs

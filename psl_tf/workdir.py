@@ -15,6 +15,8 @@ Layout (DESIGN.md 4)::
 evaluation and export.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import glob
 import json
@@ -22,8 +24,10 @@ import os
 import shutil
 import signal
 import tempfile
+from typing import Any
 
 import h5py
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -40,10 +44,10 @@ DONE_FILE = "DONE"
 # reaches `crash_point(<point>)`: how the kill drill (scripts/kill_drill.py) hits the exact
 # moments a timer cannot (half-way through a weights write, between two stages).
 CRASH_ENV = "PSL_TF_CRASH_AT"
-_crash_counts = {}
+_crash_counts: dict[str, int] = {}
 
 
-def crash_point(name):
+def crash_point(name: str) -> None:
   """SIGKILLs this process here if $PSL_TF_CRASH_AT names this point (see CRASH_ENV)."""
   wanted = os.environ.get(CRASH_ENV)
   if not wanted:
@@ -60,15 +64,15 @@ class NonFiniteWeightsError(ValueError):
   """Backbone weights hold NaN or infinity: the run that wrote them diverged."""
 
 
-def stage_dir(workdir, index):
+def stage_dir(workdir: str, index: int) -> str:
   return os.path.join(workdir, f"stage_{index}")
 
 
-def stage_weights_path(workdir, index):
+def stage_weights_path(workdir: str, index: int) -> str:
   return os.path.join(stage_dir(workdir, index), WEIGHTS_FILE)
 
 
-def stage_done(workdir, index):
+def stage_done(workdir: str, index: int) -> bool:
   """True when stage `index` finished: its DONE marker is there (written after its summary
   and weights). Weights without a stage_summary.json come from before the marker (or from
   `save_backbone_weights` alone) and count as finished too; weights with a stage_summary.json
@@ -80,7 +84,7 @@ def stage_done(workdir, index):
   return not tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE))
 
 
-def read_stage_summary(workdir, index):
+def read_stage_summary(workdir: str, index: int) -> dict[str, Any] | None:
   """The summary entry a finished stage wrote next to its weights, or None."""
   path = os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE)
   if not tf.io.gfile.exists(path):
@@ -89,7 +93,8 @@ def read_stage_summary(workdir, index):
     return json.load(f)
 
 
-def finish_stage(workdir, index, backbone, stage_summary):
+def finish_stage(workdir: str, index: int, backbone: keras.Model,
+                 stage_summary: dict[str, Any]) -> None:
   """Marks stage `index` finished in one step that a kill cannot leave half-done: its summary
   entry, then its weights (each written to a temporary name and renamed), then DONE."""
   directory = stage_dir(workdir, index)
@@ -101,7 +106,7 @@ def finish_stage(workdir, index, backbone, stage_summary):
     f.write("finished\n")
 
 
-def remove_temporary_files(workdir):
+def remove_temporary_files(workdir: str) -> list[str]:
   """Deletes what a killed run may have left half-written: `stage_<k>/tmp*.h5` weights,
   `*.tmp` summaries and a partial export. Returns the paths removed."""
   removed = []
@@ -118,7 +123,7 @@ def remove_temporary_files(workdir):
 PARTIAL_SUFFIX = ".partial"
 
 
-def finished_stages(workdir):
+def finished_stages(workdir: str) -> list[int]:
   """Indices k with a finished stage_<k>/backbone.weights.h5, ascending."""
   if not tf.io.gfile.isdir(workdir):
     return []
@@ -132,7 +137,7 @@ def finished_stages(workdir):
 
 # ---- backbone weights --------------------------------------------------------------------
 
-def save_backbone_weights(backbone, path):
+def save_backbone_weights(backbone: keras.Model, path: str) -> None:
   """Writes the backbone's weights in Keras 3's own format (`backbone.save_weights`), so
   `backbone.load_weights(path)` reads them into a backbone built the same way.
 
@@ -147,14 +152,14 @@ def save_backbone_weights(backbone, path):
   os.replace(tmp, path)
 
 
-def is_block_layout(path):
+def is_block_layout(path: str) -> bool:
   """True for a weights file in the layout of runs written before the Keras format: HDF5
   groups `b1`..`b5`, datasets `<layer>/<variable>` (`load_backbone_weights` reads both)."""
   with h5py.File(path, "r") as f:
     return "b1" in f and "layers" not in f
 
 
-def load_backbone_weights(backbone, path):
+def load_backbone_weights(backbone: keras.Model, path: str) -> None:
   """Loads stage weights into `backbone`; refuses non-finite weights (a diverged run).
 
   Reads the Keras format (`backbone.load_weights`) and the older per-block layout."""
@@ -172,7 +177,7 @@ def load_backbone_weights(backbone, path):
             "wrote them diverged; retrain with a lower --learning_rate")
 
 
-def _load_block_layout(backbone, path):
+def _load_block_layout(backbone: keras.Model, path: str) -> None:
   """Reads the per-block layout (`<block>/<variable path>`); every variable must match."""
   with h5py.File(path, "r") as f:
     for block in blocks_lib.get_blocks(backbone):
@@ -194,11 +199,11 @@ def _load_block_layout(backbone, path):
         variable.assign(value)
 
 
-def check_finite_weights(path):
+def check_finite_weights(path: str) -> None:
   """Raises NonFiniteWeightsError if any weight in the HDF5 file at `path` is NaN or inf."""
-  bad = []
+  bad: list[str] = []
   with h5py.File(path, "r") as f:
-    def visit(name, item):
+    def visit(name: str, item: Any) -> None:
       if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" and not bad:
         if not np.all(np.isfinite(item[()])):
           bad.append(name)
@@ -211,12 +216,12 @@ def check_finite_weights(path):
 
 # ---- flags and summary -------------------------------------------------------------------
 
-def read_flags(workdir):
+def read_flags(workdir: str) -> dict[str, str] | None:
   """{name: text} of the run's flags.txt, or None when there is none."""
   return read_flags_file(os.path.join(workdir, FLAGS_FILE))
 
 
-def read_flags_file(path):
+def read_flags_file(path: str) -> dict[str, str] | None:
   """{name: text} of a flagfile (`--name=value` lines; a bare `--name` is true)."""
   if not tf.io.gfile.exists(path):
     return None
@@ -225,7 +230,7 @@ def read_flags_file(path):
   return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
 
 
-def write_flags(workdir, flag_values):
+def write_flags(workdir: str, flag_values: dict[str, Any]) -> None:
   """Writes `{name: value}` as a flagfile (one `--name=value` per line, sorted)."""
   tf.io.gfile.makedirs(workdir)
   with tf.io.gfile.GFile(os.path.join(workdir, FLAGS_FILE), "w") as f:
@@ -234,7 +239,7 @@ def write_flags(workdir, flag_values):
       f.write(f"--{name}={flag_values[name]}\n")
 
 
-def read_summary(workdir):
+def read_summary(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, SUMMARY_FILE)
   if not tf.io.gfile.exists(path):
     return {}
@@ -242,12 +247,12 @@ def read_summary(workdir):
     return json.load(f)
 
 
-def write_summary(workdir, summary):
+def write_summary(workdir: str, summary: dict[str, Any]) -> None:
   tf.io.gfile.makedirs(workdir)
   _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
 
 
-def _write_json(path, value):
+def _write_json(path: str, value: Any) -> None:
   """Writes JSON to `path` through a temporary file and a rename (never half-written)."""
   tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
@@ -255,7 +260,7 @@ def _write_json(path, value):
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def _json_default(value):
+def _json_default(value: Any) -> Any:
   if isinstance(value, (np.integer,)):
     return int(value)
   if isinstance(value, (np.floating,)):
@@ -265,7 +270,7 @@ def _json_default(value):
   raise TypeError(f"not JSON-serialisable: {type(value)}")
 
 
-def remove_tree(path):
+def remove_tree(path: str) -> None:
   if tf.io.gfile.exists(path):
     shutil.rmtree(path, ignore_errors=True)
 
@@ -285,26 +290,26 @@ class Run:
   workdir: str
   config: config_lib.Config
   stage: int
-  summary: dict
+  summary: dict[str, Any]
 
   @property
-  def name(self):
+  def name(self) -> str:
     """A short row label: the work directory's base name and the mode."""
     base = os.path.basename(os.path.normpath(self.workdir))
     return f"{base} ({self.config.mode})" if self.config.mode not in base else base
 
   @property
-  def weights_path(self):
+  def weights_path(self) -> str:
     return stage_weights_path(self.workdir, self.stage)
 
-  def build_backbone(self):
+  def build_backbone(self) -> keras.Model:
     """A fresh backbone with this run's architecture and the stage's weights."""
     backbone = build_backbone(self.config.backbone, **self.config.backbone_kwargs())
     load_backbone_weights(backbone, self.weights_path)
     return backbone
 
 
-def config_from_workdir(workdir):
+def config_from_workdir(workdir: str) -> config_lib.Config:
   """The Config of the run in `workdir`; ValueError if it has no flags.txt."""
   values = read_flags(workdir)
   if values is None:
@@ -316,8 +321,9 @@ def config_from_workdir(workdir):
     raise ValueError(f"cannot read {os.path.join(workdir, FLAGS_FILE)}: {e}") from None
 
 
-def load_run(workdir, stage=None):
+def load_run(workdir: str | os.PathLike[str], stage: int | None = None) -> Run:
   """Opens a run at `stage` (default: its last finished stage); ValueError if unusable."""
+  workdir = os.fspath(workdir)
   config = config_from_workdir(workdir)
   done = finished_stages(workdir)
   if not done:

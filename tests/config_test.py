@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from psl_tf import config as config_lib
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import tasks
 from psl_tf import workdir as wd
 from psl_tf.cli import flagdefs
@@ -146,11 +146,15 @@ def _kwargs(config):
 
 def test_entry_points_import_together_and_define_no_flags():
   # Used to raise DuplicateFlagError: evaluate and export defined --workdir at import.
+  import inspect  # pylint: disable=g-import-not-at-top
   import psl_tf  # pylint: disable=g-import-not-at-top
-  import psl_tf.evaluate  # pylint: disable=g-import-not-at-top,unused-import
-  import psl_tf.export  # pylint: disable=g-import-not-at-top,unused-import
-  import psl_tf.train  # pylint: disable=g-import-not-at-top,unused-import
+  from psl_tf.cli import evaluate, export, train, visualize  # pylint: disable=g-import-not-at-top,unused-import
   from absl import flags  # pylint: disable=g-import-not-at-top
   assert "protocol" not in flags.FLAGS and "learning_rate" not in flags.FLAGS
-  assert callable(psl_tf.pretrain) and callable(psl_tf.evaluate) and callable(psl_tf.export)
+  # The API is plain functions (not modules made callable), also after every program and
+  # library module was imported.
+  for name in ("pretrain", "evaluate", "export", "load_run"):
+    assert inspect.isfunction(getattr(psl_tf, name)), name
+  assert psl_tf.export.__module__ == "psl_tf.exporting"
+  assert psl_tf.pretrain.__module__ == "psl_tf.pretraining"
   assert psl_tf.Config().workdir == "runs/rotation_psl_demo"

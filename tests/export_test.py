@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import export
+from psl_tf import exporting as export
 from psl_tf.data import views
 from psl_tf.evaluation import protocols
 from psl_tf import workdir as wd
@@ -179,3 +179,107 @@ def test_stage_weights_of_old_runs_still_load(tmp_path):
   loaded = wd.load_run(run_dir).build_backbone()
   for mine, theirs in zip(old.weights, loaded.weights):
     np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+
+
+# Loads backbone.keras with plain Keras in a process that never imports psl_tf, runs it, and
+# (when given) loads stage weights into it with plain `load_weights`.
+PLAIN_KERAS_LOADER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import keras
+    model = keras.saving.load_model(sys.argv[1])
+    x = np.load(sys.argv[2])
+    outputs = {"export": model(x, training=False)}
+    if len(sys.argv) > 4:
+      model.load_weights(sys.argv[4])
+      outputs["stage"] = model(x, training=False)
+    assert not any(m == "psl_tf" or m.startswith("psl_tf.") for m in sys.modules), \\
+        "loading the backbone imported psl_tf"
+    assert all(type(l).__module__.startswith("keras.") for l in model._flatten_layers())
+    np.savez(sys.argv[3], **{f"{k}_{b}": np.asarray(v[b]) for k, v in outputs.items() for b in v})
+""")
+
+RUNS = {
+    "cifar_resnet": {"backbone": "cifar_resnet", "depth": "10", "width": "8", "image_size": "24"},
+    "revnet50": {"backbone": "revnet50", "filters_factor": "1", "recompute": "true",
+                 "image_size": "32"},
+}
+
+
+def _fake_run_of(path, backbone_flags):
+  """Two finished stages with different weights (and non-trivial BN statistics)."""
+  flag_texts = {**FLAGS, **backbone_flags, "workdir": str(path)}
+  wd.write_flags(str(path), flag_texts)
+  config = wd.config_from_workdir(str(path))
+  backbones = []
+  for stage in (1, 2):
+    keras.utils.set_random_seed(stage)
+    backbone = build_backbone(config.backbone, **config.backbone_kwargs())
+    rng = np.random.default_rng(stage)
+    for variable in backbone.weights:
+      if "moving_variance" in variable.path or "gamma" in variable.path:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+      elif "moving_mean" in variable.path:
+        variable.assign(rng.uniform(-0.1, 0.1, variable.shape).astype("float32"))
+    wd.save_backbone_weights(backbone, wd.stage_weights_path(str(path), stage))
+    backbones.append(backbone)
+  return config, backbones
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_backbone_keras_loads_with_plain_keras_in_a_process_without_psl_tf(tmp_path, name):
+  config, backbones = _fake_run_of(tmp_path / "run", RUNS[name])
+  _, keras_path, _ = export.export_run(str(tmp_path / "run"), stage=2)
+  size = config.image_size
+  x = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype("float32")
+  np.save(tmp_path / "x.npy", x)
+  args = [keras_path, str(tmp_path / "x.npy"), str(tmp_path / "out.npz")]
+  if name != "revnet50":  # the ResNets' stage weights are the exported model's own layout
+    args.append(wd.stage_weights_path(str(tmp_path / "run"), 1))
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
+  result = subprocess.run([sys.executable, "-c", PLAIN_KERAS_LOADER, *args], cwd=str(cwd),
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.load(tmp_path / "out.npz")
+  for stage, key in ((2, "export"), (1, "stage")):
+    if f"{key}_b5" not in out:
+      continue
+    mine = backbones[stage - 1](x, training=False)
+    for block in ("b1", "b3", "b5"):
+      np.testing.assert_allclose(out[f"{key}_{block}"], np.asarray(mine[block]), rtol=1e-5,
+                                 atol=1e-5)
+  assert np.abs(out["export_b5"]).max() > 0
+  assert not np.allclose(out["export_b5"], np.asarray(backbones[0](x, training=False)["b5"]))
+
+
+def test_builtin_revnet_trains_like_the_custom_one():
+  # In training mode too (fine-tuning the exported model): same outputs, same BN updates.
+  from psl_tf.models import portable_backbone, revnet  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(4)
+  custom = revnet.revnet50(filters_factor=1)
+  plain = portable_backbone(custom)
+  x = np.random.default_rng(1).uniform(size=(2, 32, 32, 3)).astype("float32")
+  a, b = custom(x, training=True), plain(x, training=True)
+  np.testing.assert_allclose(np.asarray(b["b5"]), np.asarray(a["b5"]), rtol=1e-5, atol=1e-5)
+  moving = lambda m: {revnet.builtin_variable_path(v.path): np.asarray(v) for v in m.weights}
+  mine, theirs = moving(custom), {v.path: np.asarray(v) for v in plain.weights}
+  for path, value in mine.items():
+    np.testing.assert_allclose(theirs[path], value, rtol=1e-5, atol=1e-6)
+
+
+def test_backbones_saved_before_the_builtin_normalisation_still_load():
+  # tests/fixtures/standardize_v0: a cifar_resnet (depth 10, width 4) saved when b1 began
+  # with psl_tf's custom Standardize layer: its stage weights and its .keras file.
+  fixture = os.path.join(ROOT, "tests", "fixtures", "standardize_v0")
+  expected = np.load(os.path.join(fixture, "expected.npz"))
+  backbone = build_backbone("cifar_resnet", depth=10, width=4)
+  assert isinstance(backbone.get_layer("b1").get_layer("standardize"),
+                    keras.layers.Normalization)
+  wd.load_backbone_weights(backbone, os.path.join(fixture, "backbone.weights.h5"))
+  np.testing.assert_allclose(np.asarray(backbone(expected["x"], training=False)["b5"]),
+                             expected["b5"], rtol=1e-5, atol=1e-6)
+  old = keras.saving.load_model(os.path.join(fixture, "backbone.keras"))  # psl_tf>Standardize
+  np.testing.assert_allclose(np.asarray(old(expected["x"], training=False)["b5"]),
+                             expected["b5"], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """`import psl_tf` and every module of it: no import cycle, and each imports in a fresh process.
 
 The static check walks the package's own imports at module level (absolute `psl_tf...` and
-relative ones; imports inside functions run later and are not part of the graph) and fails on
+relative ones; imports inside functions run later and are not part of the graph, those under
+`if TYPE_CHECKING:` never run) and fails on
 any cycle, whatever order a program would import the modules in. The dynamic check imports
 every module in a fresh interpreter, so nothing depends on what an earlier test imported.
 """
@@ -37,6 +38,12 @@ def _is_main_guard(test):
           and test.comparators[0].value == "__main__")
 
 
+def _is_type_checking_guard(test):
+  """`if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`): imports only a type checker follows."""
+  return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or
+          (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
 def _module_level(body):
   """The import statements that run when the module is imported (not inside a def or class)."""
   for node in body:
@@ -44,6 +51,8 @@ def _module_level(body):
       yield node
     elif isinstance(node, ast.If) and _is_main_guard(node.test):
       continue  # runs only as `python -m ...`, after every import of the package
+    elif isinstance(node, ast.If) and _is_type_checking_guard(node.test):
+      continue  # never runs
     elif isinstance(node, (ast.If, ast.Try, ast.With)):
       for field in ("body", "orelse", "finalbody", "handlers"):
         for child in getattr(node, field, []):
@@ -52,8 +61,10 @@ def _module_level(body):
 
 
 def _everywhere(tree):
-  """Every import statement, in functions too, except under `if __name__ == "__main__"`."""
-  main_guards = [n for n in tree.body if isinstance(n, ast.If) and _is_main_guard(n.test)]
+  """Every import statement, in functions too, except under `if __name__ == "__main__"` and
+  `if TYPE_CHECKING:` (which never runs)."""
+  main_guards = [n for n in tree.body if isinstance(n, ast.If) and (
+      _is_main_guard(n.test) or _is_type_checking_guard(n.test))]
   skipped = {id(n) for guard in main_guards for n in ast.walk(guard)}
   return [n for n in ast.walk(tree)
           if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skipped]

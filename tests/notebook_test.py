@@ -4,6 +4,8 @@ import ast
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -38,7 +40,39 @@ def test_notebook_is_stripped_and_starts_with_a_colab_install_cell(path):
   for cell in code:  # outputs belong to a run, not to the repository
     assert cell["outputs"] == [] and cell["execution_count"] is None
   first = "".join(code[0]["source"])
-  assert "google.colab" in first and "requirements.txt" in first and "pip" in first
+  assert "google.colab" in first and "pip" in first
+  install = _pip_install(first)
+  # The package with its lower bounds, never the exact pins nor Colab's own packages again.
+  assert install[-2:] == ["-e", "."] and "--upgrade-strategy=only-if-needed" in install
+  for word in ("requirements.txt", "tensorflow", "numpy", "ipykernel", "--force-reinstall",
+               "-U", "--upgrade", "--no-deps"):
+    assert word not in install, word
+
+
+def _pip_install(cell):
+  """The first cell's pip command (its PIP_INSTALL list)."""
+  source = re.search(r"^PIP_INSTALL = (\[.*?\])", cell, re.S | re.M).group(1)
+  return eval(source, {"sys": sys})  # pylint: disable=eval-used
+
+
+@pytest.mark.slow  # integration tier: pip resolves the package against this environment
+def test_colab_install_cell_keeps_the_installed_packages(tmp_path):
+  """The first cell's pip command, dry-run against this environment (which has compatible
+  TensorFlow, NumPy, ipykernel, as Colab does): pip would install psl_tf and nothing else."""
+  setuptools = pytest.importorskip("setuptools")
+  if int(setuptools.__version__.split(".")[0]) < 77:
+    pytest.skip("needs setuptools>=77 (requirements-test.txt) to build without isolation")
+  with open(NOTEBOOKS[0]) as f:
+    first = "".join(next(c for c in json.load(f)["cells"] if c["cell_type"] == "code")["source"])
+  install = _pip_install(first)
+  report = tmp_path / "report.json"
+  result = subprocess.run(
+      [*install[:4], "--dry-run", "--no-index", "--no-build-isolation", f"--report={report}",
+       *install[4:-1], ROOT], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(report) as f:
+    would_install = [item["metadata"]["name"] for item in json.load(f)["install"]]
+  assert would_install == ["psl_tf"], would_install
 
 
 def test_readme_lists_every_notebook():

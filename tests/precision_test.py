@@ -17,10 +17,11 @@ import tensorflow as tf
 
 from psl_tf import config as config_lib
 from psl_tf import distribute
+from psl_tf import keras_private
 from psl_tf import losses
 from psl_tf import optim
 from psl_tf import precision
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import stages
 from psl_tf import trainer
 from psl_tf import workdir as wd
@@ -69,10 +70,10 @@ def test_policy_scope_sets_and_restores_the_global_policy(name):
 def test_mixed_policy_keeps_variables_logits_bn_and_loss_in_float32(policy):
   model, task, stage = _stage_model(policy)
   compute = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
-  convs = [l for l in model.backbone._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+  convs = [l for l in keras_private.flatten_layers(model.backbone) if isinstance(l, keras.layers.Conv2D)]
   assert convs and all(l.compute_dtype == compute for l in convs)  # the policy took effect
   assert all(v.dtype == "float32" for v in model.backbone.weights + model.head.weights)
-  bns = [l for l in model.backbone._flatten_layers()
+  bns = [l for l in keras_private.flatten_layers(model.backbone)
          if isinstance(l, keras.layers.BatchNormalization)]
   assert bns and all(l.moving_mean.dtype == "float32" for l in bns)
   x, y = _rotation_batch(task, stage.level)

@@ -18,12 +18,12 @@ import tensorflow as tf
 from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
-from psl_tf import export as export_lib
+from psl_tf import exporting as export_lib
 from psl_tf.cli import flagdefs
 from psl_tf import guards
 from psl_tf.evaluation import knn
 from psl_tf.evaluation import metrics
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf.cli import quiet
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone

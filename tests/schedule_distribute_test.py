@@ -10,7 +10,7 @@ import tensorflow as tf
 from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import optim
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 
 
 def test_paper_step_schedule_drops_after_20_40_and_50_of_60_epochs():

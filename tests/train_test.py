@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from psl_tf import config as config_lib
 from psl_tf import distribute
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import workdir as wd
 from psl_tf.data import views
 from psl_tf.models import build_backbone

@@ -15,7 +15,7 @@ quiet.import_tensorflow_quietly()
 from absl import app
 from absl import flags
 
-from psl_tf import export as export_lib
+from psl_tf import exporting as export_lib
 
 
 def define_flags(flag_values=flags.FLAGS):

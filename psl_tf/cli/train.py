@@ -24,7 +24,7 @@ from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf.cli import flagdefs
 from psl_tf import guards
-from psl_tf import pretrain
+from psl_tf import pretraining as pretrain
 from psl_tf import progress
 from psl_tf import recipes
 

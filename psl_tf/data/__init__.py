@@ -12,6 +12,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+from typing import Any, Callable
 
 from absl import logging
 import numpy as np
@@ -42,7 +43,7 @@ class Source:
   """
   name: str
   elements: tf.data.Dataset
-  decode: callable
+  decode: Callable[..., Any]
   num_examples: int | None
   num_classes: int | None
   skipped: int = 0

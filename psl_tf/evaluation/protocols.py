@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -26,6 +27,13 @@ from psl_tf.evaluation import probes
 from psl_tf.evaluation import report
 from psl_tf.evaluation import transfer
 from psl_tf.models import blocks as blocks_lib
+
+if TYPE_CHECKING:
+  from psl_tf import workdir as wd
+
+# A row of a report: the run's label and {column (B1..B5, a label fraction): metrics}.
+Row = tuple[str, dict[str, Any]]
+Log = Callable[[str], object]
 
 PROTOCOLS = ("linear", "knn", "finetune", "transfer")
 PROBE_INPUTS = ("auto", "features", "images")
@@ -100,22 +108,22 @@ class Settings:
   verbose: int = option(1, "0: quiet; 1: a line per probe / fine-tuning epoch (a Keras "
                         "progress bar on a terminal); 2: a line per epoch.", range=(0, 2))
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     for field in options_lib.options_of(Settings):
       object.__setattr__(self, field.name, options_lib.coerce(field, getattr(self, field.name)))
 
 
-def _slug(text):
+def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def _default_eval_split(dataset):
+def _default_eval_split(dataset: str) -> str:
   if dataset == "demo" or dataset.startswith("folder:"):
     return "test"
   return "validation" if dataset in ("imagenet2012", "imagenette", "places365_small") else "test"
 
 
-def _steps(num_examples, batch_size, requested):
+def _steps(num_examples: int | None, batch_size: int, requested: int | None) -> int:
   if requested:
     return requested
   if not num_examples:
@@ -126,7 +134,7 @@ def _steps(num_examples, batch_size, requested):
 class Evaluation:
   """The data and settings shared by every run evaluated the same way (the rows of a table)."""
 
-  def __init__(self, primary, v):
+  def __init__(self, primary: "wd.Run", v: Settings) -> None:
     """`primary`: the first `psl_tf.workdir.Run` (its data set is the default); `v`: the
     `Settings`."""
     config = primary.config
@@ -166,7 +174,7 @@ class Evaluation:
                        "features: it needs --protocol=linear or transfer and --probe_inputs="
                        "features or auto")
 
-  def resolve_probe_inputs(self, backbone):
+  def resolve_probe_inputs(self, backbone: keras.Model) -> str:
     """'features' or 'images' for this backbone (auto: features when they fit in memory)."""
     if self.probe_inputs != "auto":
       return self.probe_inputs
@@ -177,18 +185,18 @@ class Evaluation:
     gigabytes = count * sum(sizes.values()) * np.dtype(probes.FEATURE_DTYPE).itemsize / 2**30
     return "features" if gigabytes <= self.v.feature_memory_gb else "images"
 
-  def title(self):
+  def title(self) -> str:
     text = f"{self.protocol} on {self.dataset} ({self.eval_split})"
     if self.protocol in ("linear", "transfer"):
       text += (", heads on stored centre-crop features (no augmentation)"
                if self.probe_inputs == "features" else ", heads on augmented images")
     return text
 
-  def dataset_of(self, source, training):
+  def dataset_of(self, source: Any, training: bool) -> Any:
     return views.labelled_dataset(source, self.image_size, self.resize, self.v.batch_size,
                                   training, seed=self.v.seed)
 
-  def settings(self):
+  def settings(self) -> dict[str, Any]:
     v = self.v
     return {"protocol": self.protocol, "dataset": self.dataset, "train_split": v.train_split,
             "eval_split": self.eval_split, "image_size": self.image_size, "resize": self.resize,
@@ -208,20 +216,20 @@ class Evaluation:
             **({"label_fractions": list(v.label_fractions), "label_file": v.label_file,
                 "lr_schedule": v.lr_schedule} if self.protocol == "finetune" else {})}
 
-  def _callbacks(self, label, steps):
+  def _callbacks(self, label: str, steps: int) -> list[keras.callbacks.Callback]:
     """Epoch lines for a probe / fine-tuning fit (none with --verbose=0)."""
     if not self.v.verbose:
       return []
     return [progress.fit_progress(label, self.v.epochs, steps, self.v.batch_size)]
 
-  def _fit_verbose(self):
+  def _fit_verbose(self) -> int:
     return progress.fit_verbose(self.v.verbose)
 
-  def _say(self, text):
+  def _say(self, text: str) -> None:
     if self.v.verbose:
       print(f"   {text}", flush=True)
 
-  def run(self, run):
+  def run(self, run: "wd.Run") -> dict[str, Any]:
     """{column: metrics} of one run under this evaluation."""
     v = self.v
     keras.utils.set_random_seed(v.seed)
@@ -278,7 +286,7 @@ class Evaluation:
           v.knn_k, v.knn_temperature, v.knn_pooling)
     return self._finetune(run)
 
-  def _finetune(self, run):
+  def _finetune(self, run: "wd.Run") -> dict[str, Any]:
     v = self.v
     labels, ids = finetune_lib.source_labels_and_ids(self.train_source)
     if v.label_file:
@@ -310,7 +318,9 @@ class Evaluation:
     return results
 
 
-def evaluate_runs(the_runs, settings, output=None, log=print, evaluation=None):
+def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str | None = None,
+                  log: Log | None = print,
+                  evaluation: Evaluation | None = None) -> tuple[list[Row], dict[str, Any]]:
   """Evaluates every run the same way and writes the report; returns (rows, report paths).
 
   Args:
@@ -350,22 +360,24 @@ def evaluate_runs(the_runs, settings, output=None, log=print, evaluation=None):
 class Report:
   """What `evaluate` returns: the table's rows ((label, {column: metrics}) per run), its
   title, and the paths of the files written (markdown, json, plot)."""
-  rows: list
+  rows: list[Row]
   title: str
-  paths: dict
+  paths: dict[str, Any]
 
   @property
-  def results(self):
+  def results(self) -> dict[str, Any]:
     """{column: metrics} of the first run (B1..B5 for probes, label fractions for finetune)."""
     return self.rows[0][1]
 
-  def table(self):
+  def table(self) -> str:
     """The markdown table (rows = runs, columns = blocks)."""
     return report.markdown_table(self.rows, title=self.title)
 
 
-def evaluate(run, protocol="linear", *, stage=None, compare=(), output=None, log=print,
-             **settings):
+def evaluate(run: "str | os.PathLike[str] | wd.Run", protocol: str = "linear", *,
+             stage: int | None = None,
+             compare: Sequence["str | os.PathLike[str] | wd.Run"] = (),
+             output: str | None = None, log: Log | None = print, **settings: Any) -> Report:
   """Evaluates `run` (and every run in `compare`) the same way; the Python form of
   `python -m psl_tf.evaluate`.
 

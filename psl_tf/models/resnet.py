@@ -10,6 +10,10 @@ The contract every backbone in this package keeps (see `psl_tf.models.blocks`):
   models and probes only ever feed images in [0, 1].
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable
+
 import keras
 from keras import layers
 
@@ -20,22 +24,23 @@ BN_EPSILON = 1e-5
 # He et al. initialise convolutions with fan-out variance scaling. A fresh initializer per
 # layer: a Keras 3 initializer made without a seed fixes one at construction, so a shared
 # instance would give every same-shaped conv the same weights and ignore set_random_seed.
-def _conv_init():
+def _conv_init() -> keras.initializers.Initializer:
   return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
 
 
 
-def _conv(filters, kernel, strides=1, name=None):
+def _conv(filters: int, kernel: int, strides: int = 1,
+          name: str | None = None) -> layers.Conv2D:
   return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                        kernel_initializer=_conv_init(), name=name)
 
 
-def _bn(name=None, zero_gamma=False):
+def _bn(name: str | None = None, zero_gamma: bool = False) -> layers.BatchNormalization:
   return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
                                    gamma_initializer="zeros" if zero_gamma else "ones")
 
 
-def bottleneck(x, filters, strides, name):
+def bottleneck(x: Any, filters: int, strides: int, name: str) -> Any:
   """ResNet v1.5 bottleneck (stride on the 3x3 conv), 4x channel expansion."""
   out_channels = 4 * filters
   shortcut = x
@@ -51,7 +56,7 @@ def bottleneck(x, filters, strides, name):
   return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
-def basic_block(x, filters, strides, name):
+def basic_block(x: Any, filters: int, strides: int, name: str) -> Any:
   """Two 3x3 convolutions with an identity (or projected) shortcut."""
   shortcut = x
   if strides != 1 or x.shape[-1] != filters:
@@ -64,25 +69,26 @@ def basic_block(x, filters, strides, name):
   return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
-def _stage_fn(unit, filters, num_units, first_stride, prefix):
-  def apply(x):
+def _stage_fn(unit: Callable[..., Any], filters: int, num_units: int,
+              first_stride: int, prefix: str) -> blocks.BlockFn:
+  def apply(x: Any) -> Any:
     for i in range(num_units):
       x = unit(x, filters, first_stride if i == 0 else 1, name=f"{prefix}_{i + 1}")
     return x
   return apply
 
 
-def resnet50(input_shape=(None, None, 3)):
+def resnet50(input_shape: blocks.Shape = (None, None, 3)) -> keras.Model:
   """ResNet-50 (He et al. 2016) as b1..b5; about 23.5M parameters, no classifier.
 
   At 224x224 the block outputs are 112x112x64, 56x56x256, 28x28x512, 14x14x1024 and
   7x7x2048. The max-pool belongs to b2 (the paper's conv2_x block).
   """
-  def stem(x):
+  def stem(x: Any) -> Any:
     x = _conv(64, 7, 2, name="conv1")(x)
     return layers.ReLU(name="conv1_relu")(_bn(name="conv1_bn")(x))
 
-  def conv2(x):
+  def conv2(x: Any) -> Any:
     x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
     return _stage_fn(bottleneck, 64, 3, 1, "conv2")(x)
 
@@ -93,7 +99,8 @@ def resnet50(input_shape=(None, None, 3)):
                          input_shape=input_shape)
 
 
-def cifar_resnet(depth=18, width=64, input_shape=(None, None, 3)):
+def cifar_resnet(depth: int = 18, width: int = 64,
+                 input_shape: blocks.Shape = (None, None, 3)) -> keras.Model:
   """A CIFAR-style ResNet for 32-96 px images: 3x3 stem, no max-pool.
 
   Args:
@@ -109,7 +116,7 @@ def cifar_resnet(depth=18, width=64, input_shape=(None, None, 3)):
     raise ValueError(f"cifar_resnet depth must be one of {sorted(units)}, got {depth}")
   unit = bottleneck if depth == 50 else basic_block
 
-  def stem(x):
+  def stem(x: Any) -> Any:
     x = _conv(width, 3, 1, name="conv1")(x)
     return layers.ReLU(name="conv1_relu")(_bn(name="conv1_bn")(x))
 

@@ -51,6 +51,10 @@ which cross the b1/b2 block boundary in either mode.
 Inference mode and frozen blocks take the ordinary path.
 """
 
+from __future__ import annotations
+
+from typing import Any, Sequence
+
 import keras
 from keras import layers
 from keras import ops
@@ -63,7 +67,8 @@ BN_EPSILON = 1e-5
 UNITS = (3, 4, 6, 3)
 
 
-def _conv(filters, kernel, strides=1, name=None):
+def _conv(filters: int, kernel: int, strides: int = 1,
+          name: str | None = None) -> layers.Conv2D:
   # A fresh initializer per layer (as in resnet.py): a shared unseeded Keras 3 initializer
   # would give same-shaped convolutions identical weights and ignore set_random_seed.
   init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="truncated_normal")
@@ -87,7 +92,8 @@ class BatchNorm(layers.BatchNormalization):
   Other cases (float64, sync BN) compute the same thing from Keras ops.
   """
 
-  def call(self, inputs, training=None, mask=None, update_stats=True):
+  def call(self, inputs: Any, training: bool | None = None, mask: Any = None,
+           update_stats: bool = True) -> Any:
     if not (training and self.trainable) or update_stats or mask is not None:
       return super().call(inputs, training=training, mask=mask)
     if (not self.synchronized and len(inputs.shape) == 4 and self.axis % 4 == 3
@@ -112,7 +118,7 @@ class BatchNorm(layers.BatchNormalization):
     return ops.cast(outputs, self.compute_dtype)
 
 
-def _bn(name):
+def _bn(name: str) -> BatchNorm:
   return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
@@ -123,7 +129,7 @@ class PreactBottleneck(layers.Layer):
   Maps ``channels`` to ``channels`` through a ``channels // 4`` wide bottleneck.
   """
 
-  def __init__(self, channels, **kwargs):
+  def __init__(self, channels: int, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.channels = int(channels)
     inner = self.channels // 4
@@ -131,12 +137,12 @@ class PreactBottleneck(layers.Layer):
     self.bn2, self.conv2 = _bn("bn2"), _conv(inner, 3, name="conv2")
     self.bn3, self.conv3 = _bn("bn3"), _conv(self.channels, 1, name="conv3")
 
-  def call(self, x, training=False, update_stats=True):
+  def call(self, x: Any, training: bool = False, update_stats: bool = True) -> Any:
     for bn, conv in ((self.bn1, self.conv1), (self.bn2, self.conv2), (self.bn3, self.conv3)):
       x = conv(ops.relu(bn(x, training=training, update_stats=update_stats)))
     return x
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "channels": self.channels}
 
 
@@ -144,30 +150,30 @@ class PreactBottleneck(layers.Layer):
 class ReversibleUnit(layers.Layer):
   """``[x1, x2] -> [x2, x1 + F(x2)]`` on ``channels`` channels, with its exact inverse."""
 
-  def __init__(self, channels, **kwargs):
+  def __init__(self, channels: int, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if channels % 8:
       raise ValueError(f"a reversible unit needs a multiple of 8 channels, got {channels}")
     self.channels = int(channels)
     self.residual = PreactBottleneck(self.channels // 2, name="residual")
 
-  def call(self, x, training=False, update_stats=True):
+  def call(self, x: Any, training: bool = False, update_stats: bool = True) -> Any:
     x1, x2 = ops.split(x, 2, axis=-1)
     y1 = x1 + self.residual(x2, training=training, update_stats=update_stats)
     return ops.concatenate([x2, y1], axis=-1)
 
-  def inverse(self, y, training=False):
+  def inverse(self, y: Any, training: bool = False) -> Any:
     """The unit's input from its output. In training mode, BatchNorm uses batch statistics
     without updating its moving averages."""
     x2, y1 = ops.split(y, 2, axis=-1)
     x1 = y1 - self.residual(x2, training=training, update_stats=False)
     return ops.concatenate([x1, x2], axis=-1)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "channels": self.channels}
 
 
-def _after(x, dependency):
+def _after(x: Any, dependency: Any) -> Any:
   """`x`, computable only once `dependency` is.
 
   In a graph the executor runs an op as soon as its inputs exist. The reconstruction chain
@@ -184,7 +190,8 @@ def _after(x, dependency):
   return x + tf.cast(zero, x.dtype)
 
 
-def _reversible_backward(units, y, dy, variables):
+def _reversible_backward(units: Sequence[ReversibleUnit], y: Any, dy: Any,
+                         variables: list[Any]) -> tuple[Any, list[Any]]:
   """Backpropagates `dy` through `units` given only their final output `y`.
 
   Unit by unit from the top: rebuild the input from the output, rerun F once under a tape,
@@ -194,7 +201,7 @@ def _reversible_backward(units, y, dy, variables):
   The halves stay separate tensors from the first split to the last concatenation, so no
   unit copies the whole state.
   """
-  var_grads = [None] * len(variables)
+  var_grads: list[Any] = [None] * len(variables)
   y1, y2 = tf.split(y, 2, axis=-1)
   g1, g2 = tf.split(dy, 2, axis=-1)
   for unit in reversed(units):
@@ -211,20 +218,20 @@ def _reversible_backward(units, y, dy, variables):
   return tf.concat([g1, g2], axis=-1), var_grads
 
 
-def run_reversible(units, x):
+def run_reversible(units: Sequence[ReversibleUnit], x: Any) -> Any:
   """Runs `units` in training mode, storing no activation inside them for the backward pass.
 
   Gradients reach `x` and every trainable variable the units read (the custom gradient
   receives those variables from TensorFlow's variable watcher).
   """
   @tf.custom_gradient
-  def forward(x):
+  def forward(x: Any) -> Any:
     a, b = tf.split(x, 2, axis=-1)
     for unit in units:
       a, b = b, a + unit.residual(b, training=True)
     y = tf.concat([a, b], axis=-1)
 
-    def backward(dy, variables=None):
+    def backward(dy: Any, variables: Sequence[Any] | None = None) -> Any:
       return _reversible_backward(units, y, dy, list(variables or []))
 
     return y, backward
@@ -244,31 +251,32 @@ class MaxPool(layers.MaxPooling2D):
   `MaxPooling2D`'s, the gradient is MaxPoolGrad's up to the order of float additions.
   """
 
-  def __init__(self, **kwargs):
+  def __init__(self, **kwargs: Any) -> None:
     kwargs.setdefault("pool_size", 3)
     kwargs.setdefault("strides", 2)
     kwargs.setdefault("padding", "same")
     super().__init__(**kwargs)
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: Any, training: bool | None = None) -> Any:
     if not (training and self.trainable):
       return super().call(inputs)
     return _max_pool_keeping_argmax(inputs, self.pool_size, self.strides, self.padding.upper())
 
 
-def _max_pool_keeping_argmax(x, pool_size, strides, padding):
+def _max_pool_keeping_argmax(x: Any, pool_size: Sequence[int], strides: Sequence[int],
+                             padding: str) -> Any:
   ksize, stride = [1, *pool_size, 1], [1, *strides, 1]
   # Flat indices over the whole batch; int32 (half the memory of int64) whenever they fit.
   size = x.shape.num_elements()
   index_dtype = tf.int32 if size is not None and size < 2**31 else tf.int64
 
   @tf.custom_gradient
-  def pool(x):
+  def pool(x: Any) -> Any:
     y, argmax = tf.nn.max_pool_with_argmax(x, ksize, stride, padding, output_dtype=index_dtype,
                                            include_batch_in_index=True)
     shape = tf.shape(x, out_type=index_dtype)  # Only the shape of x, so x itself can be freed.
 
-    def grad(dy):
+    def grad(dy: Any) -> Any:
       # Each window's gradient goes to its maximum; overlapping windows add up. This is what
       # MaxPoolGrad computes, without the input (the gradient op TensorFlow registers for
       # max_pool_with_argmax still takes it, and has no int32 CPU kernel).
@@ -292,21 +300,22 @@ class ReversibleStage(layers.Layer):
       units' inverses instead of storing them (see the module docstring).
   """
 
-  def __init__(self, channels, num_units, recompute=False, **kwargs):
+  def __init__(self, channels: int, num_units: int, recompute: bool = False,
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.channels, self.num_units = int(channels), int(num_units)
     self.recompute = bool(recompute)
     self.units = [ReversibleUnit(self.channels, name=f"unit{i + 1}")
                   for i in range(self.num_units)]
 
-  def call(self, x, training=False):
+  def call(self, x: Any, training: bool = False) -> Any:
     if training and self.recompute and self.trainable:
       return run_reversible(self.units, x)
     for unit in self.units:
       x = unit(x, training=training)
     return x
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "channels": self.channels, "num_units": self.num_units,
             "recompute": self.recompute}
 
@@ -315,13 +324,14 @@ class ReversibleStage(layers.Layer):
 class Transition(layers.Layer):
   """Halves the resolution (2x2 average pool) and doubles the channels (zero padding)."""
 
-  def call(self, x):
+  def call(self, x: Any) -> Any:
     x = ops.average_pool(x, 2, 2, padding="same")
     half = x.shape[-1] // 2
     return ops.pad(x, [[0, 0], [0, 0], [0, 0], [half, half]])
 
 
-def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
+def revnet50(filters_factor: int = 4, recompute: bool = False,
+             input_shape: blocks.Shape = (None, None, 3)) -> keras.Model:
   """RevNet-50 as b1..b5 (see the module docstring).
 
   Args:
@@ -335,13 +345,13 @@ def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
     raise ValueError(f"--filters_factor must be a positive integer, got {filters_factor!r}")
   width = 64 * filters_factor
 
-  def root(x):
+  def root(x: Any) -> Any:
     return _conv(width, 7, 2, name="root_conv")(x)
 
-  def stage(index, transition):
+  def stage(index: int, transition: bool) -> blocks.BlockFn:
     channels = width * 2 ** (index - 2)
 
-    def apply(x):
+    def apply(x: Any) -> Any:
       if transition:
         x = Transition(name=f"transition{index}")(x)
       else:
@@ -357,3 +367,82 @@ def revnet50(filters_factor=4, recompute=False, input_shape=(None, None, 3)):
 
   return blocks.assemble([root, stage(2, False), stage(3, True), stage(4, True),
                           stage(5, True)], input_shape=input_shape)
+
+
+# ---- the same network from Keras' built-in layers only ---------------------------------------
+
+def _builtin_unit(x: Any, channels: int, prefix: str) -> Any:
+  """A `ReversibleUnit` (inference and ordinary training) from built-in layers and ops:
+  ``[x1, x2] -> [x2, x1 + F(x2)]``; layer names `<prefix>_bn1`, `<prefix>_conv1`, ..."""
+  x1, x2 = ops.split(x, 2, axis=-1)
+  inner = channels // 8
+  y = x2
+  for i, (filters, kernel) in enumerate(((inner, 1), (inner, 3), (channels // 2, 1)), 1):
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                  name=f"{prefix}_bn{i}")(y)
+    y = layers.ReLU(name=f"{prefix}_relu{i}")(y)
+    y = layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                      name=f"{prefix}_conv{i}")(y)
+  y1 = layers.Add(name=f"{prefix}_add")([x1, y])
+  return layers.Concatenate(name=f"{prefix}_out")([x2, y1])
+
+
+def revnet50_builtin(filters_factor: int = 4,
+                     input_shape: blocks.Shape = (None, None, 3)) -> keras.Model:
+  """`revnet50` built from Keras' built-in layers and `keras.ops` only, for files that load
+  with plain Keras (no psl_tf; `backbone.keras` of an export).
+
+  The same function in inference and in ordinary training (no recomputation). Its variables
+  are `revnet50`'s under flat names (`rev2/unit1/residual/bn1/gamma` is
+  `rev2_unit1_bn1/gamma` here); `to_builtin` copies a trained RevNet into it.
+  """
+  width = 64 * filters_factor
+
+  def root(x: Any) -> Any:
+    return _conv(width, 7, 2, name="root_conv")(x)
+
+  def stage(index: int, transition: bool) -> blocks.BlockFn:
+    channels = width * 2 ** (index - 2)
+
+    def apply(x: Any) -> Any:
+      if transition:
+        x = layers.AveragePooling2D(2, 2, padding="same", name=f"transition{index}_pool")(x)
+        half = x.shape[-1] // 2
+        x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [half, half]])
+      else:
+        x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+      for unit in range(UNITS[index - 2]):
+        x = _builtin_unit(x, channels, f"rev{index}_unit{unit + 1}")
+      if index == 5:
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                      name="final_bn")(x)
+        x = layers.ReLU(name="final_relu")(x)
+      return x
+    return apply
+
+  return blocks.assemble([root, stage(2, False), stage(3, True), stage(4, True),
+                          stage(5, True)], input_shape=input_shape)
+
+
+def builtin_variable_path(path: str) -> str:
+  """The path of a `revnet50` variable in `revnet50_builtin`."""
+  parts = path.split("/")
+  if len(parts) == 5 and parts[2] == "residual":  # rev2/unit1/residual/bn1/gamma
+    return f"{parts[0]}_{parts[1]}_{parts[3]}/{parts[4]}"
+  return path
+
+
+def to_builtin(backbone: keras.Model) -> keras.Model:
+  """A `revnet50_builtin` holding `backbone`'s weights (a `revnet50`, any `recompute`)."""
+  root = backbone.get_layer("b1").get_layer("root_conv")
+  filters_factor = root.filters // 64
+  plain = revnet50_builtin(filters_factor, input_shape=tuple(backbone.input_shape[1:]))
+  for source_block, target_block in zip(blocks.get_blocks(backbone), blocks.get_blocks(plain)):
+    targets = {v.path: v for v in target_block.weights}
+    sources = {builtin_variable_path(v.path): v for v in source_block.weights}
+    if set(targets) != set(sources):
+      raise ValueError(f"{source_block.name}: the built-in RevNet's variables differ: "
+                       f"{sorted(set(targets) ^ set(sources))[:4]}")
+    for path, variable in sources.items():
+      targets[path].assign(variable)
+  return plain

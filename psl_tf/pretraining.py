@@ -1,12 +1,13 @@
 """The stage loop (paper Algorithm 1): for each stage, a fresh head, optimizer and schedule,
 then `fit`, then the stage's backbone weights on disk. Resumable at every epoch.
 
-`psl_tf.pretrain(config)` (this module, called; `pretrain` below) runs a whole run from a
+`pretrain(config)` below (re-exported as `psl_tf.pretrain`) runs a whole run from a
 `Config`, in Python, with no flags."""
 
 import dataclasses
 import os
 import time
+from typing import Any, Callable, Sequence
 import warnings
 
 from absl import logging
@@ -14,12 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import psl_tf
 from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf.evaluation import online_probes
-from psl_tf import export as export_lib
+from psl_tf import exporting as export_lib
 from psl_tf import guards
 from psl_tf import optim
 from psl_tf import progress as progress_lib
@@ -36,15 +36,15 @@ from psl_tf.models import blocks as blocks_lib
 @dataclasses.dataclass
 class Plan:
   """What a run will do, resolved and checked before any model is built."""
-  task: object
-  stages: list
-  epochs: list
+  task: tasks.Task
+  stages: list[stages_lib.Stage]
+  epochs: list[int]
   steps_per_epoch: int
   source: data.Source
   heldout: data.Source | None = None
 
 
-def plan(config):
+def plan(config: config_lib.Config) -> Plan:
   """Checks the config against the data and the task; raises ValueError on user error."""
   task = tasks.build_task(config.task, config)
   models.backbone_builder(config.backbone)
@@ -72,7 +72,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
   epoch's (loss, pretext accuracy) at the end of every epoch, so that a resumed stage reports
   its whole training time and curve, not only what ran after the resume."""
 
-  def __init__(self, manager, epoch_var, seconds_var, curve_var):
+  def __init__(self, manager: tf.train.CheckpointManager, epoch_var: tf.Variable,
+               seconds_var: tf.Variable, curve_var: tf.Variable) -> None:
     super().__init__()
     self.manager = manager
     self.epoch_var = epoch_var
@@ -81,10 +82,10 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     self.seconds_before = float(seconds_var.numpy())
     self.start = time.time()
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
     self.start = time.time()
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
     logs = logs or {}
     self.epoch_var.assign(epoch + 1)
     self.seconds_var.assign(self.seconds_before + time.time() - self.start)
@@ -94,7 +95,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     self.manager.save(checkpoint_number=epoch + 1)
 
 
-def restore_epoch_checkpoint(path, core, checkpoint):
+def restore_epoch_checkpoint(path: str, core: dict[str, Any],
+                             checkpoint: tf.train.Checkpoint) -> None:
   """Restores a stage's epoch checkpoint into `checkpoint`, whose `core` objects (model,
   optimizer, epoch) every checkpoint has; one written before the training time and curve were
   checkpointed restores the core alone (time 0, no curve for its epochs)."""
@@ -105,7 +107,8 @@ def restore_epoch_checkpoint(path, core, checkpoint):
     tf.train.Checkpoint(**core).restore(path).assert_existing_objects_matched()
 
 
-def _stage_header(config, stage, num_stages, task, epochs, steps):
+def _stage_header(config: config_lib.Config, stage: stages_lib.Stage, num_stages: int,
+                  task: tasks.Task, epochs: int, steps: int) -> str:
   frozen = ""
   if stage.grad_first > 1:
     below = "B1" if stage.grad_first == 2 else f"B1-B{stage.grad_first - 1}"
@@ -116,7 +119,9 @@ def _stage_header(config, stage, num_stages, task, epochs, steps):
           f"{epochs} epochs x {steps} steps = {epochs * steps} steps, batch {config.batch_size}")
 
 
-def heldout_metrics(config, the_plan, stage, model, strategy):
+def heldout_metrics(config: config_lib.Config, the_plan: Plan, stage: stages_lib.Stage,
+                    model: trainer.StageModel,
+                    strategy: tf.distribute.Strategy) -> dict[str, Any]:
   """{'heldout_loss', 'heldout_pretext_accuracy', 'heldout_images'} of the trained stage on
   the held-out split at the stage's level (the evaluation view of the task: centre crops, no
   random flips), or {} when the run has no held-out split."""
@@ -142,8 +147,11 @@ def heldout_metrics(config, the_plan, stage, model, strategy):
           "heldout_images": int(limit) if limit else None}
 
 
-def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print, callbacks=(),
-                progress=None):
+def train_stage(config: config_lib.Config, the_plan: Plan, stage: stages_lib.Stage,
+                backbone: keras.Model, strategy: tf.distribute.Strategy, workdir: str,
+                log: Callable[[str], object] = print,
+                callbacks: Sequence[keras.callbacks.Callback] = (),
+                progress: progress_lib.RunProgress | None = None) -> dict[str, Any]:
   """Trains one stage (resuming from its last epoch checkpoint) and returns its summary.
 
   `progress`, a `psl_tf.progress.RunProgress`, prints the run-level epoch lines."""
@@ -257,7 +265,7 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   return summary
 
 
-def _check_finite_backbone(backbone, stage_index):
+def _check_finite_backbone(backbone: keras.Model, stage_index: int) -> None:
   """Raises TrainingDiverged if a backbone weight (a BatchNorm statistic, say) is not finite."""
   for variable in backbone.weights:
     if not bool(tf.reduce_all(tf.math.is_finite(variable))):
@@ -268,7 +276,9 @@ def _check_finite_backbone(backbone, stage_index):
 
 
 @precision.with_config_precision
-def run(config, strategy, log=print, the_plan=None, callbacks=()):
+def run(config: config_lib.Config, strategy: tf.distribute.Strategy,
+        log: Callable[[str], object] = print, the_plan: Plan | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
   """Runs (or resumes) every stage of `config` and exports the backbone.
 
   Args:
@@ -351,7 +361,7 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
   return summary
 
 
-def check_resume(config):
+def check_resume(config: config_lib.Config) -> None:
   """Raises ValueError if `config.workdir` holds a run made with other learning settings.
 
   The run's flags.txt is read back into a Config and compared setting by setting, except the
@@ -382,7 +392,8 @@ class ConfigError(ValueError):
   anything is trained; the command line reports it in one line, exit code 2)."""
 
 
-def prepare(config, strategy):
+def prepare(config: config_lib.Config, strategy: tf.distribute.Strategy
+            ) -> tuple[Any, Any]:
   """Everything before the first stage: checks the work directory against the config (a
   different run there is refused), plans the run against its data and task, builds the online
   probes when `config.online_probes`, and writes flags.txt (`config.to_flags(config)`, on the
@@ -411,7 +422,9 @@ def prepare(config, strategy):
   return the_plan, probes
 
 
-def pretrain(config, strategy=None, log=print, callbacks=()):
+def pretrain(config: config_lib.Config, strategy: tf.distribute.Strategy | None = None,
+             log: Callable[[str], object] = print,
+             callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
   """Runs (or resumes) the pre-training `config` describes. `python -m psl_tf.train` parses
   its flags into a Config and calls this; nothing else runs a run.
 
@@ -440,5 +453,3 @@ def pretrain(config, strategy=None, log=print, callbacks=()):
     wd.write_summary(config.workdir, summary)
   return summary
 
-
-psl_tf.make_module_callable(__name__, "pretrain")
