@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 import psl_tf
+from psl_tf import runlock
 from psl_tf import workdir as wd
 from psl_tf.data import images as image_lib
 from psl_tf.models import blocks as blocks_lib
@@ -83,6 +84,14 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   if output is None:
     last = wd.finished_stages(workdir)[-1]
     output = os.path.join(workdir, "export" if run.stage == last else f"export_stage_{run.stage}")
+  inside = os.path.realpath(output).startswith(os.path.realpath(workdir) + os.sep)
+  # Not while another process uses the run; a read-only run exported elsewhere needs no lock.
+  with runlock.hold(workdir, "psl_tf.export", required=inside):
+    wd.check_writable_dir(output, "the export")
+    return _export_run(run, workdir, output, log)
+
+
+def _export_run(run, workdir, output, log):
   log(f"   building {run.config.backbone} and loading stage {run.stage} of {workdir}")
   backbone = run.build_backbone()
   log(f"   tracing and writing the SavedModel to {output}")

@@ -23,6 +23,7 @@ from psl_tf import guards
 from psl_tf import optim
 from psl_tf import progress as progress_lib
 from psl_tf import precision
+from psl_tf import runlock
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
@@ -281,8 +282,16 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
     The summary dict also written to `summary.json`.
   """
   the_plan = the_plan or plan(config)
-  workdir = config.workdir
   chief = distribute.is_chief(strategy)
+  # The chief holds the work directory for the whole run (re-entrant: the command line took
+  # it already); other workers write nothing there and never wait for it.
+  with runlock.hold(config.workdir, "psl_tf.train", enabled=chief):
+    return _run(config, strategy, log, the_plan, callbacks, chief)
+
+
+def _run(config, strategy, log, the_plan, callbacks, chief):
+  """`run` with the work directory held."""
+  workdir = config.workdir
   if the_plan.source.skipped:
     log(f"   skipped {the_plan.source.skipped} unreadable image file(s) in {config.dataset}")
   if chief:
@@ -380,7 +389,8 @@ def pretrain(config, strategy=None, log=print, callbacks=()):
   """Runs (or resumes) the pre-training `config` describes: the Python form of
   `python -m psl_tf.train`.
 
-  Checks the work directory against the config (a different run there is refused), writes
+  Checks the work directory (a non-empty folder that is not a psl_tf run, a directory
+  another process uses, or a different run there is refused), writes
   its flags.txt (so `psl_tf.evaluate` and `psl_tf.export` can read the run back), runs every
   stage and exports the backbone when `config.export`. Returns the summary (summary.json).
 
@@ -391,14 +401,18 @@ def pretrain(config, strategy=None, log=print, callbacks=()):
     callbacks: extra Keras callbacks for every stage's `fit`.
   """
   strategy = strategy or distribute.make_strategy("auto")
+  chief = distribute.is_chief(strategy)
+  if chief:
+    wd.check_new_or_run(config.workdir)
   check_resume(config)
   the_plan = plan(config)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"batch_size={config.batch_size} does not split over "
                      f"{strategy.num_replicas_in_sync} replicas")
-  if distribute.is_chief(strategy):
-    wd.write_flags(config.workdir, config_lib.to_flags(config))
-  return run(config, strategy, log=log, the_plan=the_plan, callbacks=callbacks)
+  with runlock.hold(config.workdir, "psl_tf.pretrain", enabled=chief):
+    if chief:
+      wd.write_flags(config.workdir, config_lib.to_flags(config))
+    return run(config, strategy, log=log, the_plan=the_plan, callbacks=callbacks)
 
 
 psl_tf.make_module_callable(__name__, "pretrain")

@@ -10,6 +10,7 @@ Layout (DESIGN.md 4)::
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
   export/                     SavedModel of the final backbone
+  run.lock                    the process using the run (psl_tf.runlock; kept, unlocked)
 
 `load_run` reads a finished run back (its typed Config, a stage, its backbone) for
 evaluation and export.
@@ -19,6 +20,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from psl_tf import config as config_lib
+from psl_tf import runlock
 from psl_tf.models import blocks as blocks_lib
 from psl_tf.models import build_backbone
 
@@ -101,21 +104,72 @@ def finish_stage(workdir, index, backbone, stage_summary):
     f.write("finished\n")
 
 
-def remove_temporary_files(workdir):
-  """Deletes what a killed run may have left half-written: `stage_<k>/tmp*.h5` weights,
-  `*.tmp` summaries and a partial export. Returns the paths removed."""
-  removed = []
-  for pattern in ("stage_*/tmp*.h5", "stage_*/*.tmp", "*.tmp"):
-    for path in glob.glob(os.path.join(workdir, pattern)):
-      os.remove(path)
-      removed.append(path)
-  for path in glob.glob(os.path.join(workdir, "*" + PARTIAL_SUFFIX)):
-    shutil.rmtree(path, ignore_errors=True)
-    removed.append(path)
-  return removed
-
-
 PARTIAL_SUFFIX = ".partial"
+LOCK_FILE = runlock.LOCK_FILE  # which process uses the run (kept between runs)
+# The only names a killed psl_tf run leaves half-written (see save_backbone_weights,
+# _write_json, write_flags and the export in psl_tf.pretrain); nothing else is ever removed.
+_TEMPORARY = (("stage_*", "tmp*.weights.h5"), ("stage_*", "*.json.tmp"), ("", "*.json.tmp"),
+              ("", FLAGS_FILE + ".tmp"))
+
+
+def is_run(workdir):
+  """True if `workdir` holds a psl_tf run (its flags.txt)."""
+  return tf.io.gfile.exists(os.path.join(workdir, FLAGS_FILE))
+
+
+def check_new_or_run(workdir):
+  """Raises ValueError unless `workdir` is missing, empty, or a psl_tf run: a training run
+  writes into it and cleans up its own leftovers there, which must never touch files of
+  something else (a user's folder passed as --workdir by mistake)."""
+  if not tf.io.gfile.exists(workdir):
+    return
+  if not tf.io.gfile.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file; pass a new or empty directory, or the "
+                     "work directory of a psl_tf run")
+  if is_run(workdir):
+    return
+  others = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(workdir) if n != LOCK_FILE)
+  if others:
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    raise ValueError(f"--workdir={workdir} is not empty ({shown}) and is not a psl_tf run (no "
+                     f"{FLAGS_FILE}); pass a new or empty directory")
+
+
+def check_writable_dir(path, what):
+  """Creates `path` if needed and raises ValueError (one line) unless a file can be written
+  in it: checked before a long job whose results go there, not after it."""
+  try:
+    tf.io.gfile.makedirs(path)
+    probe = os.path.join(path, f".psl_tf_write_test_{os.getpid()}")
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    raise ValueError(f"cannot write {what} into {path} ({reason}); make it writable or "
+                     "pick another place (nothing was computed)") from None
+
+
+def remove_temporary_files(workdir):
+  """Deletes what a killed psl_tf run may have left half-written in its work directory:
+  `stage_<k>/tmp*.weights.h5`, `*.json.tmp`, `flags.txt.tmp` and `export.partial/`. Does
+  nothing in a folder that is not a psl_tf run (no flags.txt). Returns the paths removed."""
+  if not is_run(workdir):
+    return []
+  removed = []
+  for folder, pattern in _TEMPORARY:
+    for path in glob.glob(os.path.join(glob.escape(workdir), folder, pattern)):
+      parent = os.path.basename(os.path.dirname(path))
+      if folder and not parent[len("stage_"):].isdigit():
+        continue  # only psl_tf's own stage_<k> folders
+      if os.path.isfile(path):
+        os.remove(path)
+        removed.append(path)
+  partial = os.path.join(workdir, "export" + PARTIAL_SUFFIX)
+  if os.path.isdir(partial):
+    shutil.rmtree(partial, ignore_errors=True)
+    removed.append(partial)
+  return removed
 
 
 def finished_stages(workdir):
@@ -212,8 +266,13 @@ def check_finite_weights(path):
 # ---- flags and summary -------------------------------------------------------------------
 
 def read_flags(workdir):
-  """{name: text} of the run's flags.txt, or None when there is none."""
-  return read_flags_file(os.path.join(workdir, FLAGS_FILE))
+  """{name: text} of the run's flags.txt, or None when there is none; ValueError naming the
+  file when it is not a complete flags.txt (see `check_complete_flags`)."""
+  path = os.path.join(workdir, FLAGS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  check_complete_flags(path)
+  return read_flags_file(path)
 
 
 def read_flags_file(path):
@@ -225,13 +284,57 @@ def read_flags_file(path):
   return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
 
 
+_FLAG_LINE = re.compile(r"--[A-Za-z_][A-Za-z0-9_]*(=.*)?")
+# Written by every version of psl_tf: a flags.txt without them was cut short (its lines are
+# sorted, so `workdir`, the last, goes first).
+_REQUIRED_FLAGS = ("task", "workdir")
+
+
+def check_complete_flags(path):
+  """Raises ValueError naming `path` unless it reads as a whole flags.txt: it ends with a
+  newline, every line is a `--name=value` flag, a comment or blank, and it names the task
+  and the work directory. A file cut short (a write killed half-way, a full disk) would
+  otherwise be read as defaults: `evaluate` would then evaluate the `demo` set."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    raw = f.read()
+  problem = None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    text, problem = "", "it is not text"
+  if problem is None and not text:
+    problem = "it is empty"
+  elif problem is None and not text.endswith("\n"):
+    problem = "it ends in the middle of a line"
+  if problem is None:
+    for number, line in enumerate(text.splitlines(), start=1):
+      line = line.strip()
+      if line and not line.startswith(("#", "//")) and not _FLAG_LINE.fullmatch(line):
+        problem = f"line {number} is not a flag ({line[:40]!r})"
+        break
+  if problem is None:
+    names = set(read_flags_file(path))
+    missing = [f"--{n}" for n in _REQUIRED_FLAGS if n not in names]
+    if missing:
+      problem = f"it has no {' or '.join(missing)}"
+  if problem:
+    raise ValueError(f"{path} is not a complete flags.txt ({problem}): it was cut short or "
+                     "damaged; restore it (psl_tf.train writes it from the command line: run "
+                     "the run's command again with the same flags) before using this run")
+
+
 def write_flags(workdir, flag_values):
-  """Writes `{name: value}` as a flagfile (one `--name=value` per line, sorted)."""
+  """Writes `{name: value}` as a flagfile (one `--name=value` per line, sorted), through a
+  temporary file in the same folder and a rename: a kill or a full disk leaves the old
+  flags.txt or the new one, never a part of one."""
   tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, FLAGS_FILE), "w") as f:
+  path = os.path.join(workdir, FLAGS_FILE)
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
     f.write("# Resolved flags of this run; reuse with --flagfile.\n")
     for name in sorted(flag_values):
       f.write(f"--{name}={flag_values[name]}\n")
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_summary(workdir):

@@ -25,6 +25,7 @@ from psl_tf import guards
 from psl_tf.evaluation import online_probes
 from psl_tf import pretrain
 from psl_tf import progress
+from psl_tf import runlock
 from psl_tf import workdir as wd
 
 
@@ -73,6 +74,9 @@ def main(argv, flag_values=None):
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     config = config_from_flags(FLAGS)
     values = resolved_flags(FLAGS, config)
+    chief = distribute.is_chief(strategy)
+    if chief:  # a user's folder is never written into nor cleaned up
+      wd.check_new_or_run(config.workdir)
     check_resume(config)
     the_plan = pretrain.plan(config)
     callbacks = []
@@ -84,12 +88,23 @@ def main(argv, flag_values=None):
     if config.batch_size % strategy.num_replicas_in_sync:
       raise UsageError(f"--batch_size={config.batch_size} does not split over "
                        f"{strategy.num_replicas_in_sync} replicas")
-    if distribute.is_chief(strategy):
+    # One run per work directory, until this process ends (only the chief writes there).
+    lock = runlock.acquire(config.workdir, "psl_tf.train") if chief else None
+    if chief:
       try:
         wd.write_flags(config.workdir, values)
       except (OSError, tf.errors.OpError) as e:
+        runlock.release(lock)
         raise UsageError(f"cannot write the work directory {config.workdir}: "
                          f"{getattr(e, 'message', None) or e}") from e
+  try:
+    _train(FLAGS, config, strategy, the_plan, callbacks)
+  finally:
+    runlock.release(lock)
+
+
+def _train(FLAGS, config, strategy, the_plan, callbacks):  # pylint: disable=invalid-name
+  """Runs every stage of a checked run and prints its summary table."""
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
   with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged):

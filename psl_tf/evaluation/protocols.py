@@ -5,6 +5,7 @@ The Python API (`psl_tf.evaluate`) and the command line (`python -m psl_tf.evalu
 flags are generated from `Settings`) both end in `evaluate_runs`.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ import tensorflow as tf
 from psl_tf import config as config_lib
 from psl_tf import precision
 from psl_tf import progress
+from psl_tf import runlock
 from psl_tf.data import views
 from psl_tf.evaluation import finetune as finetune_lib
 from psl_tf.evaluation import knn as knn_lib
@@ -308,6 +310,25 @@ class Evaluation:
     return results
 
 
+def report_dir(the_runs, output=None):
+  """Where the table and plot go: `output`, or the first run's eval/ folder."""
+  return output or os.path.join(the_runs[0].workdir, "eval")
+
+
+@contextlib.contextmanager
+def hold_outputs(the_runs, output=None):
+  """Holds every run's work directory (each gets an eval/<...>.json; another process using
+  one is refused, naming it) and checks that every place written at the end can be written,
+  before any evaluation starts. Re-entrant."""
+  from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    for run in the_runs:
+      stack.enter_context(runlock.hold(run.workdir, "psl_tf.evaluate"))
+      wd.check_writable_dir(os.path.join(run.workdir, "eval"), "the evaluation's results")
+    wd.check_writable_dir(report_dir(the_runs, output), "the evaluation report")
+    yield
+
+
 def evaluate_runs(the_runs, settings, output=None, log=print, evaluation=None):
   """Evaluates every run the same way and writes the report; returns (rows, report paths).
 
@@ -321,7 +342,12 @@ def evaluate_runs(the_runs, settings, output=None, log=print, evaluation=None):
   Each run also keeps `eval/<protocol>_<dataset>_stage<k>.json` with the settings.
   """
   log = log or (lambda text: None)
-  evaluation = evaluation or Evaluation(the_runs[0], settings)
+  with hold_outputs(the_runs, output):
+    evaluation = evaluation or Evaluation(the_runs[0], settings)
+    return _evaluate_runs(the_runs, evaluation, output, log)
+
+
+def _evaluate_runs(the_runs, evaluation, output, log):
   rows = []
   for run in the_runs:
     log(f"== {evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split}): "
@@ -337,7 +363,7 @@ def evaluate_runs(the_runs, settings, output=None, log=print, evaluation=None):
       json.dump({"settings": evaluation.settings(), "stage": run.stage, "results": result},
                 f, indent=2, sort_keys=True)
   title = evaluation.title()
-  out_dir = output or os.path.join(the_runs[0].workdir, "eval")
+  out_dir = report_dir(the_runs, output)
   paths = report.write_report(out_dir, evaluation.key, rows, evaluation.settings(), title)
   paths["title"] = title
   paths["settings"] = evaluation.settings()
