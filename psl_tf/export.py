@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 import psl_tf
+from psl_tf import guards
 from psl_tf import runlock
 from psl_tf import workdir as wd
 from psl_tf.data import images as image_lib
@@ -88,7 +89,12 @@ def export_run(workdir, stage=None, output=None, log=lambda text: None):
   # Not while another process uses the run; a read-only run exported elsewhere needs no lock.
   with runlock.hold(workdir, "psl_tf.export", required=inside):
     wd.check_writable_dir(output, "the export")
-    return _export_run(run, workdir, output, log)
+    try:
+      return _export_run(run, workdir, output, log)
+    except (OSError, tf.errors.OpError) as e:
+      if guards.is_disk_full(e):
+        raise guards.CannotContinue(guards.disk_full_message(e, output, "the export")) from e
+      raise
 
 
 def _export_run(run, workdir, output, log):

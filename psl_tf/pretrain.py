@@ -60,6 +60,10 @@ def plan(config):
     if steps < 1:
       raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
                        f"batch of {config.batch_size}; lower --batch_size")
+  warning = guards.small_training_set_warning(source.num_examples, config.batch_size,
+                                              config.dataset)
+  if warning:
+    logging.warning(warning)
   # Small data sets are decoded once here, not in every epoch of every stage (--cache).
   source = data.cache_in_memory(source, config.cache)
   heldout = data.load_heldout_source(config.dataset, config.heldout_split, config.data_dir,
@@ -186,9 +190,17 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
   # Every worker resumes from the chief's checkpoint: a non-chief's own saves go to a private
   # folder named after its process, which a restarted worker never sees; a worker that
   # started from scratch while the chief resumed would train other weights and other epochs.
-  latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+  latest = None
+  try:
+    latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+    if latest:
+      restore_epoch_checkpoint(latest, core, checkpoint)
+  except (tf.errors.OpError, ValueError, AssertionError, KeyError) as e:
+    raise guards.CannotContinue(
+        f"stage {stage.index}'s epoch checkpoint {latest or chief_ckpt_dir} cannot be read "
+        f"({_first_line(e)}): it is damaged; delete {chief_ckpt_dir} to restart stage "
+        f"{stage.index} from its first epoch (finished stages are kept)") from e
   if latest:
-    restore_epoch_checkpoint(latest, core, checkpoint)
     log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} ({latest})")
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
@@ -231,6 +243,9 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     log(f"   stage {stage.index} held-out pretext accuracy "
         f"{100 * heldout['heldout_pretext_accuracy']:.1f} % on {heldout['heldout_images']} "
         f"images (chance {100 * task.chance(stage.level, config.batch_size):.1f} %)")
+    warning = guards.small_heldout_warning(stage.index, heldout["heldout_images"])
+    if warning:
+      log(f"   WARNING: {warning}")
   run_steps = (epochs - initial_epoch) * steps
   summary = {
       "stage": stage.index, "blocks": [stage.first, stage.last],
@@ -255,6 +270,11 @@ def train_stage(config, the_plan, stage, backbone, strategy, workdir, log=print,
     wd.finish_stage(workdir, stage.index, backbone, summary)
   wd.remove_tree(ckpt_dir)
   return summary
+
+
+def _first_line(error):
+  text = str(getattr(error, "message", None) or error).strip()
+  return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _check_finite_backbone(backbone, stage_index):
@@ -286,7 +306,13 @@ def run(config, strategy, log=print, the_plan=None, callbacks=()):
   # The chief holds the work directory for the whole run (re-entrant: the command line took
   # it already); other workers write nothing there and never wait for it.
   with runlock.hold(config.workdir, "psl_tf.train", enabled=chief):
-    return _run(config, strategy, log, the_plan, callbacks, chief)
+    try:
+      return _run(config, strategy, log, the_plan, callbacks, chief)
+    except (OSError, tf.errors.OpError) as e:
+      if guards.is_disk_full(e):
+        raise guards.CannotContinue(guards.disk_full_message(e, config.workdir,
+                                                             "training")) from e
+      raise
 
 
 def _run(config, strategy, log, the_plan, callbacks, chief):
@@ -310,6 +336,14 @@ def _run(config, strategy, log, the_plan, callbacks, chief):
                   "skipped_images": the_plan.source.skipped})
   summary["precision"] = precision.current()
   summary.setdefault("stages", [])
+  missing = wd.stages_missing_weights(workdir)
+  if missing:
+    k = missing[0]
+    raise guards.CannotContinue(
+        f"stage {k} is marked finished ({os.path.join(wd.stage_dir(workdir, k), wd.DONE_FILE)})"
+        f" but its weights {wd.stage_weights_path(workdir, k)} are missing; restore the file, "
+        f"or delete {wd.stage_dir(workdir, k)} and every later stage_<k> folder to train "
+        "them again")
   done = set(wd.finished_stages(workdir))
   listed = {s["stage"] for s in summary["stages"]}
   recovered = [wd.read_stage_summary(workdir, index) for index in sorted(done - listed)]

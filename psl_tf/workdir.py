@@ -76,10 +76,10 @@ def stage_done(workdir, index):
   and weights). Weights without a stage_summary.json come from before the marker (or from
   `save_backbone_weights` alone) and count as finished too; weights with a stage_summary.json
   but no marker are a stage killed while finishing, which is not."""
+  if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
+    return False  # DONE without weights: they were deleted (see stages_missing_weights)
   if tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), DONE_FILE)):
     return True
-  if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
-    return False
   return not tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE))
 
 
@@ -170,6 +170,21 @@ def remove_temporary_files(workdir):
     shutil.rmtree(partial, ignore_errors=True)
     removed.append(partial)
   return removed
+
+
+def stages_missing_weights(workdir):
+  """Indices k whose stage_<k>/DONE says finished but whose weights file is gone, ascending."""
+  if not tf.io.gfile.isdir(workdir):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(workdir):
+    name = name.rstrip("/")
+    if name.startswith("stage_") and name[6:].isdigit():
+      k = int(name[6:])
+      if (tf.io.gfile.exists(os.path.join(stage_dir(workdir, k), DONE_FILE))
+          and not tf.io.gfile.exists(stage_weights_path(workdir, k))):
+        found.append(k)
+  return sorted(found)
 
 
 def finished_stages(workdir):
@@ -423,6 +438,12 @@ def load_run(workdir, stage=None):
   """Opens a run at `stage` (default: its last finished stage); ValueError if unusable."""
   config = config_from_workdir(workdir)
   done = finished_stages(workdir)
+  missing = [k for k in stages_missing_weights(workdir)
+             if k == stage or (stage is None and (not done or k > done[-1]))]
+  if missing:
+    raise ValueError(f"stage {missing[0]} of {workdir} is marked finished but its weights "
+                     f"{stage_weights_path(workdir, missing[0])} are missing; restore them or "
+                     "pick another --stage")
   if not done:
     raise ValueError(f"{workdir} has no finished stage yet (no stage_<k>/{WEIGHTS_FILE}); "
                      "let pre-training finish a stage first")

@@ -68,7 +68,8 @@ def main(argv, flag_values=None):
     # Before any work: the runs are not in use elsewhere and every output can be written.
     outputs.enter_context(protocols.hold_outputs(the_runs, FLAGS.output))
     evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first
-  with outputs:
+  with outputs, quiet.interrupted("psl_tf.evaluate", "no report was written (it is "
+                                  "written when every run is evaluated)"):
     rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
                                             log=lambda text: print(text, flush=True),
                                             evaluation=evaluation)

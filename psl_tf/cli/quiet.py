@@ -83,3 +83,14 @@ def one_line_errors(program, exit_code=2, errors=(ValueError, OSError)):
   except errors as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     sys.exit(exit_code)
+
+
+@contextlib.contextmanager
+def interrupted(program, what_now):
+  """Ctrl-C inside the block ends the program with one line (what was kept, what to do) and
+  exit code 130, the shell's code for SIGINT, instead of a traceback."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    print(f"{program}: interrupted (Ctrl-C); {what_now}", file=sys.stderr, flush=True)
+    sys.exit(130)

@@ -107,7 +107,10 @@ def _train(FLAGS, config, strategy, the_plan, callbacks):  # pylint: disable=inv
   """Runs every stage of a checked run and prints its summary table."""
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
-  with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged):
+  with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged), \
+      quiet.one_line_errors("psl_tf.train", errors=guards.CannotContinue), \
+      quiet.interrupted("psl_tf.train", "run the same command again to resume from the last "
+                        "epoch checkpoint"):
     summary = pretrain.run(config, strategy, the_plan=the_plan, callbacks=[*callbacks, watchdog])
   if callbacks and distribute.is_chief(strategy):
     summary = online_probes.merge_history(summary, callbacks[0].history)

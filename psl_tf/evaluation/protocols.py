@@ -12,11 +12,13 @@ import os
 import re
 import time
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from psl_tf import config as config_lib
+from psl_tf import guards
 from psl_tf import precision
 from psl_tf import progress
 from psl_tf import runlock
@@ -123,6 +125,28 @@ def _steps(num_examples, batch_size, requested):
   return max(1, num_examples // batch_size)
 
 
+def _labels_without_decoding(source):
+  """The labels of a folder or in-memory source (no image is decoded), else None."""
+  if not (source.name.startswith("folder:") or source.in_memory):
+    return None
+  labels = source.elements.map(lambda _, label: label).batch(65536)
+  return np.concatenate(list(labels.as_numpy_iterator()) or [np.zeros([0], np.int64)])
+
+
+def _label_fractions(texts):
+  """The --label_fractions as numbers in (0, 1]; ValueError (one line) before any work."""
+  try:
+    fractions = [float(f) for f in texts]
+  except ValueError:
+    raise ValueError(f"--label_fractions takes numbers like 0.01,0.1, got "
+                     f"{','.join(texts)}") from None
+  bad = [t for t, f in zip(texts, fractions) if not 0.0 < f <= 1.0]
+  if bad or not fractions:
+    raise ValueError(f"--label_fractions must be fractions in (0, 1] (0.01 = 1 % of the "
+                     f"labels), got {','.join(texts) or 'nothing'}")
+  return fractions
+
+
 class Evaluation:
   """The data and settings shared by every run evaluated the same way (the rows of a table)."""
 
@@ -160,6 +184,13 @@ class Evaluation:
     self.weight_decays = probes.parse_weight_decays(v.probe_weight_decays)
     if self.weight_decays and not 0.0 < v.probe_val_fraction < 1.0:
       raise ValueError(f"--probe_val_fraction={v.probe_val_fraction} must be between 0 and 1")
+    labels = _labels_without_decoding(self.train_source)
+    warning = labels is not None and guards.one_class_warning(
+        labels, f"the probes' training split ({self.dataset} {v.train_split})")
+    if warning:
+      logging.warning(warning)
+    self.fractions = _label_fractions(v.label_fractions) if (
+        v.protocol == "finetune" and not v.label_file) else []
     if self.weight_decays and (v.protocol not in ("linear", "transfer")
                                or v.probe_inputs == "images"):
       raise ValueError("--probe_weight_decays chooses among linear heads trained on stored "
@@ -285,18 +316,16 @@ class Evaluation:
       subsets = {os.path.basename(v.label_file): finetune_lib.subset_from_ids(
           ids, finetune_lib.read_id_file(v.label_file))}
     else:
-      try:
-        fractions = [float(f) for f in v.label_fractions]
-      except ValueError:
-        raise ValueError(f"--label_fractions takes numbers like 0.01,0.1, got "
-                         f"{','.join(v.label_fractions)}") from None
       subsets = {f"{100 * f:g}%": finetune_lib.balanced_subset(labels, f, v.seed)
-                 for f in fractions}
+                 for f in self.fractions}
     results = {}
     for column, indices in subsets.items():
       keras.utils.set_random_seed(v.seed)
       with precision.policy_scope(v.precision):  # --precision: the fine-tuned backbone's
         backbone = run.build_backbone()  # fresh weights for every subset
+      warning = guards.one_class_warning(labels[indices], f"the {column} label subset")
+      if warning:
+        logging.warning(warning)
       subset = finetune_lib.subset_source(self.train_source, indices)
       steps = _steps(len(indices), v.batch_size, v.steps_per_epoch)
       self._say(f"fine-tuning on {column} of the labels ({len(indices)} images): {v.epochs} "
