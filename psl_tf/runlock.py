@@ -57,8 +57,8 @@ def acquire(workdir, program):
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise WorkdirNotWritable(f"cannot create the work directory {workdir}: "
-                             f"{e.strerror or e}") from None
+    raise WorkdirNotWritable(f"cannot write the work directory {workdir}: cannot create it "
+                             f"({e.strerror or e})") from None
   path = os.path.realpath(lock_path(workdir))
   with _mutex:
     if path in _held:
@@ -67,7 +67,7 @@ def acquire(workdir, program):
     try:
       f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     except OSError as e:
-      raise WorkdirNotWritable(f"cannot write into the work directory {workdir} ({path}: "
+      raise WorkdirNotWritable(f"cannot write the work directory {workdir} ({path}: "
                                f"{e.strerror or e}); {program} writes there: make it "
                                "writable or copy the run somewhere writable") from None
     try:

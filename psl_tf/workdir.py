@@ -128,7 +128,9 @@ def check_new_or_run(workdir):
                      "work directory of a psl_tf run")
   if is_run(workdir):
     return
-  others = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(workdir) if n != LOCK_FILE)
+  # A run killed before its first flags.txt was in place leaves only psl_tf's own files.
+  own = {LOCK_FILE, FLAGS_FILE + ".tmp"}
+  others = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(workdir) if n not in own)
   if others:
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     raise ValueError(f"--workdir={workdir} is not empty ({shown}) and is not a psl_tf run (no "

@@ -74,6 +74,7 @@ def test_a_non_empty_workdir_that_is_not_a_run_is_refused(tmp_path):
   wd.check_new_or_run(str(tmp_path / "new"))  # missing: fine
   os.makedirs(tmp_path / "empty")
   open(tmp_path / "empty" / wd.LOCK_FILE, "w").close()  # only a lock: a run killed at start
+  open(tmp_path / "empty" / "flags.txt.tmp", "w").close()  # ... or in its first flags.txt
   wd.check_new_or_run(str(tmp_path / "empty"))
   paths = _user_folder(str(tmp_path / "mine"))
   with pytest.raises(ValueError, match=r"not empty \(download.partial, notes.tmp, stage_1\) "
