@@ -53,6 +53,15 @@ def test_a_test_class_unknown_to_train_is_one_error_before_any_work(tmp_path):
     data.load_heldout_source(f"folder:{tmp_path}")
 
 
+def test_a_split_without_class_folders_next_to_a_labelled_train_split_is_an_error(tmp_path):
+  # Its images were all label 0: scored against the first class.
+  _tree(str(tmp_path), {"train": {"cat": 2, "dog": 2}})
+  os.makedirs(tmp_path / "test")
+  Image.new("RGB", (6, 6)).save(tmp_path / "test" / "x.png")
+  with pytest.raises(data.DataError, match="has no class folders while the training split"):
+    data.load_source(f"folder:{tmp_path}", "test")
+
+
 def test_hidden_folders_and_macosx_are_not_classes_and_are_counted(tmp_path, caplog):
   # A `__MACOSX/` (unzipped on a Mac) or `.ipynb_checkpoints/` became a class: every block
   # then scored 0.0 %.

@@ -245,6 +245,11 @@ def list_image_folder(path, split="train", image_check="full"):
   train_root = _folder_root(path, "train")
   if os.path.realpath(train_root) != os.path.realpath(root):
     class_names = class_folders(train_root)[0]
+    if class_names and not here:
+      raise ClassMismatchError(
+          f"folder:{path}: {root} has no class folders while the training split {train_root} "
+          f"has {len(class_names)}: the labels of its images are unknown; put them into "
+          "folders named like the training split's")
     unknown = sorted(set(here) - set(class_names))
     if unknown:
       raise ClassMismatchError(
