@@ -108,7 +108,8 @@ def test_results_carries_the_ablation_table_of_the_stored_results():
     text = f.read()
   begin, end = campaign_answer.ABLATIONS_BEGIN, campaign_answer.ABLATIONS_END
   block = text[text.index(begin) + len(begin) + 1:text.index(end)]
-  expected = campaign_answer.ablations(campaign_answer.DEFAULT_RESULTS, campaign_answer.TASKS)
+  expected = campaign_answer.ablations(campaign_answer.DEFAULT_RESULTS,
+                                       campaign_answer.ABLATION_TASKS)
   assert block == "\n".join(expected) + "\n", (
       "docs/RESULTS.md's ablation table is stale: run python scripts/campaign_answer.py "
       "--update README.md docs/RESULTS.md")
