@@ -55,6 +55,11 @@ def test_digits_folder_is_a_stratified_32px_rgb_split(tmp_path, capsys):
     make_digits_folder.main([out, "--seed=1"])
 
 
+def test_pixel_baseline_is_a_strong_linear_reference():
+  top1, c = make_digits_folder.pixel_baseline()
+  assert 90.0 < top1 <= 100.0 and c in (0.01, 0.1, 1.0, 10.0)
+
+
 def test_run_names_give_row_variant_and_seed():
   assert transfer.parse_run_name("e2e_at_psl_semisup_s1") == ("e2e_at_psl", "_semisup", 1)
   assert transfer.parse_run_name("psl_semisup_s0") == ("psl", "_semisup", 0)
