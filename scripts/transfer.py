@@ -1,9 +1,13 @@
 r"""Transfer: the campaign's linear probes on another data set than the runs were pre-trained on.
 
-  python scripts/make_digits_folder.py /tmp/digits
-  python scripts/transfer.py --data=/tmp/digits \
+  pip install -r requirements-reproduce.txt          # scikit-learn, scipy
+  python scripts/make_digits_folder.py /tmp/digits   # a no-op when /tmp/digits holds them
+  python scripts/transfer.py --data=/tmp/digits --records=docs/results/cifar10/rotation \
       /work/runs/campaign/rotation/{psl,e2e_at_psl}_semisup_s{0,1,2}
   python scripts/transfer.py --phase=table     # results.md from the stored results only
+
+The second command, run from the repository root, is the one to repeat as the campaign's
+seeds finish: it probes what is new (finished, with a campaign record) and rebuilds the table.
 
 For every run directory given (a `psl_tf.train` work directory, only read) and, per seed, the
 untrained network (the floor: the run's backbone built from its own flags with that seed, the
