@@ -170,9 +170,6 @@ def run_all(args, log=print):
     if len(done) < stages:
       log(f"-- {name}: {len(done)} of {stages} stages finished in {workdir}, skipped for now")
       continue
-    if args.records and not os.path.exists(os.path.join(args.records, name, "record.json")):
-      log(f"-- {name}: no campaign record in {args.records}/{name} yet, skipped for now")
-      continue
     arch = argparse.Namespace(preset=args.preset, depth=int(flags.get("depth", 0)),
                               width=int(flags.get("width", 0)),
                               image_size=int(flags.get("image_size", 0)))
@@ -182,6 +179,9 @@ def run_all(args, log=print):
                        f"its name says seed {seed}")
     if up_to_date(args, name, want):
       log(f"-- {name}: stored in {args.results}, skipped")
+      continue
+    if args.records and not os.path.exists(os.path.join(args.records, name, "record.json")):
+      log(f"-- {name}: no campaign record in {args.records}/{name} yet, skipped for now")
       continue
     record = {"run": name, "row": row, "tag": tag, "seed": seed, "workdir": workdir,
               "stage": done[-1], "task": flags.get("task"), "mode": flags.get("mode"), **want}
