@@ -318,18 +318,24 @@ def train_command(args, row, seed):
           *task_flags(args.task), *args.extra]
 
 
+def probe_flags(args, seed):
+  """The psl_tf.evaluate flags of the campaign's linear probes (`args`: the PROBE_SETTINGS,
+  e.g. a preset's) for a run of `seed`; scripts/transfer.py probes other data with them."""
+  flags = [f"--probe_inputs={args.probe_inputs}", "--precision=float32",
+           f"--epochs={args.probe_epochs}", f"--batch_size={args.probe_batch_size}",
+           f"--learning_rate={args.probe_learning_rate}", f"--seed={seed}"]
+  if args.probe_steps:
+    flags.append(f"--steps_per_epoch={args.probe_steps}")
+  if args.probe_weight_decays:
+    flags += [f"--probe_weight_decays={args.probe_weight_decays}", "--probe_val_fraction=0.1"]
+  return flags
+
+
 def eval_command(args, row, seed):
   workdir = run_dir(args, row, seed)
-  cmd = [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
-         "--protocol=linear", f"--probe_inputs={args.probe_inputs}", "--precision=float32",
-         f"--epochs={args.probe_epochs}", f"--batch_size={args.probe_batch_size}",
-         f"--learning_rate={args.probe_learning_rate}", f"--seed={seed}",
-         f"--output={os.path.join(workdir, 'eval')}"]
-  if args.probe_steps:
-    cmd.append(f"--steps_per_epoch={args.probe_steps}")
-  if args.probe_weight_decays:
-    cmd += [f"--probe_weight_decays={args.probe_weight_decays}", "--probe_val_fraction=0.1"]
-  return cmd
+  return [sys.executable, "-m", "psl_tf.evaluate", f"--workdir={workdir}",
+          "--protocol=linear", *probe_flags(args, seed),
+          f"--output={os.path.join(workdir, 'eval')}"]
 
 
 # Semi-supervised fine-tuning (`--finetune`): the whole network and a linear classifier on B5,

@@ -252,3 +252,58 @@ def test_report_plot_draws_untrained_floor_and_seed_error_bars():
   assert axes.get_xlabel() == "block of the frozen backbone" and axes.get_ylabel() == "top1 (%)"
   plt.close(figure)
 
+
+
+def _image_folder(root, classes=3, per_class=(6, 4), size=16):
+  """train/<class>/*.png and test/<class>/*.png, each class a brightness level with noise."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, count in zip(("train", "test"), per_class):
+    for c in range(classes):
+      folder = os.path.join(root, split, str(c))
+      os.makedirs(folder)
+      for i in range(count):
+        pixels = rng.integers(0, 60, (size, size, 3)) + 90 * c
+        Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{i}.png"))
+  return root
+
+
+def _tree(path):
+  return sorted(os.path.relpath(os.path.join(d, n), path)
+                for d, _, names in os.walk(path) for n in names)
+
+
+def test_transfer_to_a_folder_leaves_the_run_untouched(fake_run, tmp_path, capsys):
+  import psl_tf  # pylint: disable=g-import-not-at-top
+  digits = _image_folder(str(tmp_path / "other_data"))
+  before = _tree(fake_run)
+  out = str(tmp_path / "report")
+  result = psl_tf.evaluate(fake_run, protocol="transfer", dataset=f"folder:{digits}",
+                           output=out, write_to_runs=False, epochs=1, batch_size=8,
+                           probe_inputs="features", probe_weight_decays=["5e-4", "5e-2"],
+                           log=None, verbose=0)
+  assert _tree(fake_run) == before  # nothing written into the run directory
+  with open(result.paths["json"]) as f:
+    table = json.load(f)
+  assert os.path.dirname(result.paths["json"]) == out
+  assert table["settings"]["dataset"] == f"folder:{digits}"
+  assert table["settings"]["protocol"] == "transfer" and table["settings"]["num_classes"] == 3
+  cells = table["rows"][0]["results"]
+  assert sorted(cells) == ["b1", "b2", "b3", "b4", "b5"]
+  assert all(cell["weight_decay"] in (5e-4, 5e-2) for cell in cells.values())
+  with pytest.raises(ValueError, match="--write_to_runs=false needs --output"):
+    psl_tf.evaluate(fake_run, protocol="transfer", dataset=f"folder:{digits}",
+                    write_to_runs=False, log=None)
+  # The command line: the same check, one line on stderr and exit 2, before any work.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import evaluate as cli  # pylint: disable=g-import-not-at-top
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.evaluate", f"--workdir={fake_run}", "--protocol=transfer",
+               f"--dataset=folder:{digits}", "--write_to_runs=false"])
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["psl_tf.evaluate"], flag_values)
+  assert exit_info.value.code == 2
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(lines) == 1 and "--write_to_runs=false needs --output" in lines[0]
+  assert _tree(fake_run) == before

@@ -88,6 +88,12 @@ def test_requirements_split_runtime_pins_from_test_pins():
   with open(os.path.join(ROOT, ".ci", "run")) as f:
     ci = f.read()
   assert "requirements.txt" in ci and "requirements-test.txt" in ci and "mypy" in ci
+  # The reproduction scripts' pins: apart from the runtime's, reached by the test install.
+  reproduce = pins("requirements-reproduce.txt")
+  assert all("==" in pin for pin in reproduce.values())
+  assert "scikit-learn" in reproduce and "scipy" in reproduce and "scikit-learn" not in runtime
+  with open(os.path.join(ROOT, "requirements-test.txt")) as f:
+    assert "-r requirements-reproduce.txt" in f.read()
 
 
 def test_package_carries_its_typing_marker_license_and_citation():

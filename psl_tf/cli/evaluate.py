@@ -5,10 +5,13 @@ r"""Evaluates pre-trained backbones: linear probes on B1..B5, kNN, fine-tuning, 
   python -m psl_tf.evaluate --workdir=runs/rot --protocol=finetune --label_fractions=0.01,0.1
   python -m psl_tf.evaluate --workdir=runs/rot --protocol=transfer --dataset=voc/2007 \
       --train_split=trainval --eval_split=test
+  python -m psl_tf.evaluate --workdir=runs/rot --protocol=transfer --dataset=folder:/tmp/digits \
+      --output=/tmp/rot_on_digits --write_to_runs=false       # the run directory only read
 
 The run's data set, image size and backbone come from its flags.txt unless overridden. The
 table (rows = runs, columns = B1..B5) is printed and written with a plot into
-<workdir>/eval/ (or --output). A mistake in flags or paths ends in one line on stderr.
+<workdir>/eval/ (or --output), and each run keeps its own result JSON in <workdir>/eval/
+unless --write_to_runs=false. A mistake in flags or paths ends in one line on stderr.
 """
 
 import contextlib
@@ -43,6 +46,9 @@ def define_flags(flag_values=flags.FLAGS):
                     "becomes a row of the table and a line of the plot.", flag_values=flag_values)
   flags.DEFINE_string("output", None, "Directory of the table and plot (default: "
                       "<workdir>/eval).", flag_values=flag_values)
+  flags.DEFINE_boolean("write_to_runs", True, "Also keep each run's result JSON in "
+                       "<workdir>/eval/; false writes nothing into the run directories (runs "
+                       "one may only read) and needs --output.", flag_values=flag_values)
   for field in options_lib.options_of(protocols.Settings):
     flagdefs.define_flag(field.name, field, flag_values)
   return flag_values
@@ -62,17 +68,19 @@ def main(argv, flag_values=None):
   with quiet.one_line_errors("psl_tf.evaluate"):
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
+    protocols.check_output(FLAGS.output, FLAGS.write_to_runs)
     settings = settings_from_flags(FLAGS)
     paths = [FLAGS.workdir] + [p for p in FLAGS.compare if p and p != FLAGS.workdir]
     the_runs = [wd.load_run(p, FLAGS.stage) for p in paths]
     # Before any work: the runs are not in use elsewhere and every output can be written.
-    outputs.enter_context(protocols.hold_outputs(the_runs, FLAGS.output))
+    outputs.enter_context(protocols.hold_outputs(the_runs, FLAGS.output, FLAGS.write_to_runs))
     evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first
   with outputs, quiet.interrupted("psl_tf.evaluate", "no report was written (it is "
                                   "written when every run is evaluated)"):
     rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
                                             log=lambda text: print(text, flush=True),
-                                            evaluation=evaluation)
+                                            evaluation=evaluation,
+                                            write_to_runs=FLAGS.write_to_runs)
   print(report.markdown_table(rows, title=written["title"]))
   logging.info("evaluation settings: %s", written["settings"])
   print(f"wrote {written['markdown']}, {written['json']} and {written['plot']}")

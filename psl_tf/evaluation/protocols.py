@@ -355,22 +355,33 @@ def report_dir(the_runs: Sequence["wd.Run"], output: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def hold_outputs(the_runs: Sequence["wd.Run"], output: str | None = None) -> Iterator[None]:
+def hold_outputs(the_runs: Sequence["wd.Run"], output: str | None = None,
+                 write_to_runs: bool = True) -> Iterator[None]:
   """Holds every run's work directory (each gets an eval/<...>.json; another process using
   one is refused, naming it) and checks that every place written at the end can be written,
-  before any evaluation starts. Re-entrant."""
+  before any evaluation starts. Re-entrant. With `write_to_runs=False` the runs are only read:
+  neither held nor written, and `output` is required."""
   from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  check_output(output, write_to_runs)
   with contextlib.ExitStack() as stack:
-    for run in the_runs:
+    for run in the_runs if write_to_runs else ():
       stack.enter_context(runlock.hold(run.workdir, "psl_tf.evaluate"))
       wd.check_writable_dir(os.path.join(run.workdir, "eval"), "the evaluation's results")
     wd.check_writable_dir(report_dir(the_runs, output), "the evaluation report")
     yield
 
 
+def check_output(output: str | None, write_to_runs: bool) -> None:
+  """ValueError unless the report has somewhere to go: without `write_to_runs` (the run
+  directories left untouched) an `output` directory is required."""
+  if not write_to_runs and not output:
+    raise ValueError("--write_to_runs=false needs --output (the report would otherwise go to "
+                     "<workdir>/eval, inside the run)")
+
+
 def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str | None = None,
-                  log: Log | None = print,
-                  evaluation: Evaluation | None = None) -> tuple[list[Row], dict[str, Any]]:
+                  log: Log | None = print, evaluation: Evaluation | None = None,
+                  write_to_runs: bool = True) -> tuple[list[Row], dict[str, Any]]:
   """Evaluates every run the same way and writes the report; returns (rows, report paths).
 
   Args:
@@ -380,16 +391,19 @@ def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str 
     output: directory of the table (.md, .json) and plot (.png).
     log: where the progress lines go (None: nowhere).
     evaluation: the `Evaluation` of these runs and settings, if the caller built it already.
-  Each run also keeps `eval/<protocol>_<dataset>_stage<k>.json` with the settings.
+    write_to_runs: each run also keeps `eval/<protocol>_<dataset>_stage<k>.json` with the
+      settings; False writes nothing into the run directories (read-only or shared runs), and
+      then `output` is required.
   """
   log = log or (lambda text: None)
-  with hold_outputs(the_runs, output):
+  with hold_outputs(the_runs, output, write_to_runs):
     evaluation = evaluation or Evaluation(the_runs[0], settings)
-    return _evaluate_runs(the_runs, evaluation, output, log)
+    return _evaluate_runs(the_runs, evaluation, output, log, write_to_runs)
 
 
 def _evaluate_runs(the_runs: Sequence["wd.Run"], evaluation: Evaluation, output: str | None,
-                   log: Callable[[str], object]) -> tuple[list[Row], dict[str, Any]]:
+                   log: Callable[[str], object],
+                   write_to_runs: bool) -> tuple[list[Row], dict[str, Any]]:
   rows = []
   for run in the_runs:
     log(f"== {evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split}): "
@@ -399,6 +413,8 @@ def _evaluate_runs(the_runs: Sequence["wd.Run"], evaluation: Evaluation, output:
     log(f"   {run.workdir} evaluated in "
         f"{progress.format_duration(time.monotonic() - started)}")
     rows.append((f"{run.name} s{run.stage}", result))
+    if not write_to_runs:
+      continue
     own = os.path.join(run.workdir, "eval", f"{evaluation.key}_stage{run.stage}.json")
     tf.io.gfile.makedirs(os.path.dirname(own))
     with tf.io.gfile.GFile(own, "w") as f:
@@ -433,7 +449,8 @@ class Report:
 def evaluate(run: "str | os.PathLike[str] | wd.Run", protocol: str = "linear", *,
              stage: int | None = None,
              compare: Sequence["str | os.PathLike[str] | wd.Run"] = (),
-             output: str | None = None, log: Log | None = print, **settings: Any) -> Report:
+             output: str | None = None, log: Log | None = print, write_to_runs: bool = True,
+             **settings: Any) -> Report:
   """Evaluates `run` (and every run in `compare`) the same way; the Python form of
   `python -m psl_tf.evaluate`.
 
@@ -444,11 +461,15 @@ def evaluate(run: "str | os.PathLike[str] | wd.Run", protocol: str = "linear", *
     compare: more runs (directories or Runs), one row each.
     output: directory of the table and plot (default: `<run>/eval`).
     log: where progress lines go (None: nowhere).
+    write_to_runs: False leaves the run directories untouched (no `eval/` JSON in each run;
+      needs `output`), e.g. to evaluate runs one may only read.
     **settings: fields of `Settings` (epochs=, batch_size=, dataset=, ...).
   Returns:
     A `Report`.
   """
   from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  check_output(output, write_to_runs)
   the_runs = [r if isinstance(r, wd.Run) else wd.load_run(r, stage) for r in [run, *compare]]
-  rows, paths = evaluate_runs(the_runs, Settings(protocol=protocol, **settings), output, log)
+  rows, paths = evaluate_runs(the_runs, Settings(protocol=protocol, **settings), output, log,
+                              write_to_runs=write_to_runs)
   return Report(rows, paths["title"], paths)
