@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 RESULTS="${1:-docs/results/cifar10}"
 RUNS="${2:-/tmp/psl_campaign}"
 DATA=/tmp/cifar10
+DIGITS=/tmp/digits  # the transfer target (scripts/make_digits_folder.py; needs
+                    # requirements-reproduce.txt, which requirements-test.txt includes)
 # oneDNN kernels, as every stored run had them: explicit, so a change of psl_tf's default
 # cannot change what a resumed campaign computes (each record stores the setting).
 export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
@@ -43,6 +45,12 @@ for seeds in 0 1,2; do
       --extra=--head_grid=4 --extra=--lr_restart=false --extra=--lr_schedule=cosine
   step --task=rotation --rows=e2e_at_psl --seeds=$seeds --tag=_semisup --finetune \
       --extra=--head_grid=4 --extra=--lr_schedule=cosine
+  # Transfer of the same runs to the digits (scripts/transfer.py: linear probes on another
+  # data set, the runs only read; stored results are skipped).
+  echo "== $(date -u +%H:%M:%S) transfer.py (digits) seeds $seeds"
+  python scripts/make_digits_folder.py "$DIGITS"
+  python scripts/transfer.py --data="$DIGITS" --results="$RESULTS/transfer_digits" \
+      --records="$RESULTS/rotation" "$RUNS"/rotation/{psl,e2e_at_psl}_semisup_s{0,1,2}
 done
 # SimCLR under the paper's protocol beside the recipe's rows (seed 0 first): the 15 epochs
 # split as close to 60/70/70 as whole epochs allow (4,5,6; the paper: 4.5/5.25/5.25), LARS at
