@@ -163,3 +163,41 @@ def test_tables_rebuilt_through_the_experiments_are_the_stored_ones(name):
   with open(stem + ".md") as f:
     assert text == f.read()
   assert json.loads(json.dumps(table)) == stored_json["table"]
+
+
+def test_the_campaign_script_names_only_experiments_and_they_run_as_before():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "reproduce", os.path.join(ROOT, "scripts", "reproduce.py"))
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  with open(os.path.join(ROOT, "scripts", "campaign_cifar10.sh")) as f:
+    script = f.read()
+  assert "--extra" not in script and "--tag" not in script
+  names = set(re.findall(r"--experiment=([\w$]+)", script))
+  names = {n for n in names if "$" not in n}
+  assert names and names <= set(cifar10.BY_NAME)
+  # The default task experiments the loops name through $task.
+  assert {"rotation", "jigsaw", "simclr", "mocov2"} <= set(cifar10.BY_NAME)
+  # An experiment gives what `--extra` flags gave: the same label, command and base.
+  args = reproduce.parse_args(["--phase=table", "--preset=cifar10", "--results=/nowhere",
+                               "--experiment=rotation_headgrid4_lrrestartfalse"])
+  assert (args.task, args.tag, args.base_tag, args.rows, args.seeds) == (
+      "rotation", "_headgrid4_lrrestartfalse", "_headgrid4", ["psl"], [0, 1, 2, 3])
+  assert args.extra == ["--head_grid=4", "--lr_restart=false"]
+  semi = reproduce.parse_args(["--phase=table", "--preset=cifar10",
+                               "--experiment=rotation_semisup"])
+  assert semi.finetune and not semi.knn and semi.base_tag == ""
+  w32 = reproduce.parse_args(["--phase=table", "--preset=cifar10", "--experiment=rotation_w32"])
+  assert w32.width == 32 and reproduce.run_name(w32, "random", 0) == "random_d10_w32_32px_s0"
+  with pytest.raises(SystemExit):
+    reproduce.parse_args(["--phase=table", "--experiment=rotation", "--extra=--head_grid=4"])
+
+
+def test_the_answer_names_experiments_of_the_campaign():
+  from psl_tf.experiments import answer  # pylint: disable=g-import-not-at-top
+  variants = {line[0] for line in answer.LINES} | {line[2] for line in answer.LINES}
+  variants |= {pair[0] for line in answer.ABLATIONS for pair in line[1:]}
+  for variant in variants:
+    assert any(cifar10.variant_of(task, variant) for task in base.TASKS), variant
