@@ -163,7 +163,7 @@ def finetune_command(campaign: Campaign, row: str, seed: int) -> list[str]:
           f"--seed={seed}", f"--output={os.path.join(workdir, 'eval_finetune')}"]
 
 
-def _find_eval_json(workdir, row, protocol):
+def _find_eval_json(workdir: str, row: str, protocol: str) -> str | None:
   """The run's own `protocol` JSON from psl_tf.evaluate, if it has one."""
   eval_dir = os.path.join(workdir, "eval")
   if not os.path.isdir(eval_dir):
@@ -174,12 +174,12 @@ def _find_eval_json(workdir, row, protocol):
   return os.path.join(eval_dir, hits[-1]) if hits else None
 
 
-def _finished(workdir, row):
+def _finished(workdir: str, row: str) -> bool:
   from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
   return len(wd.finished_stages(workdir)) >= STAGES_PER_MODE[ROWS[row][0]]
 
 
-def _run(cmd, log_path):
+def _run(cmd: list[str], log_path: str) -> float:
   """Runs `cmd` from the repository root, appending its output to `log_path`; returns s."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   start = time.time()
@@ -197,14 +197,14 @@ def _run(cmd, log_path):
 _PROCESSES = "training_processes.txt"
 
 
-def _note_training_process(workdir):
+def _note_training_process(workdir: str) -> None:
   """Appends the running code's commit to the run's list of training processes: a run
   resumed across sessions (or kills) is trained by every commit on that list."""
   with open(os.path.join(workdir, _PROCESSES), "a") as f:
     f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {code_version()}\n")
 
 
-def _training_code_versions(workdir):
+def _training_code_versions(workdir: str) -> list[str]:
   """The commits that pre-trained the run in `workdir`, in order, each once."""
   path = os.path.join(workdir, _PROCESSES)
   if not os.path.exists(path):
@@ -214,7 +214,7 @@ def _training_code_versions(workdir):
   return list(dict.fromkeys(versions))
 
 
-def _find_probe_json(campaign: Campaign, workdir, row):
+def _find_probe_json(campaign: Campaign, workdir: str, row: str) -> str | None:
   """The run's own linear-probe JSON from psl_tf.evaluate (its name holds the data path), if
   it was probed the way `campaign` asks."""
   eval_dir = os.path.join(workdir, "eval")
@@ -259,7 +259,7 @@ def write_random_run(campaign: Campaign, seed: int) -> None:
   wd.save_backbone_weights(backbone, wd.stage_weights_path(workdir, 1))
 
 
-def _git(*cmd):
+def _git(*cmd: str) -> subprocess.CompletedProcess[str]:
   """`git cmd` in the repository (completed process; never raises on a git error)."""
   return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False)
 
@@ -287,7 +287,7 @@ def probed_before(record: dict[str, Any], commit: str) -> bool:
   return _git("merge-base", "--is-ancestor", version, full).returncode == 0
 
 
-def _stored_record(campaign: Campaign, row, seed):
+def _stored_record(campaign: Campaign, row: str, seed: int) -> dict[str, Any] | None:
   """The record stored under the run's label, or None; RecordMismatch (naming it) when it ran
   another config than the experiment's row."""
   path = os.path.join(stored_dir(campaign, row, seed), "record.json")

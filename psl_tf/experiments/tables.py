@@ -160,7 +160,7 @@ def markdown(task: str, records: Sequence[Mapping[str, Any]], table: Table,
 def plot(table: Table, path: str, title: str) -> Any:
   """Accuracy per block, one line per row with sd error bars, the random floor dashed."""
   from psl_tf.evaluation import report  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  def result(entry):
+  def result(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {b: {"top1": entry[b][0], **({"top1_sd": entry[b][1]} if entry[b][1] else {})}
             for b in BLOCKS if entry[b][0] is not None}
   rows = [(f"{row} (n={len(entry['seeds'])})", result(entry))
