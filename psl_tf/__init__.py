@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with AVX-512-class
-# features; elsewhere (e.g. an AVX2-only AMD EPYC) it falls back to Eigen's, and the campaign's
-# training step ran 1.5-4x slower (`python scripts/bench_onednn.py`, docs/RESULTS.md).
-# Asked for here, before anything imports TensorFlow, so every entry point gets the same kernels;
-# a value the user set (`TF_ENABLE_ONEDNN_OPTS=0`) wins, and a process that imported TensorFlow
-# before psl_tf keeps what it had.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# oneDNN: psl_tf leaves TF_ENABLE_ONEDNN_OPTS alone (TensorFlow's default: on only on x86
+# CPUs with AVX-512-class features). It used to turn the kernels on everywhere, and on CPUs
+# without AVX-512 small shapes then crashed the process natively (heap corruption at the
+# first step: batch 3 at width 8, issue 28; docs/RELIABILITY.md). Opt in with
+# `TF_ENABLE_ONEDNN_OPTS=1`: about 3x the training speed on such a CPU
+# (`python scripts/bench_onednn.py`).
 
 PROGRAMS = ("train", "evaluate", "export", "visualize")
 

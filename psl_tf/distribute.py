@@ -1,5 +1,6 @@
 """Picking a tf.distribute strategy by name. No home-made distribution: only TF's own."""
 
+import json
 import os
 import tempfile
 
@@ -40,6 +41,37 @@ class CpuReplicasStrategy(tf.distribute.MirroredStrategy):
     return super().distribute_datasets_from_function(dataset_fn, options)
 
 
+def check_tf_config(text):
+  """Raises ValueError (one line naming TF_CONFIG) unless `text`, the TF_CONFIG environment
+  variable, describes a cluster and this process's task in it.
+
+  Without TF_CONFIG, MultiWorkerMirroredStrategy trains as a single worker that is its own
+  chief: started on every machine of a cluster, each would write the shared work directory."""
+  if not text:
+    raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (the "
+                     "cluster and this worker's task, e.g. {\"cluster\": {\"worker\": "
+                     "[\"host1:port\", \"host2:port\"]}, \"task\": {\"type\": \"worker\", "
+                     "\"index\": 0}}); it is not set. On one machine use --strategy=auto")
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {text[:80]!r}") from None
+  cluster = value.get("cluster") if isinstance(value, dict) else None
+  task = value.get("task") if isinstance(value, dict) else None
+  if not isinstance(cluster, dict) or not cluster:
+    raise ValueError(f"TF_CONFIG has no \"cluster\" (a mapping of job name to addresses): "
+                     f"{text[:80]!r}")
+  if not isinstance(task, dict) or "type" not in task or "index" not in task:
+    raise ValueError(f"TF_CONFIG has no \"task\" with \"type\" and \"index\" (which task of "
+                     f"the cluster this process is): {text[:80]!r}")
+  addresses = cluster.get(task["type"])
+  if not isinstance(addresses, list) or not isinstance(task["index"], int) or not (
+      0 <= task["index"] < len(addresses)):
+    jobs = ", ".join(f"{k}: {len(v)}" for k, v in cluster.items() if isinstance(v, list))
+    raise ValueError(f"TF_CONFIG's task {task['type']!r} {task['index']!r} is not in its "
+                     f"cluster ({jobs})")
+
+
 def make_strategy(name="auto", tpu_address="", cpu_replicas=0):
   """Returns a `tf.distribute.Strategy`.
 
@@ -59,6 +91,7 @@ def make_strategy(name="auto", tpu_address="", cpu_replicas=0):
   if cpu_replicas:
     return CpuReplicasStrategy(cpu_replicas)
   if name == "multi_worker":
+    check_tf_config(os.environ.get("TF_CONFIG", ""))
     # First, before anything lists devices: that starts the runtime, after which collective
     # ops can no longer be configured ("Collective ops must be configured at program startup").
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -24,7 +24,9 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from psl_tf import guards
 from psl_tf import models
+from psl_tf import runlock
 from psl_tf import workdir as wd
 from psl_tf.data import images as image_lib
 from psl_tf.models import blocks as blocks_lib
@@ -75,6 +77,11 @@ def export_run(workdir: str, stage: int | None = None, output: str | None = None
     output: target directory (default: `<workdir>/export` for the last stage,
       `<workdir>/export_stage_<k>` for an earlier one).
     log: where progress lines go (the entry point prints them).
+
+  Raises:
+    ValueError: the run or stage cannot be read, `output` is a file or cannot be written, or
+      another process uses the run (`psl_tf.runlock.WorkdirInUse`, naming it).
+    psl_tf.guards.CannotContinue: the disk filled up (the message names the path).
   """
   run = wd.load_run(workdir, stage)
   if output is not None and os.path.exists(output) and not os.path.isdir(output):
@@ -83,6 +90,21 @@ def export_run(workdir: str, stage: int | None = None, output: str | None = None
   if output is None:
     last = wd.finished_stages(workdir)[-1]
     output = os.path.join(workdir, "export" if run.stage == last else f"export_stage_{run.stage}")
+  inside = os.path.realpath(output).startswith(os.path.realpath(workdir) + os.sep)
+  # Not while another process uses the run; a read-only run exported elsewhere needs no lock.
+  with runlock.hold(workdir, "psl_tf.export", required=inside):
+    wd.check_writable_dir(output, "the export")  # before the work, not after it
+    try:
+      return _export_run(run, workdir, output, log)
+    except (OSError, tf.errors.OpError) as e:
+      if guards.is_disk_full(e):
+        raise guards.CannotContinue(guards.disk_full_message(e, output, "the export")) from e
+      raise
+
+
+def _export_run(run: wd.Run, workdir: str, output: str,
+                log: Callable[[str], object]) -> tuple[str, str, wd.Run]:
+  """`export_run` with the run held and `output` checked."""
   log(f"   building {run.config.backbone} and loading stage {run.stage} of {workdir}")
   backbone = run.build_backbone()
   log(f"   tracing and writing the SavedModel to {output}")

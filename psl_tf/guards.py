@@ -147,3 +147,70 @@ def check_flagfiles(argv):
 
   for path in flagfile_paths(argv):
     scan(path)
+
+
+# ---- failures a run cannot continue past -------------------------------------------------
+
+class CannotContinue(RuntimeError):
+  """The run cannot go on (a full disk, an unreadable checkpoint, missing stage weights);
+  the message says what is wrong and what to do, and what the run had is kept."""
+
+
+_DISK_FULL_TEXT = ("No space left on device", "errno = 28", "Disk quota exceeded")
+
+
+def is_disk_full(error):
+  """True if `error` (an OSError, a TensorFlow OpError, or an error caused by one) is a
+  full disk or quota (ENOSPC / EDQUOT)."""
+  import errno  # pylint: disable=g-import-not-at-top
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(text in str(error) for text in _DISK_FULL_TEXT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_message(error, workdir, what="the run"):
+  """One line for a full disk: which path (from the error when it names one), what was kept."""
+  path = getattr(error, "filename", None)
+  detail = str(getattr(error, "message", None) or error).strip().splitlines()
+  detail = detail[0] if detail else ""
+  where = f"writing {path}" if path else f"under {workdir} ({detail[:200]})"
+  return (f"the disk is full {where}: {what} stopped; what was written before (finished "
+          "stages, the last epoch checkpoint) is kept; free some space and run the same "
+          "command again to continue")
+
+
+# ---- inputs that teach nothing -----------------------------------------------------------
+
+# A held-out accuracy on fewer images than this moves by 2 % or more per image.
+MIN_HELDOUT_IMAGES = 50
+
+
+def small_training_set_warning(num_examples, batch_size, dataset):
+  """A warning line when a training split has fewer images than one batch, or None."""
+  if num_examples and num_examples < batch_size:
+    return (f"{dataset} has {num_examples} training images, fewer than one batch of "
+            f"{batch_size}: every batch repeats the same images, which teaches little; use "
+            "more images or a smaller --batch_size")
+  return None
+
+
+def one_class_warning(labels, what):
+  """A warning line when the labels `what` trains on hold one class only, or None."""
+  labels = np.asarray(labels)
+  if labels.ndim == 1 and labels.size and np.unique(labels).size == 1:
+    return (f"{what} has images of one class only (label {int(labels[0])}): a classifier "
+            "trained on it learns nothing about the others; check the data set's labels")
+  return None
+
+
+def small_heldout_warning(stage_index, images):
+  """A warning line when a stage's held-out accuracy comes from fewer than 50 images."""
+  if images is not None and images < MIN_HELDOUT_IMAGES:
+    return (f"stage {stage_index}: held-out pretext accuracy measured on {images} images only "
+            f"(fewer than {MIN_HELDOUT_IMAGES}): one image moves it by "
+            f"{100 / max(images, 1):.0f} %; use a larger held-out split or --heldout_examples")
+  return None

@@ -4,6 +4,7 @@ then `fit`, then the stage's backbone weights on disk. Resumable at every epoch.
 `pretrain(config)` below (re-exported as `psl_tf.pretrain`) runs a whole run from a
 `Config`, in Python, with no flags."""
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,6 +25,7 @@ from psl_tf import guards
 from psl_tf import optim
 from psl_tf import progress as progress_lib
 from psl_tf import precision
+from psl_tf import runlock
 from psl_tf import stages as stages_lib
 from psl_tf import tasks
 from psl_tf import trainer
@@ -60,6 +62,10 @@ def plan(config: config_lib.Config) -> Plan:
     if steps < 1:
       raise ValueError(f"{config.dataset} has {source.num_examples} images, fewer than one "
                        f"batch of {config.batch_size}; lower --batch_size")
+  warning = guards.small_training_set_warning(source.num_examples, config.batch_size,
+                                              config.dataset)
+  if warning:
+    logging.warning(warning)
   # Small data sets are decoded once here, not in every epoch of every stage (--cache).
   source = data.cache_in_memory(source, config.cache)
   heldout = data.load_heldout_source(config.dataset, config.heldout_split, config.data_dir,
@@ -194,9 +200,17 @@ def train_stage(config: config_lib.Config, the_plan: Plan, stage: stages_lib.Sta
   # Every worker resumes from the chief's checkpoint: a non-chief's own saves go to a private
   # folder named after its process, which a restarted worker never sees; a worker that
   # started from scratch while the chief resumed would train other weights and other epochs.
-  latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+  latest = None
+  try:
+    latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+    if latest:
+      restore_epoch_checkpoint(latest, core, checkpoint)
+  except (tf.errors.OpError, ValueError, AssertionError, KeyError) as e:
+    raise guards.CannotContinue(
+        f"stage {stage.index}'s epoch checkpoint {latest or chief_ckpt_dir} cannot be read "
+        f"({_first_line(e)}): it is damaged; delete {chief_ckpt_dir} to restart stage "
+        f"{stage.index} from its first epoch (finished stages are kept)") from e
   if latest:
-    restore_epoch_checkpoint(latest, core, checkpoint)
     log(f"   resuming stage {stage.index} from epoch {int(epoch_var.numpy())} ({latest})")
   initial_epoch = int(epoch_var.numpy())
   log(_stage_header(config, stage, len(the_plan.stages), task, epochs, steps))
@@ -239,6 +253,9 @@ def train_stage(config: config_lib.Config, the_plan: Plan, stage: stages_lib.Sta
     log(f"   stage {stage.index} held-out pretext accuracy "
         f"{100 * heldout['heldout_pretext_accuracy']:.1f} % on {heldout['heldout_images']} "
         f"images (chance {100 * task.chance(stage.level, config.batch_size):.1f} %)")
+    warning = guards.small_heldout_warning(stage.index, heldout["heldout_images"])
+    if warning:
+      log(f"   WARNING: {warning}")
   run_steps = (epochs - initial_epoch) * steps
   summary = {
       "stage": stage.index, "blocks": [stage.first, stage.last],
@@ -263,6 +280,11 @@ def train_stage(config: config_lib.Config, the_plan: Plan, stage: stages_lib.Sta
     wd.finish_stage(workdir, stage.index, backbone, summary)
   wd.remove_tree(ckpt_dir)
   return summary
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(getattr(error, "message", None) or error).strip()
+  return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _check_finite_backbone(backbone: keras.Model, stage_index: int) -> None:
@@ -292,8 +314,24 @@ def run(config: config_lib.Config, strategy: tf.distribute.Strategy,
     The summary dict also written to `summary.json`.
   """
   the_plan = the_plan or plan(config)
-  workdir = config.workdir
   chief = distribute.is_chief(strategy)
+  # The chief holds the work directory for the whole run (re-entrant: `pretrain` took it
+  # already); other workers write nothing there and never wait for it.
+  with runlock.hold(config.workdir, "psl_tf.train", enabled=chief):
+    try:
+      return _run(config, strategy, log, the_plan, callbacks, chief)
+    except (OSError, tf.errors.OpError) as e:
+      if guards.is_disk_full(e):
+        raise guards.CannotContinue(guards.disk_full_message(e, config.workdir,
+                                                             "training")) from e
+      raise
+
+
+def _run(config: config_lib.Config, strategy: tf.distribute.Strategy,
+         log: Callable[[str], object], the_plan: Plan,
+         callbacks: Sequence[keras.callbacks.Callback], chief: bool) -> dict[str, Any]:
+  """`run` with the work directory held."""
+  workdir = config.workdir
   if the_plan.source.skipped:
     log(f"   skipped {the_plan.source.skipped} unreadable image file(s) in {config.dataset}")
   if chief:
@@ -312,6 +350,14 @@ def run(config: config_lib.Config, strategy: tf.distribute.Strategy,
                   "skipped_images": the_plan.source.skipped})
   summary["precision"] = precision.current()
   summary.setdefault("stages", [])
+  missing = wd.stages_missing_weights(workdir)
+  if missing:
+    k = missing[0]
+    raise guards.CannotContinue(
+        f"stage {k} is marked finished ({os.path.join(wd.stage_dir(workdir, k), wd.DONE_FILE)})"
+        f" but its weights {wd.stage_weights_path(workdir, k)} are missing; restore the file, "
+        f"or delete {wd.stage_dir(workdir, k)} and every later stage_<k> folder to train "
+        "them again")
   done = set(wd.finished_stages(workdir))
   listed = {s["stage"] for s in summary["stages"]}
   recovered = [wd.read_stage_summary(workdir, index) for index in sorted(done - listed)]
@@ -392,13 +438,37 @@ class ConfigError(ValueError):
   anything is trained; the command line reports it in one line, exit code 2)."""
 
 
+def _hold_workdir(config: config_lib.Config, stack: contextlib.ExitStack[Any]) -> None:
+  """Takes the lock of `config.workdir` for this process until `stack` closes (one process
+  per work directory, `psl_tf.runlock`; re-entrant); ConfigError naming the other process."""
+  try:
+    path = runlock.acquire(config.workdir, "psl_tf.train")
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  stack.callback(runlock.release, path)
+
+
 def prepare(config: config_lib.Config, strategy: tf.distribute.Strategy
             ) -> tuple[Any, Any]:
-  """Everything before the first stage: checks the work directory against the config (a
-  different run there is refused), plans the run against its data and task, builds the online
-  probes when `config.online_probes`, and writes flags.txt (`config.to_flags(config)`, on the
-  chief). Returns (plan, online probes callback or None); raises ConfigError."""
+  """Everything before the first stage: checks the work directory (a non-empty folder that
+  is not a psl_tf run is refused: a user's folder is never written into nor cleaned up) and
+  against the config (a different run there is refused), plans the run against its data and
+  task, builds the online probes when `config.online_probes`, and writes flags.txt
+  (`config.to_flags(config)`, atomically) on the chief, holding the work directory's lock
+  (one that another process holds is refused, naming it). Returns (plan, online probes
+  callback or None); raises ConfigError. `pretrain` keeps the lock for the whole run; called
+  alone, this gives it back when it returns."""
+  with contextlib.ExitStack() as stack:
+    return _prepare(config, strategy, stack)
+
+
+def _prepare(config: config_lib.Config, strategy: tf.distribute.Strategy,
+             stack: contextlib.ExitStack[Any]) -> tuple[Any, Any]:
+  """`prepare`; the chief's lock of the work directory is held until `stack` closes."""
+  chief = distribute.is_chief(strategy)
   try:
+    if chief:
+      wd.check_new_or_run(config.workdir)
     check_resume(config)
     the_plan = plan(config)
     if config.batch_size % strategy.num_replicas_in_sync:
@@ -413,7 +483,8 @@ def prepare(config: config_lib.Config, strategy: tf.distribute.Strategy
           config.image_check)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  if distribute.is_chief(strategy):
+  if chief:
+    _hold_workdir(config, stack)
     try:
       wd.write_flags(config.workdir, config_lib.to_flags(config))
     except (OSError, tf.errors.OpError) as e:
@@ -428,7 +499,9 @@ def pretrain(config: config_lib.Config, strategy: tf.distribute.Strategy | None 
   """Runs (or resumes) the pre-training `config` describes. `python -m psl_tf.train` parses
   its flags into a Config and calls this; nothing else runs a run.
 
-  Checks the work directory against the config (a different run there is refused), writes
+  Checks the work directory (a non-empty folder that is not a psl_tf run, a directory
+  another process uses, or a different run there is refused), holds it for this process
+  until the run returns or raises (`psl_tf.runlock`, on the chief), writes
   its flags.txt (so `psl_tf.evaluate` and `psl_tf.export` can read the run back, and
   `--flagfile=<workdir>/flags.txt` repeats it), runs every stage (with online probes when
   `config.online_probes`) and exports the backbone when `config.export`. Returns the summary
@@ -443,13 +516,16 @@ def pretrain(config: config_lib.Config, strategy: tf.distribute.Strategy | None 
   Raises:
     ConfigError: the run cannot start (nothing was trained).
     psl_tf.guards.TrainingDiverged: a loss, gradient or weight became non-finite.
+    psl_tf.guards.CannotContinue: the disk filled up, an epoch checkpoint is damaged or a
+      finished stage's weights are missing (the message says what to do).
   """
   strategy = strategy or distribute.make_strategy("auto")
-  the_plan, probes = prepare(config, strategy)
-  extra = [probes] if probes is not None else []
-  summary = run(config, strategy, log=log, the_plan=the_plan, callbacks=[*extra, *callbacks])
-  if probes is not None and distribute.is_chief(strategy):
-    summary = online_probes.merge_history(summary, probes.history)
-    wd.write_summary(config.workdir, summary)
+  with contextlib.ExitStack() as stack:  # the chief holds the work directory until the end
+    the_plan, probes = _prepare(config, strategy, stack)
+    extra = [probes] if probes is not None else []
+    summary = run(config, strategy, log=log, the_plan=the_plan, callbacks=[*extra, *callbacks])
+    if probes is not None and distribute.is_chief(strategy):
+      summary = online_probes.merge_history(summary, probes.history)
+      wd.write_summary(config.workdir, summary)
   return summary
 

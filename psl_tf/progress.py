@@ -16,6 +16,8 @@ import time
 
 import keras
 
+from psl_tf import guards
+
 # A stage whose pretext accuracy is below both this multiple of chance and this fraction of
 # the way from chance to 100 % gets a warning: it has learnt little or nothing (the demo runs
 # are made to clear it at every stage). The multiple judges many-class levels (MoCo's 1.5 %
@@ -153,7 +155,8 @@ class _EpochProgress(keras.callbacks.Callback):
 # ---- the end-of-run table -----------------------------------------------------------------
 
 def stage_warnings(stage):
-  """Warnings about one stage summary: accuracy near chance, loss that rose."""
+  """Warnings about one stage summary: accuracy near chance, a held-out accuracy on fewer
+  than 50 images, loss that rose."""
   warnings = []
   chance = stage.get("chance")
   for key, what in (("heldout_pretext_accuracy", "held-out"), ("pretext_accuracy", "training")):
@@ -166,6 +169,9 @@ def stage_warnings(stage):
                       f"{percent(near_chance_threshold(chance))}): it has learnt little; train "
                       "longer, raise --learning_rate or use larger images")
     break  # judge by held-out accuracy when there is one
+  small = guards.small_heldout_warning(stage["stage"], stage.get("heldout_images"))
+  if small:
+    warnings.append(small)
   losses = stage.get("epoch_losses") or []
   if len(losses) >= 2 and losses[-1] > losses[0]:
     warnings.append(f"stage {stage['stage']}: loss rose from {losses[0]:.4f} (first epoch) to "

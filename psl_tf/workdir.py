@@ -10,6 +10,7 @@ Layout (DESIGN.md 4)::
   stage_<k>/ckpt/             epoch checkpoints of the running stage (removed when it ends)
   logs/stage_<k>/             TensorBoard
   export/                     SavedModel of the final backbone
+  run.lock                    the process using the run (psl_tf.runlock; kept, unlocked)
 
 `load_run` reads a finished run back (its typed Config, a stage, its backbone) for
 evaluation and export.
@@ -21,6 +22,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -32,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from psl_tf import config as config_lib
+from psl_tf import runlock
 from psl_tf.models import blocks as blocks_lib
 from psl_tf.models import build_backbone
 
@@ -77,10 +80,10 @@ def stage_done(workdir: str, index: int) -> bool:
   and weights). Weights without a stage_summary.json come from before the marker (or from
   `save_backbone_weights` alone) and count as finished too; weights with a stage_summary.json
   but no marker are a stage killed while finishing, which is not."""
+  if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
+    return False  # DONE without weights: they were deleted (see stages_missing_weights)
   if tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), DONE_FILE)):
     return True
-  if not tf.io.gfile.exists(stage_weights_path(workdir, index)):
-    return False
   return not tf.io.gfile.exists(os.path.join(stage_dir(workdir, index), STAGE_SUMMARY_FILE))
 
 
@@ -106,21 +109,89 @@ def finish_stage(workdir: str, index: int, backbone: keras.Model,
     f.write("finished\n")
 
 
+PARTIAL_SUFFIX = ".partial"
+LOCK_FILE = runlock.LOCK_FILE  # which process uses the run (kept between runs)
+# The only names a killed psl_tf run leaves half-written (see save_backbone_weights,
+# _write_json, write_flags and the export in psl_tf.pretrain); nothing else is ever removed.
+_TEMPORARY = (("stage_*", "tmp*.weights.h5"), ("stage_*", "*.json.tmp"), ("", "*.json.tmp"),
+              ("", FLAGS_FILE + ".tmp"))
+
+
+def is_run(workdir: str) -> bool:
+  """True if `workdir` holds a psl_tf run (its flags.txt)."""
+  return tf.io.gfile.exists(os.path.join(workdir, FLAGS_FILE))
+
+
+def check_new_or_run(workdir: str) -> None:
+  """Raises ValueError unless `workdir` is missing, empty, or a psl_tf run: a training run
+  writes into it and cleans up its own leftovers there, which must never touch files of
+  something else (a user's folder passed as --workdir by mistake)."""
+  if not tf.io.gfile.exists(workdir):
+    return
+  if not tf.io.gfile.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file; pass a new or empty directory, or the "
+                     "work directory of a psl_tf run")
+  if is_run(workdir):
+    return
+  # A run killed before its first flags.txt was in place leaves only psl_tf's own files.
+  own = {LOCK_FILE, FLAGS_FILE + ".tmp"}
+  others = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(workdir) if n not in own)
+  if others:
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    raise ValueError(f"--workdir={workdir} is not empty ({shown}) and is not a psl_tf run (no "
+                     f"{FLAGS_FILE}); pass a new or empty directory")
+
+
+def check_writable_dir(path: str, what: str) -> None:
+  """Creates `path` if needed and raises ValueError (one line) unless a file can be written
+  in it: checked before a long job whose results go there, not after it."""
+  try:
+    tf.io.gfile.makedirs(path)
+    probe = os.path.join(path, f".psl_tf_write_test_{os.getpid()}")
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    raise ValueError(f"cannot write {what} into {path} ({reason}); make it writable or "
+                     "pick another place (nothing was computed)") from None
+
+
 def remove_temporary_files(workdir: str) -> list[str]:
-  """Deletes what a killed run may have left half-written: `stage_<k>/tmp*.h5` weights,
-  `*.tmp` summaries and a partial export. Returns the paths removed."""
+  """Deletes what a killed psl_tf run may have left half-written in its work directory:
+  `stage_<k>/tmp*.weights.h5`, `*.json.tmp`, `flags.txt.tmp` and `export.partial/`. Does
+  nothing in a folder that is not a psl_tf run (no flags.txt). Returns the paths removed."""
+  if not is_run(workdir):
+    return []
   removed = []
-  for pattern in ("stage_*/tmp*.h5", "stage_*/*.tmp", "*.tmp"):
-    for path in glob.glob(os.path.join(workdir, pattern)):
-      os.remove(path)
-      removed.append(path)
-  for path in glob.glob(os.path.join(workdir, "*" + PARTIAL_SUFFIX)):
-    shutil.rmtree(path, ignore_errors=True)
-    removed.append(path)
+  for folder, pattern in _TEMPORARY:
+    for path in glob.glob(os.path.join(glob.escape(workdir), folder, pattern)):
+      parent = os.path.basename(os.path.dirname(path))
+      if folder and not parent[len("stage_"):].isdigit():
+        continue  # only psl_tf's own stage_<k> folders
+      if os.path.isfile(path):
+        os.remove(path)
+        removed.append(path)
+  partial = os.path.join(workdir, "export" + PARTIAL_SUFFIX)
+  if os.path.isdir(partial):
+    shutil.rmtree(partial, ignore_errors=True)
+    removed.append(partial)
   return removed
 
 
-PARTIAL_SUFFIX = ".partial"
+def stages_missing_weights(workdir: str) -> list[int]:
+  """Indices k whose stage_<k>/DONE says finished but whose weights file is gone, ascending."""
+  if not tf.io.gfile.isdir(workdir):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(workdir):
+    name = name.rstrip("/")
+    if name.startswith("stage_") and name[6:].isdigit():
+      k = int(name[6:])
+      if (tf.io.gfile.exists(os.path.join(stage_dir(workdir, k), DONE_FILE))
+          and not tf.io.gfile.exists(stage_weights_path(workdir, k))):
+        found.append(k)
+  return sorted(found)
 
 
 def finished_stages(workdir: str) -> list[int]:
@@ -217,8 +288,13 @@ def check_finite_weights(path: str) -> None:
 # ---- flags and summary -------------------------------------------------------------------
 
 def read_flags(workdir: str) -> dict[str, str] | None:
-  """{name: text} of the run's flags.txt, or None when there is none."""
-  return read_flags_file(os.path.join(workdir, FLAGS_FILE))
+  """{name: text} of the run's flags.txt, or None when there is none; ValueError naming the
+  file when it is not a complete flags.txt (see `check_complete_flags`)."""
+  path = os.path.join(workdir, FLAGS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  check_complete_flags(path)
+  return read_flags_file(path)
 
 
 def read_flags_file(path: str) -> dict[str, str] | None:
@@ -230,13 +306,57 @@ def read_flags_file(path: str) -> dict[str, str] | None:
   return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
 
 
+_FLAG_LINE = re.compile(r"--[A-Za-z_][A-Za-z0-9_]*(=.*)?")
+# Written by every version of psl_tf: a flags.txt without them was cut short (its lines are
+# sorted, so `workdir`, the last, goes first).
+_REQUIRED_FLAGS = ("task", "workdir")
+
+
+def check_complete_flags(path: str) -> None:
+  """Raises ValueError naming `path` unless it reads as a whole flags.txt: it ends with a
+  newline, every line is a `--name=value` flag, a comment or blank, and it names the task
+  and the work directory. A file cut short (a write killed half-way, a full disk) would
+  otherwise be read as defaults: `evaluate` would then evaluate the `demo` set."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    raw = f.read()
+  problem = None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    text, problem = "", "it is not text"
+  if problem is None and not text:
+    problem = "it is empty"
+  elif problem is None and not text.endswith("\n"):
+    problem = "it ends in the middle of a line"
+  if problem is None:
+    for number, line in enumerate(text.splitlines(), start=1):
+      line = line.strip()
+      if line and not line.startswith(("#", "//")) and not _FLAG_LINE.fullmatch(line):
+        problem = f"line {number} is not a flag ({line[:40]!r})"
+        break
+  if problem is None:
+    names = set(read_flags_file(path) or {})
+    missing = [f"--{n}" for n in _REQUIRED_FLAGS if n not in names]
+    if missing:
+      problem = f"it has no {' or '.join(missing)}"
+  if problem:
+    raise ValueError(f"{path} is not a complete flags.txt ({problem}): it was cut short or "
+                     "damaged; restore it (psl_tf.train writes it from the command line: run "
+                     "the run's command again with the same flags) before using this run")
+
+
 def write_flags(workdir: str, flag_values: dict[str, Any]) -> None:
-  """Writes `{name: value}` as a flagfile (one `--name=value` per line, sorted)."""
+  """Writes `{name: value}` as a flagfile (one `--name=value` per line, sorted), through a
+  temporary file in the same folder and a rename: a kill or a full disk leaves the old
+  flags.txt or the new one, never a part of one."""
   tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, FLAGS_FILE), "w") as f:
+  path = os.path.join(workdir, FLAGS_FILE)
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
     f.write("# Resolved flags of this run; reuse with --flagfile.\n")
     for name in sorted(flag_values):
       f.write(f"--{name}={flag_values[name]}\n")
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_summary(workdir: str) -> dict[str, Any]:
@@ -326,6 +446,12 @@ def load_run(workdir: str | os.PathLike[str], stage: int | None = None) -> Run:
   workdir = os.fspath(workdir)
   config = config_from_workdir(workdir)
   done = finished_stages(workdir)
+  missing = [k for k in stages_missing_weights(workdir)
+             if k == stage or (stage is None and (not done or k > done[-1]))]
+  if missing:
+    raise ValueError(f"stage {missing[0]} of {workdir} is marked finished but its weights "
+                     f"{stage_weights_path(workdir, missing[0])} are missing; restore them or "
+                     "pick another --stage")
   if not done:
     raise ValueError(f"{workdir} has no finished stage yet (no stage_<k>/{WEIGHTS_FILE}); "
                      "let pre-training finish a stage first")

@@ -14,8 +14,8 @@ and without `--recompute`, and their ratio.
 
 The measure is TensorFlow's allocator (`tf.config.experimental.get_memory_info('CPU:0')`):
 it counts every tensor and nothing else. Its documentation says it raises on CPU; it works
-here because with oneDNN on (`import psl_tf` asks for it; TensorFlow's own default only on
-AVX-512-class x86 CPUs) the CPU allocator is oneDNN's
+here because with oneDNN on (this script asks for it unless TF_ENABLE_ONEDNN_OPTS is set;
+TensorFlow's own default only on AVX-512-class x86 CPUs) the CPU allocator is oneDNN's
 BFC-based one, which keeps statistics (with `TF_ENABLE_ONEDNN_OPTS=0` set
 `TF_CPU_ALLOCATOR_USE_BFC=true` to keep them). The process's peak RSS over the call (VmHWM,
 reset before it) is printed beside it: it is the allocator's pool, which a BFC allocator
@@ -109,7 +109,8 @@ def child(args):
   if args.breakdown:
     os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
   sys.path.insert(0, ROOT)
-  import psl_tf  # pylint: disable=g-import-not-at-top,unused-import  # before TF: asks for oneDNN
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TF: its allocator's statistics
+  import psl_tf  # pylint: disable=g-import-not-at-top,unused-import
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from psl_tf.models import revnet  # pylint: disable=g-import-not-at-top

@@ -326,6 +326,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, stop_aft
 
 def test_stage_completion_is_atomic_and_temporary_files_are_cleaned(tmp_path):
   workdir = str(tmp_path)
+  wd.write_flags(workdir, {"task": "rotation", "workdir": workdir})  # a run: cleaned up
   backbone = build_backbone("cifar_resnet", depth=10, width=8)
   # Killed after the weights, before the marker: not finished.
   os.makedirs(wd.stage_dir(workdir, 1))
@@ -342,7 +343,7 @@ def test_stage_completion_is_atomic_and_temporary_files_are_cleaned(tmp_path):
   os.remove(os.path.join(wd.stage_dir(workdir, 1), wd.STAGE_SUMMARY_FILE))
   assert wd.stage_done(workdir, 1)
   # Orphans of a kill during a write are removed.
-  orphans = [os.path.join(wd.stage_dir(workdir, 1), "tmpabc.h5"),
+  orphans = [os.path.join(wd.stage_dir(workdir, 1), "tmpk3_9xq2a.weights.h5"),  # mkstemp's
              os.path.join(workdir, "summary.json.tmp")]
   for path in orphans:
     open(path, "w").close()

@@ -11,6 +11,7 @@ table (rows = runs, columns = B1..B5) is printed and written with a plot into
 <workdir>/eval/ (or --output). A mistake in flags or paths ends in one line on stderr.
 """
 
+import contextlib
 import sys
 
 from psl_tf.cli import quiet
@@ -57,16 +58,21 @@ def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
   quiet.start("psl_tf.evaluate", argv)
+  outputs = contextlib.ExitStack()
   with quiet.one_line_errors("psl_tf.evaluate"):
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
     settings = settings_from_flags(FLAGS)
     paths = [FLAGS.workdir] + [p for p in FLAGS.compare if p and p != FLAGS.workdir]
     the_runs = [wd.load_run(p, FLAGS.stage) for p in paths]
+    # Before any work: the runs are not in use elsewhere and every output can be written.
+    outputs.enter_context(protocols.hold_outputs(the_runs, FLAGS.output))
     evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first
-  rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
-                                          log=lambda text: print(text, flush=True),
-                                          evaluation=evaluation)
+  with outputs, quiet.interrupted("psl_tf.evaluate", "no report was written (it is "
+                                  "written when every run is evaluated)"):
+    rows, written = protocols.evaluate_runs(the_runs, settings, FLAGS.output,
+                                            log=lambda text: print(text, flush=True),
+                                            evaluation=evaluation)
   print(report.markdown_table(rows, title=written["title"]))
   logging.info("evaluation settings: %s", written["settings"])
   print(f"wrote {written['markdown']}, {written['json']} and {written['plot']}")

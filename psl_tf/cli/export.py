@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from psl_tf import exporting as export_lib
+from psl_tf import guards
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -36,7 +37,8 @@ def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
   quiet.start("psl_tf.export", argv)
-  with quiet.one_line_errors("psl_tf.export"):
+  with quiet.one_line_errors("psl_tf.export", errors=(ValueError, OSError,
+                                                      guards.CannotContinue)):
     if not FLAGS.workdir:
       raise ValueError("--workdir is required (the work directory of a pre-training run)")
     path, keras_path, run = export_lib.export_run(

@@ -83,3 +83,33 @@ def one_line_errors(program, exit_code=2, errors=(ValueError, OSError)):
   except errors as e:
     print(f"{program}: error: {e}", file=sys.stderr)
     sys.exit(exit_code)
+
+
+@contextlib.contextmanager
+def interrupted(program, what_now):
+  """Ctrl-C inside the block ends the program with one line (what was kept, what to do) and
+  exit code 130, the shell's code for SIGINT, instead of a traceback.
+
+  The SIGINT handler ends the process itself rather than raising KeyboardInterrupt: one
+  raised while TensorFlow traces a step or builds an input pipeline can be swallowed there,
+  and the program then ran on. Ending at any point is safe: what a run writes is written
+  through temporary files and renames (the kill drill SIGKILLs it anywhere), and the work
+  directory's lock goes with the process."""
+  import signal  # pylint: disable=g-import-not-at-top
+
+  def stop(signum, frame):  # pylint: disable=unused-argument
+    sys.stdout.flush()
+    print(f"{program}: interrupted (Ctrl-C); {what_now}", file=sys.stderr, flush=True)
+    os._exit(130)  # pylint: disable=protected-access
+
+  try:
+    previous = signal.signal(signal.SIGINT, stop)
+  except ValueError:  # not the main thread: leave Ctrl-C as it is
+    previous = None
+  try:
+    yield
+  except KeyboardInterrupt:
+    stop(signal.SIGINT, None)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGINT, previous)

@@ -62,9 +62,14 @@ def main(argv, flag_values=None):
     config = config_from_flags(FLAGS)
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
-  with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged):
-    with quiet.one_line_errors("psl_tf.train", errors=pretrain.ConfigError):
-      summary = pretrain.pretrain(config, strategy, callbacks=[watchdog])
+  # ConfigError: nothing was trained; CannotContinue: a full disk, a damaged checkpoint, a
+  # finished stage's missing weights (the line says what to do); Ctrl-C: resumable.
+  cannot = (pretrain.ConfigError, guards.CannotContinue)
+  with quiet.one_line_errors("psl_tf.train", exit_code=1, errors=guards.TrainingDiverged), \
+      quiet.one_line_errors("psl_tf.train", errors=cannot), \
+      quiet.interrupted("psl_tf.train", "run the same command again to resume from the last "
+                        "epoch checkpoint"):
+    summary = pretrain.pretrain(config, strategy, callbacks=[watchdog])
   if distribute.is_chief(strategy):
     print(progress.summary_table(summary, config.workdir, summary.get("export")), flush=True)
 

@@ -41,6 +41,17 @@ def define_flags(flag_values=flags.FLAGS):
   return flag_values
 
 
+def check_output(output, task):
+  """Raises ValueError (one line) unless `output` names a PNG file that can be written."""
+  import os  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(output):
+    raise ValueError(f"--output={output} is a folder; name the PNG file to write, e.g. "
+                     f"--output={os.path.join(output, f'ladder_{task}.png')}")
+  folder = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(folder):
+    raise ValueError(f"--output={output}: the folder {folder} does not exist")
+
+
 def main(argv, flag_values=None):
   """Runs the program on parsed flags (`flag_values`, default absl's global FLAGS)."""
   FLAGS = flag_values if flag_values is not None else flags.FLAGS  # pylint: disable=invalid-name
@@ -48,6 +59,8 @@ def main(argv, flag_values=None):
   with quiet.one_line_errors("psl_tf.visualize"):
     if FLAGS.images < 1:
       raise ValueError(f"--images must be at least 1, got {FLAGS.images}")
+    output = FLAGS.output or f"ladder_{FLAGS.task}.png"
+    check_output(output, FLAGS.task)  # before the work, not after it
     task = tasks_lib.build_task(
         FLAGS.task, image_spec=base.ImageSpec(FLAGS.image_size,
                                               int(round(FLAGS.image_size * 256 / 224))))
@@ -55,7 +68,6 @@ def main(argv, flag_values=None):
     images = [image.numpy() for image, _ in source.images().take(FLAGS.images)]
     if not images:
       raise ValueError(f"{FLAGS.dataset} split {FLAGS.split} has no images")
-    output = FLAGS.output or f"ladder_{FLAGS.task}.png"
   path = visualize.ladder_figure(task, images, output, FLAGS.seed)
   print(f"wrote {path}: {len(images)} image(s) x {task.num_levels} levels of {task.name}")
 

@@ -58,6 +58,10 @@ class DataError(ValueError):
   """A data set the user named cannot be used; the message says why."""
 
 
+class ClassMismatchError(DataError):
+  """A split has classes the training split does not: its labels cannot be right."""
+
+
 def load_source(dataset, split="train", data_dir=None, image_check="full"):
   """Opens `dataset` ('demo', 'folder:PATH' or a TFDS name) at `split`."""
   if dataset == "demo":
@@ -130,6 +134,8 @@ def load_heldout_source(dataset, split="auto", data_dir=None, image_check="full"
       continue
     try:
       return load_source(dataset, name, data_dir, image_check)
+    except ClassMismatchError:
+      raise
     except ValueError:  # DataError: the data set has no such split
       continue
   return None
@@ -182,26 +188,97 @@ def _folder_root(path, split):
   raise DataError(f"folder:{path} has no {split!r} sub-folder for the {split} split")
 
 
-def list_image_folder(path, split="train", image_check="full"):
-  """Files and labels of an image tree; class sub-folders (sorted) give labels.
+# Folders that are never a class: macOS resource forks of a zip, and hidden folders
+# (`.ipynb_checkpoints`, `.DS_Store`-style tool output, `.git`).
+_NOT_CLASS_FOLDERS = ("__MACOSX",)
 
-  Returns (files, labels, class_names, skipped). Unreadable files are left out and counted;
-  a tree with no class folders is read as one unlabelled class.
+
+def _ignored_name(name):
+  return name.startswith(".") or name in _NOT_CLASS_FOLDERS
+
+
+def class_folders(root):
+  """(class names sorted, ignored entries) of the class folders under `root`.
+
+  Hidden folders (a name starting with '.') and `__MACOSX` are not classes; nor is a
+  folder that resolves to `root` itself or to a folder above it (a symlink loop such as
+  `loop -> ..`), which would hold every other class's images. A symlink to a missing
+  target is not a directory and not a class either."""
+  real_root = os.path.realpath(root)
+  names, ignored = [], []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+      continue
+    if _ignored_name(name):
+      ignored.append(name)
+      continue
+    real = os.path.realpath(path)
+    if real == real_root or real_root.startswith(real.rstrip(os.sep) + os.sep):
+      ignored.append(name)  # a loop back to the tree: not a class
+      continue
+    names.append(name)
+  return names, ignored
+
+
+def folder_class_names(path):
+  """The class names of `folder:PATH`, taken from its training split: the labels of every
+  split (label = index in this list)."""
+  return class_folders(_folder_root(path, "train"))[0]
+
+
+def list_image_folder(path, split="train", image_check="full"):
+  """Files and labels of an image tree; class sub-folders of the training split (sorted)
+  give the labels of every split.
+
+  Returns (files, labels, class_names, skipped), class_names being the training split's.
+  Another split's folders are mapped to those names: a class the training split lacks is a
+  DataError (its images could only be scored wrong); a class missing from the split simply
+  has no images. Hidden folders and `__MACOSX` are ignored (and counted in a log line).
+  Unreadable files are left out and counted; a tree with no class folders is read as one
+  unlabelled class.
   """
   if image_check not in IMAGE_CHECKS:
     raise DataError(f"image check must be one of {IMAGE_CHECKS}, got {image_check!r}")
   root = _folder_root(path, split)
-  class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-  files, labels = [], []
-  for label, class_dir in enumerate(class_names or [""]):
+  here, ignored = class_folders(root)
+  class_names = here
+  train_root = _folder_root(path, "train")
+  if os.path.realpath(train_root) != os.path.realpath(root):
+    class_names = class_folders(train_root)[0]
+    if class_names and not here:
+      raise ClassMismatchError(
+          f"folder:{path}: {root} has no class folders while the training split {train_root} "
+          f"has {len(class_names)}: the labels of its images are unknown; put them into "
+          "folders named like the training split's")
+    unknown = sorted(set(here) - set(class_names))
+    if unknown:
+      raise ClassMismatchError(
+          f"folder:{path}: {root} has class folder(s) the training split {train_root} does "
+          f"not have: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; labels "
+          "come from the training split's class folders: add them there or remove them here")
+  if ignored:
+    logging.warning("%s: ignored %d folder(s) that are not classes (hidden, __MACOSX or a "
+                    "link back into the tree): %s", root, len(ignored), ", ".join(ignored[:5]))
+  files, labels, hidden_files = [], [], 0
+  label_of = {name: i for i, name in enumerate(class_names)}
+  for class_dir in (here or [""]):
+    top = os.path.join(root, class_dir) if class_dir else root
     # Not os.path.join(root, ""): its trailing slash would never equal `root` below.
-    for dirpath, _, names in os.walk(os.path.join(root, class_dir) if class_dir else root):
-      if not class_names and dirpath != root:
+    for dirpath, dirnames, names in os.walk(top):
+      dirnames[:] = [d for d in dirnames if not _ignored_name(d)]
+      if not here and dirpath != root:
         continue
       for name in sorted(names):
         if name.lower().endswith(IMAGE_EXTENSIONS):
+          if name.startswith("."):  # `._x.jpg`: macOS metadata, not an image
+            hidden_files += 1
+            continue
           files.append(os.path.join(dirpath, name))
-          labels.append(label)
+          labels.append(label_of[class_dir] if class_dir else 0)
+  if hidden_files:
+    logging.warning("%s: ignored %d hidden file(s) named like images (e.g. macOS '._' files)",
+                    root, hidden_files)
   if not files:
     raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
   with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:

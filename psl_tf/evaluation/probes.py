@@ -21,10 +21,12 @@ Two ways to feed the heads:
 import math
 import time
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
+from psl_tf import guards
 from psl_tf.evaluation import metrics as metrics_lib
 from psl_tf import optim
 from psl_tf.evaluation import pooling
@@ -493,6 +495,10 @@ def linear_probe_on_features(backbone, train_dataset, eval_dataset, num_classes,
   extract, poolings = feature_extractor(backbone, image_size, block_names)
   train, train_labels = extract_features(extract, train_dataset, num_train, log, "train features")
   test, test_labels = extract_features(extract, eval_dataset, num_eval, log, "test features")
+  warning = not multi_label and guards.one_class_warning(train_labels, "the probes' training "
+                                                         "features")
+  if warning:
+    logging.warning(warning)
   sizes = {k: v.shape[1] for k, v in train.items()}
   decays = (tuple(weight_decay) if isinstance(weight_decay, (list, tuple)) else (weight_decay,))
   chosen, table = decays[0], None  # replaced by the per-block choice below

@@ -5,21 +5,25 @@ The Python API (`psl_tf.evaluate`) and the command line (`python -m psl_tf.evalu
 flags are generated from `Settings`) both end in `evaluate_runs`.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from psl_tf import optim
 from psl_tf import options as options_lib
+from psl_tf import guards
 from psl_tf import precision
 from psl_tf import progress
+from psl_tf import runlock
 from psl_tf.data import views
 from psl_tf.evaluation import finetune as finetune_lib
 from psl_tf.evaluation import knn as knn_lib
@@ -131,6 +135,28 @@ def _steps(num_examples: int | None, batch_size: int, requested: int | None) -> 
   return max(1, num_examples // batch_size)
 
 
+def _labels_without_decoding(source: Any) -> np.ndarray | None:
+  """The labels of a folder or in-memory source (no image is decoded), else None."""
+  if not (source.name.startswith("folder:") or source.in_memory):
+    return None
+  labels = source.elements.map(lambda _, label: label).batch(65536)
+  return np.concatenate(list(labels.as_numpy_iterator()) or [np.zeros([0], np.int64)])
+
+
+def _label_fractions(texts: Sequence[str]) -> list[float]:
+  """The --label_fractions as numbers in (0, 1]; ValueError (one line) before any work."""
+  try:
+    fractions = [float(f) for f in texts]
+  except ValueError:
+    raise ValueError(f"--label_fractions takes numbers like 0.01,0.1, got "
+                     f"{','.join(texts)}") from None
+  bad = [t for t, f in zip(texts, fractions) if not 0.0 < f <= 1.0]
+  if bad or not fractions:
+    raise ValueError(f"--label_fractions must be fractions in (0, 1] (0.01 = 1 % of the "
+                     f"labels), got {','.join(texts) or 'nothing'}")
+  return fractions
+
+
 class Evaluation:
   """The data and settings shared by every run evaluated the same way (the rows of a table)."""
 
@@ -168,6 +194,13 @@ class Evaluation:
     self.weight_decays = probes.parse_weight_decays(v.probe_weight_decays)
     if self.weight_decays and not 0.0 < v.probe_val_fraction < 1.0:
       raise ValueError(f"--probe_val_fraction={v.probe_val_fraction} must be between 0 and 1")
+    labels = _labels_without_decoding(self.train_source)
+    warning = labels is not None and guards.one_class_warning(
+        labels, f"the probes' training split ({self.dataset} {v.train_split})")
+    if warning:
+      logging.warning(warning)
+    self.fractions = _label_fractions(v.label_fractions) if (
+        v.protocol == "finetune" and not v.label_file) else []
     if self.weight_decays and (v.protocol not in ("linear", "transfer")
                                or v.probe_inputs == "images"):
       raise ValueError("--probe_weight_decays chooses among linear heads trained on stored "
@@ -293,18 +326,16 @@ class Evaluation:
       subsets = {os.path.basename(v.label_file): finetune_lib.subset_from_ids(
           ids, finetune_lib.read_id_file(v.label_file))}
     else:
-      try:
-        fractions = [float(f) for f in v.label_fractions]
-      except ValueError:
-        raise ValueError(f"--label_fractions takes numbers like 0.01,0.1, got "
-                         f"{','.join(v.label_fractions)}") from None
       subsets = {f"{100 * f:g}%": finetune_lib.balanced_subset(labels, f, v.seed)
-                 for f in fractions}
+                 for f in self.fractions}
     results = {}
     for column, indices in subsets.items():
       keras.utils.set_random_seed(v.seed)
       with precision.policy_scope(v.precision):  # --precision: the fine-tuned backbone's
         backbone = run.build_backbone()  # fresh weights for every subset
+      warning = guards.one_class_warning(labels[indices], f"the {column} label subset")
+      if warning:
+        logging.warning(warning)
       subset = finetune_lib.subset_source(self.train_source, indices)
       steps = _steps(len(indices), v.batch_size, v.steps_per_epoch)
       self._say(f"fine-tuning on {column} of the labels ({len(indices)} images): {v.epochs} "
@@ -316,6 +347,25 @@ class Evaluation:
           self._callbacks(f"fine-tune {column}", steps), precision=precision.resolve(v.precision))
       results[column]["labelled_images"] = int(len(indices))
     return results
+
+
+def report_dir(the_runs: Sequence["wd.Run"], output: str | None = None) -> str:
+  """Where the table and plot go: `output`, or the first run's eval/ folder."""
+  return output or os.path.join(the_runs[0].workdir, "eval")
+
+
+@contextlib.contextmanager
+def hold_outputs(the_runs: Sequence["wd.Run"], output: str | None = None) -> Iterator[None]:
+  """Holds every run's work directory (each gets an eval/<...>.json; another process using
+  one is refused, naming it) and checks that every place written at the end can be written,
+  before any evaluation starts. Re-entrant."""
+  from psl_tf import workdir as wd  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    for run in the_runs:
+      stack.enter_context(runlock.hold(run.workdir, "psl_tf.evaluate"))
+      wd.check_writable_dir(os.path.join(run.workdir, "eval"), "the evaluation's results")
+    wd.check_writable_dir(report_dir(the_runs, output), "the evaluation report")
+    yield
 
 
 def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str | None = None,
@@ -333,7 +383,13 @@ def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str 
   Each run also keeps `eval/<protocol>_<dataset>_stage<k>.json` with the settings.
   """
   log = log or (lambda text: None)
-  evaluation = evaluation or Evaluation(the_runs[0], settings)
+  with hold_outputs(the_runs, output):
+    evaluation = evaluation or Evaluation(the_runs[0], settings)
+    return _evaluate_runs(the_runs, evaluation, output, log)
+
+
+def _evaluate_runs(the_runs: Sequence["wd.Run"], evaluation: Evaluation, output: str | None,
+                   log: Callable[[str], object]) -> tuple[list[Row], dict[str, Any]]:
   rows = []
   for run in the_runs:
     log(f"== {evaluation.protocol} on {evaluation.dataset} ({evaluation.eval_split}): "
@@ -349,7 +405,7 @@ def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str 
       json.dump({"settings": evaluation.settings(), "stage": run.stage, "results": result},
                 f, indent=2, sort_keys=True)
   title = evaluation.title()
-  out_dir = output or os.path.join(the_runs[0].workdir, "eval")
+  out_dir = report_dir(the_runs, output)
   paths = report.write_report(out_dir, evaluation.key, rows, evaluation.settings(), title)
   paths["title"] = title
   paths["settings"] = evaluation.settings()

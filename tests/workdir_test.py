@@ -1,0 +1,198 @@
+"""The work directory belongs to one psl_tf run (issue 28, items 3-5): start-up clean-up
+touches only psl_tf's own names in a psl_tf run, a second process on a run in use is
+refused, and flags.txt is written atomically and read only when complete.
+
+Each test backs one row of docs/RELIABILITY.md.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from psl_tf import runlock
+from psl_tf import workdir as wd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
+
+
+def _cli(module, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(result, program):
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), result.stderr[-2000:]
+  return lines[0]
+
+
+def _user_folder(path):
+  """A folder of a user's files that happen to look like psl_tf's temporary names."""
+  os.makedirs(os.path.join(path, "download.partial"))
+  os.makedirs(os.path.join(path, "stage_1"))
+  paths = [os.path.join(path, "notes.tmp"), os.path.join(path, "download.partial", "part1"),
+           os.path.join(path, "stage_1", "tmp_results.h5")]
+  for p in paths:
+    with open(p, "w") as f:
+      f.write("mine")
+  return paths
+
+
+# ---- 3. start-up clean-up ------------------------------------------------------------------
+
+def test_clean_up_never_touches_a_folder_that_is_not_a_run(tmp_path):
+  paths = _user_folder(str(tmp_path))
+  assert wd.remove_temporary_files(str(tmp_path)) == []
+  assert all(os.path.exists(p) for p in paths)
+
+
+def test_clean_up_in_a_run_removes_only_names_psl_tf_writes(tmp_path):
+  workdir = str(tmp_path)
+  wd.write_flags(workdir, {"task": "rotation", "workdir": workdir})
+  users = _user_folder(workdir)
+  os.makedirs(os.path.join(workdir, "notes_stage", ))
+  ours = [os.path.join(workdir, "stage_1", "tmpk3_9xq2a.weights.h5"),
+          os.path.join(workdir, "stage_1", "stage_summary.json.tmp"),
+          os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "flags.txt.tmp")]
+  for p in ours:
+    open(p, "w").close()
+  os.makedirs(os.path.join(workdir, "export.partial", "variables"))
+  removed = wd.remove_temporary_files(workdir)
+  assert sorted(removed) == sorted(ours + [os.path.join(workdir, "export.partial")])
+  assert all(os.path.exists(p) for p in users)
+
+
+def test_a_non_empty_workdir_that_is_not_a_run_is_refused(tmp_path):
+  wd.check_new_or_run(str(tmp_path / "new"))  # missing: fine
+  os.makedirs(tmp_path / "empty")
+  open(tmp_path / "empty" / wd.LOCK_FILE, "w").close()  # only a lock: a run killed at start
+  open(tmp_path / "empty" / "flags.txt.tmp", "w").close()  # ... or in its first flags.txt
+  wd.check_new_or_run(str(tmp_path / "empty"))
+  paths = _user_folder(str(tmp_path / "mine"))
+  with pytest.raises(ValueError, match=r"not empty \(download.partial, notes.tmp, stage_1\) "
+                     "and is not a psl_tf run"):
+    wd.check_new_or_run(str(tmp_path / "mine"))
+  line = _one_line_error(_cli("psl_tf.train", f"--flagfile={SMOKE}",
+                              f"--workdir={tmp_path / 'mine'}"), "psl_tf.train")
+  assert "is not a psl_tf run" in line
+  assert all(os.path.exists(p) for p in paths)
+  assert sorted(os.listdir(tmp_path / "mine")) == ["download.partial", "notes.tmp", "stage_1"]
+
+
+# ---- 4. one run per work directory ---------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from psl_tf import runlock
+runlock.acquire({workdir!r}, "psl_tf.train")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(workdir):
+  """A process holding `workdir`'s lock (it has printed 'locked' when this returns)."""
+  child = subprocess.Popen([sys.executable, "-c", _HOLDER.format(root=ROOT, workdir=workdir)],
+                           stdout=subprocess.PIPE, text=True)
+  assert child.stdout.readline().strip() == "locked"
+  return child
+
+
+def test_a_second_process_on_a_run_in_use_is_refused_naming_it(tmp_path):
+  workdir = str(tmp_path / "run")
+  child = _holder(workdir)
+  try:
+    with pytest.raises(runlock.WorkdirInUse,
+                       match=rf"in use by psl_tf.train \(pid {child.pid} on "):
+      runlock.acquire(workdir, "psl_tf.evaluate")
+    line = _one_line_error(_cli("psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}"),
+                           "psl_tf.train")
+    assert f"pid {child.pid}" in line and "in use by psl_tf.train" in line
+    assert not os.path.exists(os.path.join(workdir, wd.FLAGS_FILE))  # wrote nothing
+  finally:
+    child.kill()
+    child.wait()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+  workdir = str(tmp_path / "run")
+  child = _holder(workdir)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert "psl_tf.train" in open(os.path.join(workdir, wd.LOCK_FILE)).read()  # still there
+  path = runlock.acquire(workdir, "psl_tf.export")
+  try:
+    assert runlock.acquire(workdir, "psl_tf.export") == path  # re-entrant in one process
+    runlock.release(path)
+  finally:
+    runlock.release(path)
+  child = _holder(workdir)  # released: another process gets it
+  child.kill()
+  child.wait()
+
+
+def test_evaluate_and_export_on_a_run_in_use_are_refused(tmp_path):
+  from psl_tf import exporting as export_lib  # pylint: disable=g-import-not-at-top
+  from psl_tf.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  from psl_tf.models import build_backbone  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  wd.write_flags(workdir, {"task": "rotation", "backbone": "cifar_resnet", "depth": "10",
+                           "width": "8", "image_size": "16", "workdir": workdir})
+  wd.save_backbone_weights(build_backbone("cifar_resnet", depth=10, width=8),
+                           wd.stage_weights_path(workdir, 1))
+  child = _holder(workdir)
+  try:
+    with pytest.raises(runlock.WorkdirInUse, match=f"pid {child.pid}"):
+      export_lib.export_run(workdir)
+    with pytest.raises(runlock.WorkdirInUse, match=f"pid {child.pid}"):
+      with protocols.hold_outputs([wd.load_run(workdir)]):
+        pass
+    assert not os.path.exists(os.path.join(workdir, "export"))
+  finally:
+    child.kill()
+    child.wait()
+
+
+# ---- 5. flags.txt --------------------------------------------------------------------------
+
+def test_flags_txt_is_replaced_atomically(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  wd.write_flags(workdir, {"task": "rotation", "dataset": "folder:/data", "workdir": workdir})
+  before = open(os.path.join(workdir, wd.FLAGS_FILE)).read()
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed before the rename")
+  monkeypatch.setattr(tf.io.gfile, "rename", killed)
+  with pytest.raises(KeyboardInterrupt):
+    wd.write_flags(workdir, {"task": "jigsaw", "dataset": "demo", "workdir": workdir})
+  assert open(os.path.join(workdir, wd.FLAGS_FILE)).read() == before  # the old one, whole
+  monkeypatch.undo()
+  wd.remove_temporary_files(workdir)
+  assert sorted(os.listdir(workdir)) == [wd.FLAGS_FILE]
+
+
+@pytest.mark.parametrize("damage", ["empty", "mid_line", "line_boundary", "zeros"])
+def test_a_flags_txt_cut_short_is_refused_naming_it(tmp_path, damage):
+  workdir = str(tmp_path)
+  wd.write_flags(workdir, {"task": "rotation", "dataset": "folder:/data", "width": "8",
+                           "workdir": workdir})
+  path = os.path.join(workdir, wd.FLAGS_FILE)
+  text = open(path).read()
+  cut = {"empty": "", "mid_line": text[:text.index("--width") + 4],
+         "line_boundary": text[:text.index("--workdir")], "zeros": "\0" * len(text)}[damage]
+  with open(path, "w") as f:
+    f.write(cut)
+  with pytest.raises(ValueError, match=f"{path} is not a complete flags.txt"):
+    wd.config_from_workdir(workdir)
+  if damage == "line_boundary":  # it was read as defaults: the demo set was evaluated
+    line = _one_line_error(_cli("psl_tf.evaluate", f"--workdir={workdir}"), "psl_tf.evaluate")
+    assert f"{path} is not a complete flags.txt" in line
