@@ -49,12 +49,8 @@ done
 # lr 0.3 x batch / 256 with weight decay 1e-6 and a 0.75-epoch warm-up (the paper's 10 of 200),
 # one cosine decay without restart; against e2e with the same optimiser at equal images, as
 # the paper compares. The CIFAR choices of the recipe (temperature 0.5, colour 0.5) stay.
-PAPER_LARS=(--extra=--optimizer=lars --extra=--learning_rate=0.3
-            --extra=--simclr_lr_scaling=linear --extra=--weight_decay=1e-6
-            --extra=--warmup_epochs=0.75)
-step --task=simclr --rows=psl --seeds=0 --tag=_paperlars "${PAPER_LARS[@]}" \
-    --extra=--epochs=4,5,6
-step --task=simclr --rows=e2e --seeds=0 --tag=_paperlars "${PAPER_LARS[@]}"
+step --experiment=simclr_paperlars --rows=psl --seeds=0
+step --experiment=simclr_paperlars --rows=e2e --seeds=0
 # Jigsaw where the puzzle is not solved before the deeper stages learn: at 9 px tiles every
 # level is solved (98 % held-out) and no row beats the untrained network past B2, an
 # uninformative testbed. Tiles cut from the image upsampled 2x (19 px tiles in 22 px cells, B3's

@@ -198,11 +198,11 @@ class Experiment:
 
   @property
   def extra(self) -> list[str]:
-    """Every flag the experiment's rows add, in order, each once (its description)."""
-    flags = as_flags(self.overrides)
-    for row in self.rows:
-      flags += [f for f in as_flags(row.overrides) if f not in flags]
-    return flags
+    """The flags every row of the experiment adds, in order (its description in the tables:
+    a flag only some rows add, such as PSL's schedule without restarts against e2e's, is the
+    row's own)."""
+    flags = self.row_flags(self.rows[0].name) if self.rows else as_flags(self.overrides)
+    return [f for f in flags if all(f in self.row_flags(r.name) for r in self.rows)]
 
 
 def resolve_settings(preset: str, experiment: Experiment | None = None,

@@ -195,22 +195,33 @@ def _run(cmd: list[str], log_path: str) -> float:
 
 
 _PROCESSES = "training_processes.txt"
+_LOG = "reproduce.log"
+
+
+def _own_file(workdir: str, name: str) -> str:
+  """Where the runner keeps its file `name` of the run in `workdir`: inside it once it is a
+  psl_tf run (its flags.txt), else beside it (`<workdir>.<name>`): psl_tf.train refuses to
+  start in a folder holding files that are not a run's."""
+  if os.path.exists(os.path.join(workdir, "flags.txt")):
+    return os.path.join(workdir, name)
+  return workdir.rstrip(os.sep) + "." + name
 
 
 def _note_training_process(workdir: str) -> None:
   """Appends the running code's commit to the run's list of training processes: a run
   resumed across sessions (or kills) is trained by every commit on that list."""
-  with open(os.path.join(workdir, _PROCESSES), "a") as f:
+  with open(_own_file(workdir, _PROCESSES), "a") as f:
     f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {code_version()}\n")
 
 
 def _training_code_versions(workdir: str) -> list[str]:
-  """The commits that pre-trained the run in `workdir`, in order, each once."""
-  path = os.path.join(workdir, _PROCESSES)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    versions = [line.split()[1] for line in f if len(line.split()) == 2]
+  """The commits that pre-trained the run in `workdir`, in order, each once (the first launch
+  noted beside the work directory, the later ones inside it)."""
+  versions = []
+  for path in (workdir.rstrip(os.sep) + "." + _PROCESSES, os.path.join(workdir, _PROCESSES)):
+    if os.path.exists(path):
+      with open(path) as f:
+        versions += [line.split()[1] for line in f if len(line.split()) == 2]
   return list(dict.fromkeys(versions))
 
 
@@ -333,7 +344,6 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
         "probed again; its stored probes are kept")
     return kept
   os.makedirs(workdir, exist_ok=True)
-  log_path = os.path.join(workdir, "reproduce.log")
   epochs = [0] if row == RANDOM else stage_epochs(campaign, row)
   record: dict[str, Any] = {
             "row": row, "mode": ROWS[row][0] or RANDOM, "protocol": ROWS[row][1],
@@ -351,8 +361,8 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
                               else shlex.join(train_command(campaign, row, seed))),
             "eval_command": shlex.join(eval_command(campaign, row, seed)),
             "training_tflops": training_tflops(campaign, row, epochs),
-            # TensorFlow's oneDNN kernels as the child processes get them (import psl_tf asks
-            # for them unless the environment says otherwise).
+            # TensorFlow's oneDNN kernels as the child processes get them (the environment's
+            # setting; the campaign script sets it).
             "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)")}
   trained_now = False
   if row == RANDOM:
@@ -364,7 +374,8 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
           f"weights are not in {workdir}: pre-training it again")
     log(f"-- pre-training {campaign.task} {row} seed {seed} ({workdir})")
     _note_training_process(workdir)
-    record["train_process_s"] = round(_run(train_command(campaign, row, seed), log_path), 1)
+    record["train_process_s"] = round(_run(train_command(campaign, row, seed),
+                                             _own_file(workdir, _LOG)), 1)
     trained_now = True
   if kept is not None and not trained_now:
     # Pre-trained earlier, probed again (other probe settings, or older probe code): keep the
@@ -388,7 +399,8 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
   if probe_json is None:
     log(f"-- linear probes for {row} seed {seed}")
     record["probe_code_version"] = code_version()
-    record["probe_process_s"] = round(_run(eval_command(campaign, row, seed), log_path), 1)
+    record["probe_process_s"] = round(_run(eval_command(campaign, row, seed),
+                                             _own_file(workdir, _LOG)), 1)
     probe_json = _find_probe_json(campaign, workdir, row)
     if probe_json is None:
       raise RuntimeError(f"psl_tf.evaluate left no probe results in {workdir}/eval")
@@ -402,7 +414,8 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
     found = _find_eval_json(workdir, row, protocol)
     if found is None:
       log(f"-- {protocol} for {row} seed {seed}")
-      record[f"{protocol}_process_s"] = round(_run(command(campaign, row, seed), log_path), 1)
+      record[f"{protocol}_process_s"] = round(_run(command(campaign, row, seed),
+                                                       _own_file(workdir, _LOG)), 1)
       found = _find_eval_json(workdir, row, protocol)
       if found is None:
         raise RuntimeError(f"psl_tf.evaluate left no {protocol} results in {workdir}/eval")
