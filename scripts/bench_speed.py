@@ -53,26 +53,7 @@ from psl_tf import precision as precision_lib  # pylint: disable=g-import-not-at
 from psl_tf import stages as stages_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psl_tf import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psl_tf.models import blocks as blocks_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def block_flops(backbone, image_size):
-  """Forward FLOPs of each block for one image, counted by TF's profiler on the frozen graph
-  (works for any backbone, nested layers included)."""
-  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
-  flops = []
-  shape = (1, image_size, image_size, 3)
-  options = (tf.compat.v1.profiler.ProfileOptionBuilder(
-      tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
-  for block in blocks_lib.get_blocks(backbone):
-    fn = tf.function(lambda x, b=block: b(x, training=False)).get_concrete_function(
-        tf.TensorSpec(shape, tf.float32))
-    graph = convert_to_constants.convert_variables_to_constants_v2(fn).graph
-    info = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(),
-                                         cmd="op", options=options)
-    flops.append(info.total_float_ops)
-    shape = (1, *fn.structured_outputs.shape[1:])
-  return flops
+from psl_tf.experiments.costs import block_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def predicted_ratio(stage, flops):

@@ -3,271 +3,35 @@ r"""The campaign's answer in one table: does PSL beat e2e, under which budget, b
   python scripts/campaign_answer.py [--results=docs/results/cifar10] [--tasks=rotation,jigsaw]
   python scripts/campaign_answer.py --update README.md docs/RESULTS.md
 
-Reads the tables `scripts/reproduce.py --phase=table` stored under `<results>/<task>/`
-(`results.json` for the default heads, `results_<variant>.json` for a variant) and
-prints, per budget, the best-block difference of PSL's row minus the other row, ± the standard
-error of the difference, for every task. `--update FILE...` rewrites the table between the
-`<!-- campaign-answer -->` and `<!-- /campaign-answer -->` markers of each file, so the README
-and RESULTS never carry hand-copied numbers (tests/campaign_answer_test.py checks they are
-current). The ablation table (issue item 6: each change's effect on its row's best block, and
-PSL's gap to e2e at equal compute with the change made) is printed after it and written
-between `<!-- campaign-ablations -->` markers where a file has them. A task's full table
-(`reproduce.py --phase=table`'s `results*.md`) is copied between
-`<!-- stored-table: <task>/results*.md -->` and `<!-- /stored-table -->` markers, heading left
-out, so RESULTS can show it in place without a hand-copied number.
+A thin driver over `psl_tf.experiments.answer`: reads the tables `scripts/reproduce.py
+--phase=table` stored for each experiment of the campaign (`psl_tf/experiments/cifar10.py`)
+under `<results>/<task>/` and prints, per budget, the best-block difference of PSL's row minus
+the other row, ± the standard error of the difference, for every task. `--update FILE...`
+rewrites the table between the `<!-- campaign-answer -->` and `<!-- /campaign-answer -->`
+markers of each file, so the README and RESULTS never carry hand-copied numbers
+(tests/campaign_answer_test.py checks they are current). The ablation table (issue item 6: each
+change's effect on its row's best block, and PSL's gap to e2e at equal compute with the change
+made) is printed after it and written between `<!-- campaign-ablations -->` markers where a
+file has them. A task's full table (`reproduce.py --phase=table`'s `results*.md`) is copied
+between `<!-- stored-table: <task>/results*.md -->` and `<!-- /stored-table -->` markers,
+heading left out, so RESULTS can show it in place without a hand-copied number.
 """
 
 import argparse
-import json
 import os
-import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from psl_tf.experiments.answer import (ABLATION_TASKS, ABLATIONS, ABLATIONS_BEGIN,
+                                       ABLATIONS_END, BEGIN, END, LINES, STORED_TABLE, TASKS,
+                                       ablations, answer, stored_table, update,
+                                       update_stored_tables)
+# pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
+
 DEFAULT_RESULTS = os.path.join(REPO, "docs", "results", "cifar10")
-BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
-TASKS = ("rotation", "jigsaw", "simclr", "mocov2")
-ABLATION_TASKS = ("rotation", "jigsaw")  # the ablations were run on these only
-
-# (variant of row a, row a, variant of row b, row b, what the line answers); a variant is the
-# run-name tag of `scripts/reproduce.py --extra` ('' for the default heads); `{...}` is filled
-# from the tables.
-GRID = "_headgrid4"
-ONE_SCHEDULE = "_headgrid4_lrrestartfalse"
-GRID_COSINE = "_headgrid4_lrschedulecosine"
-ONE_COSINE = "_headgrid4_lrrestartfalse_lrschedulecosine"
-# The semi-supervised runs: the winning rotation recipe retrained with its weights kept for
-# fine-tuning (psl with ONE_COSINE's flags, e2e_at_psl with GRID_COSINE's; `--tag=_semisup`).
-SEMI = "_semisup"
-ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
-STORED_TABLE = re.compile(r"(<!-- stored-table: (\S+) -->\n)(.*?)(<!-- /stored-table -->)",
-                          re.DOTALL)
-LINES = (
-    ("", "psl", "", "e2e", "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
-    (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
-    ("", "psl", "", "e2e_at_psl",
-     "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads"),
-    (GRID, "psl", GRID, "e2e_at_psl", "equal compute, grid heads"),
-    (ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
-     "learning-rate schedule (`--lr_restart=false`)"),
-    (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
-    (ONE_SCHEDULE, "psl", GRID_COSINE, "e2e_at_psl",
-     "equal compute, grid heads, PSL on one step schedule, e2e on a cosine schedule "
-     "(`--lr_schedule=cosine`) instead of the preset's steps"),
-    (ONE_COSINE, "psl", GRID_COSINE, "e2e_at_psl",
-     "equal compute, grid heads, both on a cosine schedule (PSL's over its whole run)"),
-    (ONE_COSINE, "psl", GRID_COSINE, "e2e",
-     "equal images, grid heads, both on a cosine schedule (PSL's over its whole run)"),
-    ("_lrrestartfalse_lrschedulecosine", "psl", "_lrschedulecosine", "e2e_at_psl",
-     "equal compute, default heads, both on a cosine schedule (PSL's over its whole run)"),
-    ("", "psl_paper", "", "e2e", "the paper's protocol (each stage as long as e2e: "
-     "{paper_cost} e2e's compute) vs e2e"),
-    ("", "psl_paper", "", "e2e_matched",
-     "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
-    ("", "psl", "", "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
-    ("", "psl", "", "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
-    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 1 % of the labels: fine-tuned, "
-     "grid heads, both on cosine, equal compute", "finetune_1%"),
-    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 10 % of the labels (as above)",
-     "finetune_10%"),
-    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 1 % of the labels: e2e_at_psl − "
-     "training from scratch", "finetune_1%"),
-    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 10 % of the labels: e2e_at_psl − "
-     "training from scratch", "finetune_10%"),
-    ("", "e2e", "", "random", "what e2e learnt: e2e − the untrained network"),
-    ("", "psl", "", "random", "what PSL learnt: psl − the untrained network"),
-)
-
-
-# Issue item 6, "which change moves the gap and by how much": (the change, its effect as
-# (variant, row) with − (variant, row) without it, and PSL's gap to e2e at equal compute once
-# the change is made, as (variant, row) − (variant, row)).
-ABLATIONS = (
-    ("heads keep a 4×4 grid (`--head_grid=4`, psl and e2e alike)",
-     (GRID, "psl"), ("", "psl"), (GRID, "psl"), (GRID, "e2e_at_psl")),
-    ("psl's stages on one learning-rate schedule (`--lr_restart=false`), on the grid heads",
-     (ONE_SCHEDULE, "psl"), (GRID, "psl"), (ONE_SCHEDULE, "psl"), (GRID, "e2e_at_psl")),
-    ("psl on one cosine schedule instead of restarted steps, against e2e_at_psl on cosine, "
-     "default heads",
-     ("_lrrestartfalse_lrschedulecosine", "psl"), ("", "psl"),
-     ("_lrrestartfalse_lrschedulecosine", "psl"), ("_lrschedulecosine", "e2e_at_psl")),
-    ("frozen blocks normalised with batch statistics (`--frozen_bn=batch_stats`), grid heads",
-     (GRID + "_frozenbnbatchstats", "psl"), (GRID, "psl"),
-     (GRID + "_frozenbnbatchstats", "psl"), (GRID, "e2e_at_psl")),
-    ("the 15 epochs weighted 3,5,7 over the stages (`--epochs=3,5,7`), grid heads",
-     (GRID + "_epochs357", "psl"), (GRID, "psl"), (GRID + "_epochs357", "psl"),
-     (GRID, "e2e_at_psl")),
-    ("the 15 epochs weighted 7,5,3 (`--epochs=7,5,3`), grid heads",
-     (GRID + "_epochs753", "psl"), (GRID, "psl"), (GRID + "_epochs753", "psl"),
-     (GRID, "e2e_at_psl")),
-    ("psl's heads without the hidden layer (`--head_hidden=0`; e2e_at_psl keeps its), grid heads",
-     (GRID + "_headhidden0", "psl"), (GRID, "psl"), (GRID + "_headhidden0", "psl"),
-     (GRID, "e2e_at_psl")),
-    ("control: e2e_at_psl on a cosine schedule (`--lr_schedule=cosine`) instead of steps, "
-     "against one-schedule psl, grid heads",
-     (GRID_COSINE, "e2e_at_psl"), (GRID, "e2e_at_psl"), (ONE_SCHEDULE, "psl"),
-     (GRID_COSINE, "e2e_at_psl")),
-    ("one-schedule psl on cosine instead of steps, against e2e_at_psl on cosine, grid heads",
-     (ONE_COSINE, "psl"), (ONE_SCHEDULE, "psl"), (ONE_COSINE, "psl"),
-     (GRID_COSINE, "e2e_at_psl")),
-)
-
-
-def load_table(results, task, tag):
-  path = os.path.join(results, task, f"results{tag}.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)["table"]
-
-
-# A difference is a finding (bold) only with this many seeds in each row and p below ALPHA;
-# a row with fewer seeds makes the line preliminary.
-MIN_SEEDS, ALPHA = 3, 0.05
-
-
-def cell(table_a, a, table_b, b, block="best"):
-  """'**+2.5 ± 0.5** (4+4, p = 0.004)': the difference of the seed means at `block` ± its
-  standard error, the seed counts and the two-sided Welch t-test's p; bold only with at least
-  MIN_SEEDS seeds in each row and p < ALPHA; 'preliminary' when a row has fewer seeds."""
-  if a not in table_a or b not in table_b:
-    return "–"
-  pair = {"a": table_a[a], "b": table_b[b]}
-  d, se = reproduce.difference(pair, "a", "b", block)
-  if d is None:
-    return "–"
-  na, nb = len(pair["a"]["seeds"]), len(pair["b"]["seeds"])
-  text = f"{d:+.1f}".replace("-", "−")
-  notes = [f"{na}+{nb}"]
-  p = reproduce.welch_p(pair, "a", "b", block)
-  if se is not None:
-    text += f" ± {se:.1f}"
-  if p is not None:
-    notes.append(reproduce.format_p(p))
-  if min(na, nb) < MIN_SEEDS:
-    notes.append("preliminary")
-  elif p is not None and p < ALPHA:
-    text = f"**{text}**"
-  return f"{text} ({', '.join(notes)})"
-
-
-def budget_facts(tables):
-  """The numbers the budget descriptions quote, from the first table that has the rows."""
-  facts = {"psl_cost": "?", "paper_cost": "?", "e2e_at_psl_epochs": "?",
-           "e2e_matched_epochs": "?"}
-  for table in tables:
-    cost = {row: entry["training_tflops"][0] for row, entry in table.items()}
-    if "psl" in cost and "e2e" in cost and facts["psl_cost"] == "?":
-      facts["psl_cost"] = f"{100 * cost['psl'] / cost['e2e']:.0f} %"
-    if "psl_paper" in cost and "e2e" in cost and facts["paper_cost"] == "?":
-      facts["paper_cost"] = f"{cost['psl_paper'] / cost['e2e']:.1f}×"
-    for row in ("e2e_at_psl", "e2e_matched"):
-      if row in table and facts[f"{row}_epochs"] == "?":
-        facts[f"{row}_epochs"] = str(table[row]["epochs_per_stage"])
-  return facts
-
-
-def answer(results, tasks):
-  """The Markdown table (list of lines)."""
-  tags = {line[0] for line in LINES} | {line[2] for line in LINES}
-  tables = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
-  facts = budget_facts(t for (_, tag), t in tables.items() if tag == "")
-  lines = ["| Budget (best block, first row − second) | " + " | ".join(tasks) + " |",
-           "|---|" + "---:|" * len(tasks)]
-  for tag_a, a, tag_b, b, what, *block in LINES:
-    cells = [cell(tables[(task, tag_a)], a, tables[(task, tag_b)], b, *block)
-             for task in tasks]
-    if all(c == "–" for c in cells):
-      continue
-    lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
-  lines += ["", "Linear-probe top-1 % on CIFAR-10's test split at each run's best block "
-            "(semi-supervised lines: top-1 % of the fine-tuned network), "
-            "difference of the seed means ± its standard error; (n+m) seeds, p of a two-sided "
-            f"Welch t-test; **bold**: ≥ {MIN_SEEDS} seeds a row and p < {ALPHA}; preliminary: "
-            f"a row has fewer than {MIN_SEEDS} seeds; –: not run yet."]
-  if any(task in reproduce.CONTRASTIVE for task in tasks):
-    lines[-1] += (" SimCLR and MoCo v2: every row on one cosine decay over its whole run "
-                  "(PSL's stages continue it), global-pooling projection heads; the "
-                  "rotation/jigsaw \"default heads\" wording does not apply to them.")
-  return lines
-
-
-def ablations(results, tasks):
-  """The ablation table (list of lines): per change and task, the change's effect on its row's
-  best block, and PSL's best-block gap to e2e at equal compute with the change made."""
-  tags = {pair[0] for line in ABLATIONS for pair in line[1:]} | {""}
-  tables = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
-  lines = ["| Change | " + " | ".join(f"{task}: with − without | {task}: PSL − e2e_at_psl "
-                                        "with it" for task in tasks) + " |",
-           "|---|" + "---:|---:|" * len(tasks)]
-  for what, (ta, a), (tb, b), (tc, c), (td, d) in ABLATIONS:
-    cells = []
-    for task in tasks:
-      cells += [cell(tables[(task, ta)], a, tables[(task, tb)], b),
-                cell(tables[(task, tc)], c, tables[(task, td)], d)]
-    if all(c == "–" for c in cells):
-      continue
-    lines.append(f"| {what} | " + " | ".join(cells) + " |")
-  default = ", ".join(
-      f"{cell(tables[(task, '')], 'psl', tables[(task, '')], 'e2e_at_psl')} on {task}"
-      for task in tasks)
-  lines += ["", "Best block, difference of the seed means ± its standard error; (n+m) seeds; "
-            f"p of a two-sided Welch t-test; **bold**: ≥ {MIN_SEEDS} seeds a row and p < {ALPHA}; "
-            "–: not run yet. With none of the changes "
-            f"(default heads, schedule restarted per stage) PSL − e2e_at_psl is {default}."]
-  return lines
-
-
-def update(path, lines, begin=BEGIN, end_marker=END):
-  """Rewrites the block between the markers of `path`; returns True if it changed."""
-  with open(path) as f:
-    text = f.read()
-  start, end = text.find(begin), text.find(end_marker)
-  if start < 0 or end < start:
-    raise SystemExit(f"campaign_answer: {path} has no {begin} ... {end_marker} block")
-  new = text[:start] + begin + "\n" + "\n".join(lines) + "\n" + text[end:]
-  if new != text:
-    with open(path, "w") as f:
-      f.write(new)
-  return new != text
-
-
-def stored_table(results, name):
-  """The lines of the stored table `<results>/<name>` without its Markdown headings."""
-  path = os.path.join(results, name)
-  if not os.path.exists(path):
-    raise SystemExit(f"campaign_answer: no stored table {path} (reproduce.py --phase=table "
-                     "writes it)")
-  with open(path) as f:
-    lines = [line.rstrip("\n") for line in f if not line.startswith("#")]
-  while lines and not lines[0].strip():
-    lines.pop(0)
-  while lines and not lines[-1].strip():
-    lines.pop()
-  return lines
-
-
-def update_stored_tables(path, results):
-  """Copies every `<!-- stored-table: NAME -->` block of `path` from the stored table NAME;
-  returns the number of blocks that changed."""
-  with open(path) as f:
-    text = f.read()
-  changed = 0
-
-  def copy(match):
-    nonlocal changed
-    body = "\n".join(stored_table(results, match.group(2))) + "\n"
-    changed += body != match.group(3)
-    return match.group(1) + body + match.group(4)
-
-  new = STORED_TABLE.sub(copy, text)
-  if new != text:
-    with open(path, "w") as f:
-      f.write(new)
-  return changed
 
 
 def main(argv=None):

@@ -2,7 +2,9 @@
 # The CIFAR-10 campaign behind docs/RESULTS.md (its answers by question), in the order that
 # answers the main question first. Every step skips the runs whose results are already stored
 # under docs/results/cifar10/, so the script can be started again after a kill, in a new
-# session or on a new machine, and it continues where the stored results end.
+# session or on a new machine, and it continues where the stored results end. Each step names
+# an experiment of psl_tf/experiments/cifar10.py (its task, flags, label and base); a stored
+# record that ran another config than its experiment's row stops the step with an error.
 #
 #   bash scripts/campaign_cifar10.sh [RESULTS_DIR] [RUNS_DIR]
 #
@@ -30,7 +32,7 @@ step() {
 }
 # SimCLR and MoCo v2 first (the paper's headline, unmeasured until then): psl vs e2e at equal
 # images and vs e2e_at_psl at equal compute, one cosine decay over the whole run for every row
-# (reproduce.task_flags), linear probes and kNN on B1..B5, the random floor of every seed.
+# (psl_tf.experiments.base.task_flags), linear probes and kNN on B1..B5, the random floor of every seed.
 # Seed 0 of SimCLR first: its e2e row tells whether the budget learns (>= 5 points above the
 # untrained network at e2e's best block) before the other rows spend it.
 # After each round of them, semi-supervised fine-tuning (1 % and 10 % of the labels) on the
@@ -39,12 +41,10 @@ step() {
 # none), under their own tag.
 for seeds in 0 1,2; do
   for task in simclr mocov2; do
-    step --task=$task --rows=e2e,psl,e2e_at_psl --seeds=$seeds
+    step --experiment=$task --rows=e2e,psl,e2e_at_psl --seeds=$seeds
   done
-  step --task=rotation --rows=psl --seeds=$seeds --tag=_semisup --finetune \
-      --extra=--head_grid=4 --extra=--lr_restart=false --extra=--lr_schedule=cosine
-  step --task=rotation --rows=e2e_at_psl --seeds=$seeds --tag=_semisup --finetune \
-      --extra=--head_grid=4 --extra=--lr_schedule=cosine
+  step --experiment=rotation_semisup --rows=psl --seeds=$seeds
+  step --experiment=rotation_semisup --rows=e2e_at_psl --seeds=$seeds
   # Transfer of the same runs to the digits (scripts/transfer.py: linear probes on another
   # data set, the runs only read; stored results are skipped).
   echo "== $(date -u +%H:%M:%S) transfer.py (digits) seeds $seeds"
@@ -57,116 +57,98 @@ done
 # lr 0.3 x batch / 256 with weight decay 1e-6 and a 0.75-epoch warm-up (the paper's 10 of 200),
 # one cosine decay without restart; against e2e with the same optimiser at equal images, as
 # the paper compares. The CIFAR choices of the recipe (temperature 0.5, colour 0.5) stay.
-PAPER_LARS=(--extra=--optimizer=lars --extra=--learning_rate=0.3
-            --extra=--simclr_lr_scaling=linear --extra=--weight_decay=1e-6
-            --extra=--warmup_epochs=0.75)
-step --task=simclr --rows=psl --seeds=0 --tag=_paperlars "${PAPER_LARS[@]}" \
-    --extra=--epochs=4,5,6
-step --task=simclr --rows=e2e --seeds=0 --tag=_paperlars "${PAPER_LARS[@]}"
+step --experiment=simclr_paperlars --rows=psl --seeds=0
+step --experiment=simclr_paperlars --rows=e2e --seeds=0
 # Jigsaw where the puzzle is not solved before the deeper stages learn: at 9 px tiles every
 # level is solved (98 % held-out) and no row beats the untrained network past B2, an
 # uninformative testbed. Tiles cut from the image upsampled 2x (19 px tiles in 22 px cells, B3's
 # 13 px receptive field inside a tile; about 3x the step cost) with the rotation recipe (grid
 # heads, one cosine decay over the run), psl against e2e_at_psl at equal compute.
-JIGSAW_2X=(--extra=--jigsaw_resize=75 --extra=--jigsaw_crop=66 --extra=--jigsaw_cell=22
-           --extra=--jigsaw_tile=19 --extra=--head_grid=4 --extra=--lr_schedule=cosine)
 for seeds in 0 1,2; do
-  step --task=jigsaw --rows=psl --seeds=$seeds --tag=_tiles2x "${JIGSAW_2X[@]}" \
-      --extra=--lr_restart=false
-  step --task=jigsaw --rows=e2e_at_psl --seeds=$seeds --tag=_tiles2x "${JIGSAW_2X[@]}"
+  step --experiment=jigsaw_tiles2x --rows=psl --seeds=$seeds
+  step --experiment=jigsaw_tiles2x --rows=e2e_at_psl --seeds=$seeds
 done
 # Does the rotation finding grow with width? The equal-compute pair of the winning recipe at
 # width 32 (about 4x the FLOPs of width 16), its own untrained floor.
 for seeds in 0 1,2; do
-  step --task=rotation --rows=psl --seeds=$seeds --width=32 --tag=_w32 --extra=--head_grid=4 \
-      --extra=--lr_restart=false --extra=--lr_schedule=cosine
-  step --task=rotation --rows=e2e_at_psl --seeds=$seeds --width=32 --tag=_w32 \
-      --extra=--head_grid=4 --extra=--lr_schedule=cosine
+  step --experiment=rotation_w32 --rows=psl --seeds=$seeds
+  step --experiment=rotation_w32 --rows=e2e_at_psl --seeds=$seeds
 done
 for task in rotation jigsaw; do
-  step --task=$task --rows=e2e,psl --seeds=0
-  step --task=$task --rows=e2e,psl --seeds=1,2
+  step --experiment=$task --rows=e2e,psl --seeds=0
+  step --experiment=$task --rows=e2e,psl --seeds=1,2
   if [ $task = rotation ]; then
     # The head ablation (issue item 6): global pooling vs a 4x4 grid, for psl and e2e alike.
-    step --task=$task --rows=psl,e2e --seeds=0,1 --extra=--head_grid=4
+    step --experiment=rotation_headgrid4 --rows=psl,e2e --seeds=0,1
     # The precision A/B of the throughput issue: bf16 pre-training against these float32 rows.
-    step --task=$task --rows=psl,e2e --seeds=0 --extra=--precision=mixed_bfloat16
+    step --experiment=rotation_precisionmixedbfloat16 --rows=psl,e2e --seeds=0
     # psl's seed spread exceeds 3 points at B3 over seeds 0-2: a fourth seed of both rows.
-    step --task=$task --rows=e2e,psl --seeds=3
+    step --experiment=rotation --rows=e2e,psl --seeds=3
     # bf16 psl seed 0 was below its float32 spread at B1 and in stage 3's held-out accuracy.
-    step --task=$task --rows=psl --seeds=1,2 --extra=--precision=mixed_bfloat16
+    step --experiment=rotation_precisionmixedbfloat16 --rows=psl --seeds=1,2
   fi
   # psl at equal images costs less than e2e (its frozen blocks only run forward): e2e at
   # psl's compute is the equal-cost comparison of that budget; on rotation first with the
   # grid head, where psl's gap to e2e at equal images is smallest.
   if [ $task = rotation ]; then
-    step --task=$task --rows=e2e_at_psl --seeds=0,1 --extra=--head_grid=4
+    step --experiment=rotation_headgrid4 --rows=e2e_at_psl --seeds=0,1
   fi
   # (Before the paper's protocol since the eighth session: equal cost is the comparison a
   # user needs, and two e2e_at_psl runs cost less than one psl_paper run.)
-  step --task=$task --rows=e2e_at_psl --seeds=0,1
+  step --experiment=$task --rows=e2e_at_psl --seeds=0,1
   # The paper's other orderings (PSL vs SL, PSL vs PSL_f). Before the paper's protocol since
   # the tenth session: a jigsaw sl or psl_f run fits in a session, a jigsaw e2e_matched run not
   # always, and a new machine starts without the checkpoints of a run left unfinished.
-  step --task=$task --rows=sl,psl_f --seeds=0,1
+  step --experiment=$task --rows=sl,psl_f --seeds=0,1
   # The paper's protocol: every stage as long as e2e (three times psl's images), and e2e at
   # that compute.
-  step --task=$task --rows=psl_paper,e2e_matched --seeds=0,1
+  step --experiment=$task --rows=psl_paper,e2e_matched --seeds=0,1
   if [ $task = rotation ]; then
     # The one reading where PSL came out ahead: with one learning-rate schedule over the run
     # (`--lr_restart=false`, next loop) the grid-head psl's best block beat e2e_at_psl's by
     # 3.3 +- 1.3 over seeds 0,1, a reading picked among ablations. Fresh seeds of both rows
     # test it before anything else.
-    step --task=$task --rows=psl --seeds=2,3 --extra=--head_grid=4 --extra=--lr_restart=false \
-        --base_extra=--head_grid=4
-    step --task=$task --rows=e2e_at_psl --seeds=2,3 --extra=--head_grid=4
+    step --experiment=rotation_headgrid4_lrrestartfalse --rows=psl --seeds=2,3
+    step --experiment=rotation_headgrid4 --rows=e2e_at_psl --seeds=2,3
     # Seeds 0,1 of psl, e2e and random were probed by code older than cf1937b, and psl's B1
     # probed after stage 1 with today's code scored 0.1-0.3 more than the stored number for the
     # same B1 weights: probed again with the code every other row used (weights kept, old
     # numbers in the record). Done in the sixth session: psl B1 +0.11 and +0.23, all else equal.
-    step --task=$task --rows=e2e,psl --seeds=0,1 --reprobe_before=cf1937b
+    step --experiment=rotation --rows=e2e,psl --seeds=0,1 --reprobe_before=cf1937b
     # Why PSL still loses with the grid head (issue item 6), each change on top of it and
     # compared with the grid-head runs: one learning-rate schedule over the run instead of a
     # restart per stage, frozen blocks normalised with batch statistics, and the same 15
     # epochs weighted towards the harder, deeper stages.
-    for ablation in --lr_restart=false --frozen_bn=batch_stats --epochs=3,5,7; do
-      step --task=$task --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=$ablation \
-          --base_extra=--head_grid=4
+    for ablation in lrrestartfalse frozenbnbatchstats epochs357; do
+      step --experiment=rotation_headgrid4_$ablation --rows=psl --seeds=0,1
     done
     # A control for that reading: e2e keeps the preset's step schedule, which spends a third
     # of its 10 epochs at the peak rate; one-schedule psl spends its whole first stage there.
     # e2e_at_psl on a cosine schedule tells whether e2e was held back by its schedule.
-    step --task=$task --rows=e2e_at_psl --seeds=0,1 --extra=--head_grid=4 \
-        --extra=--lr_schedule=cosine --base_extra=--head_grid=4
+    step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e_at_psl --seeds=0,1
     # It was (best block +2.8 +- 0.4 on cosine, seeds 0,1). Then psl gets the same cosine
     # schedule, over its whole run: equal compute with both rows on cosine.
-    step --task=$task --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--lr_restart=false \
-        --extra=--lr_schedule=cosine --base_extra=--head_grid=4 --base_extra=--lr_restart=false
+    step --experiment=rotation_headgrid4_lrrestartfalse_lrschedulecosine --rows=psl --seeds=0,1
     # Both rows on cosine is the comparison the rotation answer rests on: fresh seeds 2, 3 of
     # both before jigsaw, as for the one-schedule reading.
-    step --task=$task --rows=psl --seeds=2,3 --extra=--head_grid=4 --extra=--lr_restart=false \
-        --extra=--lr_schedule=cosine --base_extra=--head_grid=4 --base_extra=--lr_restart=false
-    step --task=$task --rows=e2e_at_psl --seeds=2,3 --extra=--head_grid=4 \
-        --extra=--lr_schedule=cosine --base_extra=--head_grid=4
+    step --experiment=rotation_headgrid4_lrrestartfalse_lrschedulecosine --rows=psl --seeds=2,3
+    step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e_at_psl --seeds=2,3
   fi
 done
 # Equal images on cosine for rotation (first after jigsaw: it is the equal-images half of the
 # comparison where PSL leads at equal compute): e2e's 15 epochs on the same cosine schedule as
 # the one-schedule psl runs above.
-step --task=rotation --rows=e2e --seeds=0,1 --extra=--head_grid=4 --extra=--lr_schedule=cosine \
-    --base_extra=--head_grid=4
+step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e --seeds=0,1
 # The issue's head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
-step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--head_hidden=0 \
-    --base_extra=--head_grid=4
+step --experiment=rotation_headgrid4_headhidden0 --rows=psl --seeds=0,1
 # Epochs weighted the other way: the probes after every stage put psl's early-block features in
 # stage 1, and --epochs=3,5,7 (less of stage 1) lowered every block for seed 0; does 7,5,3 lift them?
-step --task=rotation --rows=psl --seeds=0,1 --extra=--head_grid=4 --extra=--epochs=7,5,3 \
-    --base_extra=--head_grid=4
+step --experiment=rotation_headgrid4_epochs753 --rows=psl --seeds=0,1
 # Schedules on jigsaw, at equal compute (last since the eighth session: at 9 px tiles neither
 # row beats the untrained network past B2, so a schedule's effect there says little): on
 # rotation one schedule over psl's stages lifted its early blocks, and a cosine schedule lifted
 # e2e as much. Both rows on cosine (psl's over its whole run), default heads.
-step --task=jigsaw --rows=e2e_at_psl --seeds=0,1 --extra=--lr_schedule=cosine
-step --task=jigsaw --rows=psl --seeds=0,1 --extra=--lr_restart=false --extra=--lr_schedule=cosine
+step --experiment=jigsaw_lrschedulecosine --rows=e2e_at_psl --seeds=0,1
+step --experiment=jigsaw_lrrestartfalse_lrschedulecosine --rows=psl --seeds=0,1
 echo "== $(date -u +%H:%M:%S) campaign finished"

@@ -306,7 +306,7 @@ def test_every_row_end_to_end_then_rerun_skips(tmp_path, monkeypatch):
   shutil.rmtree(root)
   def no_run(cmd, log_path):
     raise AssertionError(f"re-ran {cmd}")
-  monkeypatch.setattr(reproduce, "_run", no_run)
+  monkeypatch.setattr(reproduce.runner, "_run", no_run)
   reproduce.main(argv)
 
 
@@ -335,7 +335,7 @@ def _probe_only(tmp_path, monkeypatch, score):
                  "results": {"b1": {"top1": score(decays, calls)}}}, f)
     return 1.0
 
-  monkeypatch.setattr(reproduce, "_run", fake_probe)
+  monkeypatch.setattr(reproduce.runner, "_run", fake_probe)
   return argv, calls
 
 
@@ -371,7 +371,7 @@ def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkey
   for i in range(3):
     git("commit", "-q", "--allow-empty", "-m", f"c{i}")
     commits.append(git("rev-parse", "HEAD"))
-  monkeypatch.setattr(reproduce, "REPO", str(repo))
+  monkeypatch.setattr(reproduce.runner, "REPO", str(repo))
   assert reproduce.probed_before({"probe_code_version": commits[0]}, commits[1])
   assert not reproduce.probed_before({"probe_code_version": commits[1]}, commits[1])
   assert not reproduce.probed_before({"probe_code_version": commits[2] + "+"}, commits[1])
@@ -381,7 +381,7 @@ def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkey
     reproduce.probed_before({"probe_code_version": commits[0]}, "f" * 40)
 
   argv, calls = _probe_only(tmp_path, monkeypatch, lambda decays, calls: 50.0 + len(calls))
-  monkeypatch.setattr(reproduce, "code_version", lambda: commits[0])
+  monkeypatch.setattr(reproduce.runner, "code_version", lambda: commits[0])
   first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
   assert first["probes"]["b1"]["top1"] == 51.0 and len(calls) == 1
   # Probed by commits[0]: a re-probe before commits[0] finds nothing older, runs nothing.
@@ -389,7 +389,7 @@ def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkey
                     reproduce.RANDOM, 0, log=lambda _: 0)
   assert len(calls) == 1
   # Before commits[2]: probed again with the new code, the old numbers kept beside.
-  monkeypatch.setattr(reproduce, "code_version", lambda: commits[2])
+  monkeypatch.setattr(reproduce.runner, "code_version", lambda: commits[2])
   args = reproduce.parse_args(argv + [f"--reprobe_before={commits[2]}"])
   second = reproduce.run_one(args, reproduce.RANDOM, 0, log=lambda _: 0)
   assert len(calls) == 2 and second["probes"]["b1"]["top1"] == 52.0
@@ -401,6 +401,7 @@ def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkey
   assert len(calls) == 2
   # A trained run whose weights are gone is never pre-trained again to be re-probed.
   old = dict(first, row="psl", mode="psl", protocol="equal")
+  del old["run_id"]  # a record of code before run ids, its command not a psl row's: unchecked
   os.makedirs(reproduce.stored_dir(args, "psl", 0))
   with open(os.path.join(reproduce.stored_dir(args, "psl", 0), "record.json"), "w") as f:
     json.dump(old, f)
@@ -418,7 +419,7 @@ def test_a_run_resumed_by_another_commit_records_every_training_commit(tmp_path,
                                str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
                                "--preset=tiny", "--seeds=0"])
   commit = ["aaa"]  # killed under aaa, resumed and probed under bbb
-  monkeypatch.setattr(reproduce, "code_version", lambda: commit[0])
+  monkeypatch.setattr(reproduce.runner, "code_version", lambda: commit[0])
   trainings = []
 
   def fake_run(cmd, log_path):
@@ -438,8 +439,8 @@ def test_a_run_resumed_by_another_commit_records_every_training_commit(tmp_path,
                    "results": {"b1": {"top1": 60.0}}}, f)
     return 1.0
 
-  monkeypatch.setattr(reproduce, "_run", fake_run)
-  monkeypatch.setattr(reproduce, "_find_probe_json", lambda a, workdir, row: (
+  monkeypatch.setattr(reproduce.runner, "_run", fake_run)
+  monkeypatch.setattr(reproduce.runner, "_find_probe_json", lambda a, workdir, row: (
       os.path.join(workdir, "eval", "linear_x_stage1.json")
       if os.path.exists(os.path.join(workdir, "eval", "linear_x_stage1.json")) else None))
   with pytest.raises(RuntimeError, match="killed"):
