@@ -388,7 +388,8 @@ def test_train_on_a_tfds_data_set_prepared_offline(tmp_path):
       split_datasets={"train": split(40), "test": split(16)}, data_dir=data_dir)
   workdir = str(tmp_path / "run")
   result = _cli("psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}", "--dataset=psl_tiny",
-                f"--data_dir={data_dir}", f"--workdir={workdir}", "--noexport")
+                f"--data_dir={data_dir}", f"--workdir={workdir}", "--noexport",
+                timeout=900)  # three smoke stages: 300 s ran out on a loaded 2-core machine
   assert result.returncode == 0, result.stderr[-2000:]
   summary = wd.read_summary(workdir)
   assert summary["dataset"] == "psl_tiny" and len(summary["stages"]) == 3
