@@ -5,8 +5,9 @@ r"""Writes (or checks) the Bazel BUILD file from the source tree.
 
 One `py_library` per module of `psl_tf/`, one `py_binary` per entry point (a module with
 `app.run` under `if __name__ == "__main__"`), one `py_test` per `tests/*_test.py`, one
-`py_binary` per script in `scripts/`. `deps` come from each file's `psl_tf` imports, so BUILD
-stays in step with the code; `tests/build_test.py` fails when it is not.
+`py_binary` per script in `scripts/`, one `py_library` per helper module of the tests. `deps`
+come from each file's `psl_tf` (and test helper) imports, so BUILD stays in step with the code;
+`tests/build_test.py` fails when it is not.
 """
 
 import ast
@@ -45,6 +46,11 @@ def target_name(path):
   return os.path.basename(path)[:-3]
 
 
+# Modules of tests/ that test files import by name (pytest puts tests/ on the path): a
+# `py_library` each, `testonly`.
+TEST_HELPERS = ("testutil",)
+
+
 def _module_file(dotted):
   """psl_tf.models.resnet -> psl_tf/models/resnet.py (or the package __init__)."""
   base = dotted.replace(".", "/")
@@ -65,7 +71,12 @@ def local_deps(path):
       for alias in node.names:
         if alias.name.split(".")[0] == "psl_tf":
           files.add(_module_file(alias.name))
+        elif alias.name in TEST_HELPERS:
+          files.add(f"tests/{alias.name}.py")
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module in TEST_HELPERS:
+        files.add(f"tests/{node.module}.py")
+        continue
       if node.module.split(".")[0] != "psl_tf":
         continue
       for alias in node.names:
@@ -96,6 +107,10 @@ def render():
     if is_entry_point(path):
       rules.append(_rule("py_binary", f"{name}_bin", path, [":" + name],
                          extra=f'    main = "{path}",\n'))
+  for helper in TEST_HELPERS:
+    path = f"tests/{helper}.py"
+    rules.append(_rule("py_library", helper, path, local_deps(path),
+                       extra="    testonly = True,\n"))
   for folder, kind in (("tests", "py_test"), ("scripts", "py_binary")):
     directory = os.path.join(ROOT, folder)
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:

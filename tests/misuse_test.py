@@ -19,7 +19,6 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from psl_tf import config as config_lib
 from psl_tf import distribute
 from psl_tf import exporting as export_lib
 from psl_tf import guards
@@ -29,7 +28,8 @@ from psl_tf import workdir as wd
 from psl_tf.evaluation import protocols
 from psl_tf.models import build_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import testutil
+from testutil import ROOT
 
 
 def _one_line(capsys, exit_info, code=2):
@@ -46,14 +46,6 @@ def _fake_run(workdir, stages=(1,)):
                            "image_size": "16", "workdir": workdir})
   for k in stages:
     wd.finish_stage(workdir, k, build_backbone("cifar_resnet", depth=10, width=8), {"stage": k})
-
-
-def _tiny_config(workdir, **kwargs):
-  values = dict(task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
-                image_size=16, head_hidden=16, batch_size=8, epochs=(1,), steps_per_epoch=1,
-                heldout_split="none", workdir=str(workdir), export=False, verbose=0)
-  values.update(kwargs)
-  return config_lib.Config(**values)
 
 
 def _images(folder, count, side=12):
@@ -147,7 +139,7 @@ def test_disk_full_during_export_names_the_path(tmp_path, capsys, monkeypatch):
 
 def test_a_corrupt_epoch_checkpoint_names_the_file_and_the_way_out(tmp_path, stop_after_epoch):
   workdir = str(tmp_path)
-  config = _tiny_config(workdir, epochs=(2,))
+  config = testutil.tiny_config(workdir, epochs=(2,))
   strategy = distribute.make_strategy("one_device")
   with pytest.raises(stop_after_epoch.error):
     pretrain.run(config, strategy, log=lambda m: None,
@@ -169,7 +161,7 @@ def test_deleted_stage_weights_are_one_line_not_already_finished(tmp_path, caplo
     _images(str(root / "train" / cls), 3)
     _images(str(root / "test" / cls), 5)
   workdir = str(tmp_path / "run")
-  config = _tiny_config(workdir, dataset=f"folder:{root}", heldout_split="auto",
+  config = testutil.tiny_config(workdir, dataset=f"folder:{root}", heldout_split="auto",
                         image_check="none")
   strategy = distribute.make_strategy("one_device")
   messages = []

@@ -7,34 +7,20 @@ Each test backs one row of docs/RELIABILITY.md.
 """
 
 import os
-import subprocess
-import sys
 
-import h5py
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
+import testutil
+from testutil import SMOKE
 
 
 def _train(workdir, *args, onednn=None):
   env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
   if onednn is not None:
     env["TF_ENABLE_ONEDNN_OPTS"] = onednn
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run(
-      [sys.executable, "-m", "psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}",
-       "--heldout_split=none", "--noexport", *args],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
-def _weights(path):
-  out = {}
-  with h5py.File(path) as f:
-    f.visititems(lambda name, item: out.__setitem__(name, item[()])
-                 if isinstance(item, h5py.Dataset) else None)
-  return out
+  return testutil.cli("psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}",
+                      "--heldout_split=none", "--noexport", *args, timeout=900, env=env)
 
 
 def test_batch_3_at_width_8_trains_with_the_default_kernels(tmp_path):
@@ -59,8 +45,8 @@ def test_campaign_settings_give_the_same_weights_with_onednn_on_and_off(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     runs[onednn] = workdir
   for stage in (1, 2, 3):
-    on = _weights(os.path.join(runs["1"], f"stage_{stage}", "backbone.weights.h5"))
-    off = _weights(os.path.join(runs["0"], f"stage_{stage}", "backbone.weights.h5"))
+    on = testutil.weights(os.path.join(runs["1"], f"stage_{stage}", "backbone.weights.h5"))
+    off = testutil.weights(os.path.join(runs["0"], f"stage_{stage}", "backbone.weights.h5"))
     assert on.keys() == off.keys()
     assert all(np.all(np.isfinite(on[name])) for name in on)
     # Measured: 3e-8 after stage 1, 2e-5 after stage 2, 2e-4 after stage 3 (rounding,

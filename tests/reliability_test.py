@@ -5,17 +5,13 @@ Each test backs one row of docs/RELIABILITY.md.
 
 import json
 import os
-import subprocess
-import sys
 import threading
 
-import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_tf import config as config_lib
 from psl_tf import data
 from psl_tf import distribute
 from psl_tf import exporting as export_lib
@@ -28,30 +24,13 @@ from psl_tf.cli import quiet
 from psl_tf import workdir as wd
 from psl_tf.models import build_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
-
-
-def _cli(module, *args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+import testutil
+from testutil import SMOKE
 
 
 def _tiny_config(workdir, **kwargs):
-  values = dict(task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
-                image_size=16, head_hidden=16, batch_size=8, epochs=(3,), steps_per_epoch=2,
-                heldout_split="none", workdir=str(workdir), export=False, verbose=0)
-  values.update(kwargs)
-  return config_lib.Config(**values)
-
-
-def _weights(path):
-  out = {}
-  with h5py.File(path) as f:
-    f.visititems(lambda name, item: out.__setitem__(name, item[()])
-                 if isinstance(item, h5py.Dataset) else None)
-  return out
+  """Three stages of two steps: enough steps to resume inside a stage."""
+  return testutil.tiny_config(workdir, **{"epochs": (3,), "steps_per_epoch": 2, **kwargs})
 
 
 # ---- 1. non-finite numbers never pass ----------------------------------------------------
@@ -111,7 +90,7 @@ def test_evaluation_refuses_non_finite_backbone_weights(tmp_path):
   with pytest.raises(wd.NonFiniteWeightsError, match="non-finite weights .b3/.*diverged"):
     wd.load_backbone_weights(build_backbone("cifar_resnet", depth=10, width=8),
                              wd.stage_weights_path(workdir, 1))
-  result = _cli("psl_tf.evaluate", f"--workdir={workdir}")
+  result = testutil.cli("psl_tf.evaluate", f"--workdir={workdir}")
   lines = [l for l in result.stderr.splitlines() if l.startswith("psl_tf.evaluate")]
   assert result.returncode == 2 and len(lines) == 1 and "non-finite weights" in lines[0], \
       result.stderr[-2000:]
@@ -143,7 +122,7 @@ def test_divergence_stops_at_the_step_keeping_what_was_good(tmp_path):
     pretrain.run(config, strategy, log=lambda m: None,
                  callbacks=[_PoisonStep("stage_2", 2, 2)])
   assert wd.finished_stages(workdir) == [1]
-  assert all(np.all(np.isfinite(v)) for v in _weights(wd.stage_weights_path(workdir, 1)).values())
+  assert all(np.all(np.isfinite(v)) for v in testutil.weights(wd.stage_weights_path(workdir, 1)).values())
   assert not os.path.exists(wd.stage_weights_path(workdir, 2))
   assert not os.path.exists(os.path.join(workdir, "export"))
   assert [s["stage"] for s in wd.read_summary(workdir)["stages"]] == [1]
@@ -156,7 +135,7 @@ def test_divergence_stops_at_the_step_keeping_what_was_good(tmp_path):
 def test_cli_divergence_is_one_line_with_a_non_zero_exit(tmp_path):
   # SGD at lr 100 with weight decay 1 overflows a BatchNorm variance while the loss stays
   # finite (the demo default, Adam, bounds each step and does not).
-  result = _cli("psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}",
+  result = testutil.cli("psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}",
                 f"--workdir={tmp_path}", "--optimizer=sgd", "--learning_rate=100",
                 "--weight_decay=1",
                 "--lr_schedule=constant", "--epochs=3", "--steps_per_epoch=3")
@@ -317,8 +296,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, stop_aft
   pretrain.run(config, strategy, log=messages.append)
   assert any("resuming stage 2 from epoch 2" in m for m in messages)
   for k in (1, 2, 3):
-    a = _weights(wd.stage_weights_path(reference, k))
-    b = _weights(wd.stage_weights_path(resumed, k))
+    a = testutil.weights(wd.stage_weights_path(reference, k))
+    b = testutil.weights(wd.stage_weights_path(resumed, k))
     assert a.keys() == b.keys()
     for name in a:
       np.testing.assert_array_equal(a[name], b[name], err_msg=f"stage {k} {name}")
@@ -387,7 +366,7 @@ def test_train_on_a_tfds_data_set_prepared_offline(tmp_path):
       name="psl_tiny", version="1.0.0", features=features,
       split_datasets={"train": split(40), "test": split(16)}, data_dir=data_dir)
   workdir = str(tmp_path / "run")
-  result = _cli("psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}", "--dataset=psl_tiny",
+  result = testutil.cli("psl_tf.train", "--task=rotation", f"--flagfile={SMOKE}", "--dataset=psl_tiny",
                 f"--data_dir={data_dir}", f"--workdir={workdir}", "--noexport",
                 timeout=900)  # three smoke stages: 300 s ran out on a loaded 2-core machine
   assert result.returncode == 0, result.stderr[-2000:]

@@ -1,6 +1,5 @@
 """`python -m psl_tf.train` end to end: the work directory, export, resume, one-line errors."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -19,15 +18,15 @@ from psl_tf import workdir as wd
 from psl_tf.data import views
 from psl_tf.models import build_backbone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
+import testutil
+from testutil import ROOT
+from testutil import SMOKE
 
 
 def _cli(*args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user sees, start-up noise included
-  return subprocess.run([sys.executable, "-m", "psl_tf.train", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  # What a user sees, start-up noise included.
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  return testutil.cli("psl_tf.train", *args, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
@@ -17,21 +16,9 @@ import tensorflow as tf
 from psl_tf import runlock
 from psl_tf import workdir as wd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "flags", "smoke.flags")
-
-
-def _cli(module, *args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line_error(result, program):
-  lines = result.stderr.strip().splitlines()
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), result.stderr[-2000:]
-  return lines[0]
+import testutil
+from testutil import ROOT
+from testutil import SMOKE
 
 
 def _user_folder(path):
@@ -80,7 +67,7 @@ def test_a_non_empty_workdir_that_is_not_a_run_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"not empty \(download.partial, notes.tmp, stage_1\) "
                      "and is not a psl_tf run"):
     wd.check_new_or_run(str(tmp_path / "mine"))
-  line = _one_line_error(_cli("psl_tf.train", f"--flagfile={SMOKE}",
+  line = testutil.one_line_error(testutil.cli("psl_tf.train", f"--flagfile={SMOKE}",
                               f"--workdir={tmp_path / 'mine'}"), "psl_tf.train")
   assert "is not a psl_tf run" in line
   assert all(os.path.exists(p) for p in paths)
@@ -114,7 +101,7 @@ def test_a_second_process_on_a_run_in_use_is_refused_naming_it(tmp_path):
     with pytest.raises(runlock.WorkdirInUse,
                        match=rf"in use by psl_tf.train \(pid {child.pid} on "):
       runlock.acquire(workdir, "psl_tf.evaluate")
-    line = _one_line_error(_cli("psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}"),
+    line = testutil.one_line_error(testutil.cli("psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}"),
                            "psl_tf.train")
     assert f"pid {child.pid}" in line and "in use by psl_tf.train" in line
     assert not os.path.exists(os.path.join(workdir, wd.FLAGS_FILE))  # wrote nothing
@@ -194,5 +181,5 @@ def test_a_flags_txt_cut_short_is_refused_naming_it(tmp_path, damage):
   with pytest.raises(ValueError, match=f"{path} is not a complete flags.txt"):
     wd.config_from_workdir(workdir)
   if damage == "line_boundary":  # it was read as defaults: the demo set was evaluated
-    line = _one_line_error(_cli("psl_tf.evaluate", f"--workdir={workdir}"), "psl_tf.evaluate")
+    line = testutil.one_line_error(testutil.cli("psl_tf.evaluate", f"--workdir={workdir}"), "psl_tf.evaluate")
     assert f"{path} is not a complete flags.txt" in line

@@ -18,7 +18,8 @@ from psl_tf.experiments import records
 from psl_tf.experiments import tables
 from psl_tf.experiments.cifar10 import (COSINE, DEFAULT, EPOCHS_357, EPOCHS_753, FROZEN_BN,
                                         GRID, GRID_COSINE, LINEAR_HEADS, ONE_COSINE,
-                                        ONE_COSINE_DEFAULT_HEADS, ONE_SCHEDULE, SEMI)
+                                        ONE_COSINE_DEFAULT_HEADS, ONE_SCHEDULE, PAPER_LARS,
+                                        SEMI, TILES_2X, WIDTH_32)
 
 Table = Mapping[str, Mapping[str, Any]]
 BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
@@ -51,6 +52,14 @@ LINES = (
      "equal images, grid heads, both on a cosine schedule (PSL's over its whole run)"),
     (ONE_COSINE_DEFAULT_HEADS, "psl", COSINE, "e2e_at_psl",
      "equal compute, default heads, both on a cosine schedule (PSL's over its whole run)"),
+    (WIDTH_32, "psl", WIDTH_32, "e2e_at_psl",
+     "equal compute, both on a cosine schedule, grid heads, at width 32 (4× the FLOPs)"),
+    (TILES_2X, "psl", TILES_2X, "e2e_at_psl", "equal compute, jigsaw tiles cut from the image "
+     "upsampled 2× (a puzzle B3 cannot solve inside one tile), grid heads, cosine"),
+    (TILES_2X, "e2e_at_psl", TILES_2X, "random",
+     "what e2e_at_psl learnt on the 2× tiles: − the untrained network"),
+    (PAPER_LARS, "psl", PAPER_LARS, "e2e", "equal images under the paper's SimCLR protocol "
+     "(LARS, stages 4,5,6 of the 15 epochs, one cosine decay, warm-up)"),
     (DEFAULT, "psl_paper", DEFAULT, "e2e", "the paper's protocol (each stage as long as e2e: "
      "{paper_cost} e2e's compute) vs e2e"),
     (DEFAULT, "psl_paper", DEFAULT, "e2e_matched",
