@@ -193,7 +193,9 @@ def test_the_campaign_script_names_only_experiments_and_they_run_as_before():
   assert args.extra == ["--head_grid=4", "--lr_restart=false"]
   semi = reproduce.parse_args(["--phase=table", "--preset=cifar10",
                                "--experiment=rotation_semisup"])
-  assert semi.finetune and not semi.knn and semi.base_tag == ""
+  # Compared with the stored runs of the same recipe (one cosine schedule, grid heads).
+  assert (semi.finetune and not semi.knn and
+          semi.base_tag == "_headgrid4_lrrestartfalse_lrschedulecosine")
   w32 = reproduce.parse_args(["--phase=table", "--preset=cifar10", "--experiment=rotation_w32"])
   assert w32.width == 32 and reproduce.run_name(w32, "random", 0) == "random_d10_w32_32px_s0"
   with pytest.raises(SystemExit):

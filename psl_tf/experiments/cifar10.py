@@ -75,11 +75,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     _variant("rotation", BFLOAT16, {"precision": "mixed_bfloat16"}, ("psl", "e2e"), (0, 1, 2)),
     # Semi-supervised fine-tuning of the winning recipe, both rows trained again with their
     # weights kept.
+    # Compared with the one-schedule psl runs of the campaign (the same recipe, trained
+    # without keeping weights), the e2e_at_psl rows with none (theirs are another experiment's).
     Experiment(f"rotation_{SEMI}", "rotation", _GRID, _ONE_COSINE_PAIR, (0, 1, 2),
-               tag=f"_{SEMI}", finetune=True),
-    # The winning recipe at width 32 (its own untrained floor).
+               tag=f"_{SEMI}", finetune=True, base=f"rotation_{ONE_COSINE}"),
+    # The winning recipe at width 32 (its own untrained floor), psl against width 16's.
     Experiment(f"rotation_{WIDTH_32}", "rotation", _GRID, _ONE_COSINE_PAIR, (0, 1, 2),
-               tag=f"_{WIDTH_32}", settings={"width": 32}),
+               tag=f"_{WIDTH_32}", settings={"width": 32}, base=f"rotation_{ONE_COSINE}"),
     Experiment(f"jigsaw_{TILES_2X}", "jigsaw", _TILES_2X,
                (Row("psl", {"lr_restart": False}), Row("e2e_at_psl")), (0, 1, 2),
                tag=f"_{TILES_2X}"),
