@@ -226,6 +226,7 @@ def _fake_run_of(path, backbone_flags):
   return config, backbones
 
 
+@pytest.mark.slow  # a child process per backbone loading it with plain Keras
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_backbone_keras_loads_with_plain_keras_in_a_process_without_psl_tf(tmp_path, name):
   config, backbones = _fake_run_of(tmp_path / "run", RUNS[name])

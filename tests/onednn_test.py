@@ -23,6 +23,7 @@ def _train(workdir, *args, onednn=None):
                       "--heldout_split=none", "--noexport", *args, timeout=900, env=env)
 
 
+@pytest.mark.slow  # a training run in a child process
 def test_batch_3_at_width_8_trains_with_the_default_kernels(tmp_path):
   # With `import psl_tf` forcing TF_ENABLE_ONEDNN_OPTS=1 this died at the first step on the
   # reporter's AVX2 machine ("corrupted size vs. prev_size", SIGSEGV).
