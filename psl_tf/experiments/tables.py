@@ -111,7 +111,9 @@ def markdown(task: str, records: Sequence[Mapping[str, Any]], table: Table,
                    " | ".join(fmt(*knn[b]) for b in BLOCKS + ("best",)) + " |")
   tuned = [(row, entry) for row, entry in table.items()
            if any(k.startswith("finetune_") for k in entry)]
-  if tuned:
+  # The untrained floor is fine-tuned for the experiments that fine-tune; in another
+  # experiment's table it alone would be a section comparing nothing.
+  if any(row != RANDOM for row, _ in tuned):
     columns = [f"{100 * float(f):g}%" for f in base.FINETUNE_FRACTIONS]
     lines += ["", "Semi-supervised: the whole network fine-tuned on class-balanced subsets of "
               "the train labels (subset chosen by the run's seed; "
