@@ -74,9 +74,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     # The precision A/B: bf16 pre-training against the float32 rows.
     _variant("rotation", BFLOAT16, {"precision": "mixed_bfloat16"}, ("psl", "e2e"), (0, 1, 2)),
     # Semi-supervised fine-tuning of the winning recipe, both rows trained again with their
-    # weights kept.
-    # Compared with the one-schedule psl runs of the campaign (the same recipe, trained
-    # without keeping weights), the e2e_at_psl rows with none (theirs are another experiment's).
+    # weights kept; psl compared with the recipe's stored psl runs (trained without keeping
+    # weights; its e2e_at_psl runs are another experiment's, so that row has no comparison).
     Experiment(f"rotation_{SEMI}", "rotation", _GRID, _ONE_COSINE_PAIR, (0, 1, 2),
                tag=f"_{SEMI}", finetune=True, base=f"rotation_{ONE_COSINE}"),
     # The winning recipe at width 32 (its own untrained floor), psl against width 16's.
