@@ -326,6 +326,11 @@ def _probe_only(tmp_path, monkeypatch, score):
     flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
     decays = [float(d) for d in flags.get("probe_weight_decays", "").split(",") if d]
     os.makedirs(os.path.join(flags["workdir"], "eval"), exist_ok=True)
+    protocol = flags.get("protocol", "linear")
+    if protocol != "linear":  # fine-tuning or kNN: one result per label fraction or block
+      with open(os.path.join(flags["workdir"], "eval", f"{protocol}_x_stage1.json"), "w") as f:
+        json.dump({"results": {"1%": {"top1": 30.0}, "10%": {"top1": 60.0}}}, f)
+      return 1.0
     with open(os.path.join(flags["workdir"], "eval", "linear_x_stage1.json"), "w") as f:
       json.dump({"settings": {"epochs": int(flags["epochs"]),
                               "batch_size": int(flags["batch_size"]),
@@ -356,6 +361,32 @@ def test_a_run_probed_another_way_is_probed_again_without_pre_training(tmp_path,
   assert second["code_version"] == first["code_version"] and "probe_code_version" in second
   assert reproduce.read_record(args, reproduce.RANDOM, 0)["probes"]["b1"]["top1"] == 52.0
   assert reproduce.read_record(reproduce.parse_args(argv), reproduce.RANDOM, 0) is None
+
+
+def test_a_stored_run_missing_only_its_fine_tuning_keeps_its_probes(tmp_path, monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  argv, calls = _probe_only(tmp_path, monkeypatch, lambda decays, calls: 50.0 + len(calls))
+  first = reproduce.run_one(reproduce.parse_args(argv), reproduce.RANDOM, 0, log=lambda _: 0)
+  assert first["probes"]["b1"]["top1"] == 51.0 and len(calls) == 1
+  probes_file = os.path.join(reproduce.stored_dir(reproduce.parse_args(argv), reproduce.RANDOM,
+                                                  0), "probes.json")
+  stored_probes = open(probes_file).read()
+  # A new machine (the run directory gone), and an experiment that fine-tunes the floor too:
+  # only the fine-tuning runs; the stored probes, their commit and their file stay.
+  shutil.rmtree(str(tmp_path / "runs"))
+  args = reproduce.parse_args(argv + ["--finetune"])
+  said = []
+  second = reproduce.run_one(args, reproduce.RANDOM, 0, log=said.append)
+  assert len(calls) == 2 and "--protocol=finetune" in calls[1]
+  assert second["finetune"] == {"1%": {"top1": 30.0}, "10%": {"top1": 60.0}}
+  assert second["probes"] == first["probes"] and "previous_probes" not in second
+  assert second["probe_code_version"] == first["probe_code_version"]
+  assert open(probes_file).read() == stored_probes
+  assert any("stored probes kept" in line for line in said)
+  assert reproduce.read_record(args, reproduce.RANDOM, 0)["finetune"]["10%"]["top1"] == 60.0
+  # Stored with both now: nothing runs.
+  reproduce.run_one(args, reproduce.RANDOM, 0, log=lambda _: 0)
+  assert len(calls) == 2
 
 
 def test_reprobe_before_probes_again_what_older_probe_code_made(tmp_path, monkeypatch):

@@ -333,6 +333,14 @@ def read_record(campaign: Campaign, row: str, seed: int) -> dict[str, Any] | Non
   return record
 
 
+def _probes_still_valid(campaign: Campaign, kept: dict[str, Any] | None) -> bool:
+  """True if the stored record `kept` holds linear probes made the way `campaign` asks (same
+  probe settings, and not older than `--reprobe_before`)."""
+  return bool(kept and kept.get("probes") and
+              probe_settings(kept["settings"]) == probe_settings(campaign.settings) and
+              not (campaign.reprobe_before and probed_before(kept, campaign.reprobe_before)))
+
+
 def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] = print
             ) -> dict[str, Any]:
   """Pre-trains (or resumes) and probes one run, stores its small files; returns its record.
@@ -385,40 +393,50 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
     record["train_process_s"] = round(_run(train_command(campaign, row, seed),
                                              _own_file(workdir, _LOG)), 1)
     trained_now = True
-  if kept is not None and not trained_now:
-    # Pre-trained earlier, probed again (other probe settings, or older probe code): keep the
-    # commit and the time of its pre-training; `probe_code_version` says what probed it.
-    record["code_version"] = kept.get("code_version", "unknown (not recorded)")
-    for key in ("train_code_versions", "train_process_s"):
-      if key in kept:
-        record[key] = kept[key]
-    if kept.get("probes"):  # what the probes it replaces said, for the report
-      record["previous_probes"] = {
-          "probe_code_version": kept.get("probe_code_version") or kept.get("code_version"),
-          "settings": probe_settings(kept["settings"]),
-          "top1": {b: v.get("top1") for b, v in kept["probes"].items()}}
+  probe_json = None
+  if _probes_still_valid(campaign, kept) and not trained_now:
+    # Stored with the probes the campaign asks for and only another protocol missing (kNN,
+    # fine-tuning): the stored record, its probes and their history stay as they are.
+    assert kept is not None
+    log(f"-- {run_name(campaign, row, seed)}: stored probes kept")
+    record = {**record, **kept}
+  else:
+    if kept is not None and not trained_now:
+      # Pre-trained earlier, probed again (other probe settings, or older probe code): keep
+      # the commit and the time of its pre-training; `probe_code_version` says what probed it.
+      record["code_version"] = kept.get("code_version", "unknown (not recorded)")
+      for key in ("train_code_versions", "train_process_s"):
+        if key in kept:
+          record[key] = kept[key]
+      if kept.get("probes"):  # what the probes it replaces said, for the report
+        record["previous_probes"] = {
+            "probe_code_version": kept.get("probe_code_version") or kept.get("code_version"),
+            "settings": probe_settings(kept["settings"]),
+            "top1": {b: v.get("top1") for b, v in kept["probes"].items()}}
+    probe_json = _find_probe_json(campaign, workdir, row)
+    if probe_json is not None and campaign.reprobe_before and kept is not None and probed_before(
+        kept, campaign.reprobe_before):
+      probe_json = None  # the work directory's probes are the old code's
+    if probe_json is None:
+      log(f"-- linear probes for {row} seed {seed}")
+      record["probe_code_version"] = code_version()
+      record["probe_process_s"] = round(_run(eval_command(campaign, row, seed),
+                                               _own_file(workdir, _LOG)), 1)
+      probe_json = _find_probe_json(campaign, workdir, row)
+      if probe_json is None:
+        raise RuntimeError(f"psl_tf.evaluate left no probe results in {workdir}/eval")
+    with open(probe_json) as f:
+      probes = json.load(f)
+    record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
   versions = _training_code_versions(workdir)
   if versions:
     record["train_code_versions"] = versions
-  probe_json = _find_probe_json(campaign, workdir, row)
-  if probe_json is not None and campaign.reprobe_before and kept is not None and probed_before(
-      kept, campaign.reprobe_before):
-    probe_json = None  # the work directory's probes are the old code's
-  if probe_json is None:
-    log(f"-- linear probes for {row} seed {seed}")
-    record["probe_code_version"] = code_version()
-    record["probe_process_s"] = round(_run(eval_command(campaign, row, seed),
-                                             _own_file(workdir, _LOG)), 1)
-    probe_json = _find_probe_json(campaign, workdir, row)
-    if probe_json is None:
-      raise RuntimeError(f"psl_tf.evaluate left no probe results in {workdir}/eval")
-  with open(probe_json) as f:
-    probes = json.load(f)
-  record["probes"] = {b: v for b, v in probes["results"].items() if b in BLOCKS}
   extra_protocols = [("knn", knn_command)] if campaign.knn else []
   if campaign.finetune:  # the untrained network too: training from scratch
     extra_protocols.append(("finetune", finetune_command))
   for protocol, command in extra_protocols:
+    if record.get(protocol):  # kept from the stored record
+      continue
     found = _find_eval_json(workdir, row, protocol)
     if found is None:
       log(f"-- {protocol} for {row} seed {seed}")
@@ -444,7 +462,8 @@ def run_one(campaign: Campaign, row: str, seed: int, log: Callable[[str], Any] =
   out = stored_dir(campaign, row, seed)
   os.makedirs(out, exist_ok=True)
   shutil.copy(os.path.join(workdir, "summary.json"), os.path.join(out, "summary.json"))
-  shutil.copy(probe_json, os.path.join(out, "probes.json"))
+  if probe_json is not None:  # else the stored probes.json is the record's
+    shutil.copy(probe_json, os.path.join(out, "probes.json"))
   with open(os.path.join(out, "record.json"), "w") as f:
     json.dump(record, f, indent=2, sort_keys=True)
   log(f"-- {run_name(campaign, row, seed)} stored in {out}")
