@@ -320,11 +320,7 @@ def _stored_record(campaign: Campaign, row: str, seed: int) -> dict[str, Any] | 
 def read_record(campaign: Campaign, row: str, seed: int) -> dict[str, Any] | None:
   """The stored record of a finished run probed the way `campaign` asks, or None."""
   record = _stored_record(campaign, row, seed)
-  if record is None or not record.get("probes"):
-    return None
-  if probe_settings(record["settings"]) != probe_settings(campaign.settings):
-    return None
-  if campaign.reprobe_before and probed_before(record, campaign.reprobe_before):
+  if record is None or not _probes_still_valid(campaign, record):
     return None
   if campaign.knn and not record.get("knn"):
     return None
