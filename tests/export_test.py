@@ -47,21 +47,22 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def test_export_loads_without_psl_tf_and_matches_keras(tmp_path):
+def _export_stage_1(tmp_path):
+  """Exports stage 1 of a fake run; (the stages' backbones, SavedModel path, .keras path,
+  images of a size other than the training size)."""
   run = tmp_path / "run"
   backbones = _fake_run(run)
   path, keras_path, info = export.export_run(str(run), stage=1)
   assert info.stage == 1 and path == os.path.join(str(run), "export_stage_1")
-  # Images of a size other than the training size: the endpoint gives them the eval view.
   images = np.random.default_rng(0).integers(0, 256, (3, 30, 41, 3), dtype=np.uint8)
-  np.save(tmp_path / "images.npy", images)
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  subprocess.run([sys.executable, "-c", LOADER, path, str(tmp_path / "images.npy"),
-                  str(tmp_path / "out.npz")], check=True, cwd=str(tmp_path), env=env,
-                 timeout=300)
-  served = np.load(tmp_path / "out.npz")
+  return backbones, path, keras_path, images
+
+
+def _check_served(served, backbones, images):
+  """The SavedModel's outputs are stage 1's evaluation features (the endpoint gives images of
+  another size the eval view)."""
   expected = export.features_fn(backbones[0], 24)(images)
-  assert sorted(served.files) == sorted(expected)
+  assert sorted(served) == sorted(expected)
   for name, value in expected.items():
     np.testing.assert_allclose(served[name], np.asarray(value), rtol=1e-4, atol=1e-5)
   assert served["b5"].shape == (3, 3, 3, 64) and served["b5_pool"].shape == (3, 64)
@@ -69,12 +70,28 @@ def test_export_loads_without_psl_tf_and_matches_keras(tmp_path):
   other = export.features_fn(backbones[1], 24)(images)
   assert not np.allclose(served["b5_pool"], np.asarray(other["b5_pool"]))
 
+
+def test_export_matches_keras(tmp_path):
+  backbones, path, keras_path, images = _export_stage_1(tmp_path)
+  out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+  _check_served({k: v.numpy() for k, v in out.items()}, backbones, images)
   # The .keras file loads with plain Keras and gives the same maps.
   loaded = keras.models.load_model(keras_path)
   x = np.random.default_rng(1).uniform(size=(2, 24, 24, 3)).astype(np.float32)
   mine, theirs = backbones[0](x, training=False), loaded(x, training=False)
   for name in mine:
     np.testing.assert_allclose(np.asarray(theirs[name]), np.asarray(mine[name]), atol=1e-5)
+
+
+@pytest.mark.slow  # a child process loading the SavedModel without psl_tf
+def test_export_loads_without_psl_tf(tmp_path):
+  backbones, path, _, images = _export_stage_1(tmp_path)
+  np.save(tmp_path / "images.npy", images)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  subprocess.run([sys.executable, "-c", LOADER, path, str(tmp_path / "images.npy"),
+                  str(tmp_path / "out.npz")], check=True, cwd=str(tmp_path), env=env,
+                 timeout=300)
+  _check_served(np.load(tmp_path / "out.npz"), backbones, images)
 
 
 @pytest.mark.slow  # integration tier: a subprocess run of the CLI

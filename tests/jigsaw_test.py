@@ -251,7 +251,8 @@ def test_psl_cli_run_leaves_the_work_directory_and_permutations(tmp_path, cache_
   train_flags(["psl_tf.train", "--task=jigsaw", "--mode=psl", "--dataset=demo",
                "--backbone=cifar_resnet", "--depth=10", "--width=8", "--image_size=32",
                "--head_hidden=16", "--batch_size=4", "--epochs=1", "--steps_per_epoch=2",
-               "--shuffle_buffer=64", "--verbose=0", "--strategy=one_device",
+               "--heldout_examples=4", "--shuffle_buffer=64", "--verbose=0",
+               "--strategy=one_device",
                "--jigsaw_sizes=4,8,16", "--jigsaw_resize=40", "--jigsaw_crop=33",
                "--jigsaw_cell=11", "--jigsaw_tile=9", f"--jigsaw_cache_dir={cache_dir}",
                f"--workdir={workdir}"])
@@ -274,6 +275,7 @@ def test_psl_cli_run_leaves_the_work_directory_and_permutations(tmp_path, cache_
     assert stage["hamming_average"] == pytest.approx(average, abs=1e-4)
     assert stage["hamming_min"] == minimum
     assert np.isfinite(stage["final_loss"])
+    assert stage["heldout_images"] == 4  # one batch of the held-out split, evaluation view
 
 
 @pytest.mark.parametrize("normalize", [False, True])

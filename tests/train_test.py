@@ -118,10 +118,12 @@ def test_export_matches_the_keras_backbone(smoke_run):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epoch, replicas,
                                                        request):
+  # Stage 2 has the three epochs the kill lands inside; stages 1 and 3 one each. One batch
+  # of held-out images per stage keeps the held-out pass (under both strategies) cheap.
   config = config_lib.Config(
       task="rotation", dataset="demo", backbone="cifar_resnet", depth=10, width=8,
-      image_size=16, head_hidden=16, batch_size=8, epochs=(3,), steps_per_epoch=2,
-      workdir=str(tmp_path), export=False, verbose=0)
+      image_size=16, head_hidden=16, batch_size=8, epochs=(1, 3, 1), steps_per_epoch=2,
+      heldout_examples=8, workdir=str(tmp_path), export=False, verbose=0)
   strategy = (distribute.make_strategy("one_device") if replicas == 1
               else request.getfixturevalue("two_replica_strategy"))
   with pytest.raises(stop_after_epoch.error):
@@ -147,6 +149,7 @@ def test_resume_mid_stage_continues_from_the_last_epoch(tmp_path, stop_after_epo
   assert len(by_stage[2]["epoch_losses"]) == 3
   assert by_stage[2]["wall_time_s"] > seconds_before
   assert by_stage[2]["pretext_accuracy"] is not None
+  assert [s["heldout_images"] for s in summary["stages"]] == [8, 8, 8]
 
 
 @pytest.mark.slow  # integration tier: a subprocess run of the CLI
@@ -247,7 +250,9 @@ def test_the_command_line_and_the_python_api_are_one_path(tmp_path, train_flags,
   from psl_tf import recipes  # pylint: disable=g-import-not-at-top
   from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  config = recipes.config("smoke", workdir=workdir, online_probes=True, export=False)
+  # One batch of held-out images per stage (the recipe's 200 only cost time here).
+  config = recipes.config("smoke", workdir=workdir, online_probes=True, export=False,
+                          heldout_examples=16)
   summary = psl_tf.pretrain(config)
   history = summary["online_probes"]
   assert [(h["stage"], h["epoch"]) for h in history] == [(1, 1), (2, 1), (3, 1)]
@@ -261,7 +266,7 @@ def test_the_command_line_and_the_python_api_are_one_path(tmp_path, train_flags,
   flags_path = os.path.join(workdir, wd.FLAGS_FILE)
   os.utime(flags_path, (0, 0))
   train_flags(["psl_tf.train", "--recipe=smoke", f"--workdir={workdir}", "--online_probes",
-               "--noexport"])
+               "--noexport", "--heldout_examples=16"])
   train.main(["psl_tf.train"], train_flags)
   assert train.config_from_flags(train_flags) == config
   assert os.stat(flags_path).st_mtime > 0

@@ -89,8 +89,30 @@ def test_stage_inputs_reach_tensorboard(tmp_path):
   assert tags == ["inputs/level_2"]
 
 
-@pytest.mark.parametrize("task", ["rotation"] + [
-    pytest.param(t, marks=pytest.mark.slow) for t in ("jigsaw", "simclr", "mocov2")])
+def _check_ladder_png(output, task):
+  picture = tf.io.decode_png(tf.io.read_file(output)).numpy()
+  # One row per level; the rotation row of R3 is the widest (8 pictures).
+  assert picture.shape[2] in (3, 4) and picture.shape[0] > 3 * 48
+  if task == "rotation":
+    assert picture.shape[1] > 8 * 48
+
+
+def test_program_in_process_writes_the_rotation_ladder(tmp_path, capsys):
+  # The program's main on its own flags, in this process (the child-process runs of every
+  # task are the integration tier's; `python -m psl_tf.visualize` starts in the test below).
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from psl_tf.cli import visualize as cli  # pylint: disable=g-import-not-at-top
+  output = os.path.join(tmp_path, "rotation.png")
+  flag_values = cli.define_flags(flags.FlagValues())
+  flag_values(["psl_tf.visualize", "--task=rotation", "--images=1", "--image_size=48",
+               f"--output={output}"])
+  cli.main(["psl_tf.visualize"], flag_values)
+  assert f"wrote {output}: 1 image(s) x 3 levels of rotation" in capsys.readouterr().out
+  _check_ladder_png(output, "rotation")
+
+
+@pytest.mark.slow  # integration tier: a subprocess run of the CLI
+@pytest.mark.parametrize("task", ["rotation", "jigsaw", "simclr", "mocov2"])
 def test_cli_writes_one_png_per_task(task, tmp_path):
   output = os.path.join(tmp_path, f"{task}.png")
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -98,11 +120,7 @@ def test_cli_writes_one_png_per_task(task, tmp_path):
                            "--images=1", "--image_size=48", f"--output={output}"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  picture = tf.io.decode_png(tf.io.read_file(output)).numpy()
-  # One row per level; the rotation row of R3 is the widest (8 pictures).
-  assert picture.shape[2] in (3, 4) and picture.shape[0] > 3 * 48
-  if task == "rotation":
-    assert picture.shape[1] > 8 * 48
+  _check_ladder_png(output, task)
 
 
 def test_cli_unknown_task_is_one_line():
