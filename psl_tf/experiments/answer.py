@@ -62,6 +62,10 @@ LINES = (
      "(LARS, stages 4,5,6 of the 15 epochs, one cosine decay, warm-up)"),
     (PAPER_LARS, "psl", PAPER_LARS, "e2e_at_psl",
      "equal compute under the paper's SimCLR protocol (e2e with LARS, 10 epochs)"),
+    (PAPER_LARS, "e2e", PAPER_LARS, "random",
+     "what e2e learnt under the paper's SimCLR protocol: − the untrained network"),
+    (PAPER_LARS, "psl", PAPER_LARS, "random",
+     "what PSL learnt under the paper's SimCLR protocol: − the untrained network"),
     (DEFAULT, "psl_paper", DEFAULT, "e2e", "the paper's protocol (each stage as long as e2e: "
      "{paper_cost} e2e's compute) vs e2e"),
     (DEFAULT, "psl_paper", DEFAULT, "e2e_matched",
