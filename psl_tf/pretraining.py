@@ -420,10 +420,7 @@ def check_resume(config: config_lib.Config) -> None:
     return
   old = config_lib.from_flags(old_values)
   old_texts, new_texts = config_lib.to_flags(old), config_lib.to_flags(config)
-  safe = {f.name for f in config_lib.options_of(config_lib.Config) if f.metadata["resume_safe"]}
-  safe |= {name for name, field in config_lib.task_option_fields(config.task_options).items()
-           if field.metadata["resume_safe"]}
-  safe.add("workdir")
+  safe = _resume_safe_names(config)
   changed = sorted(k for k in set(old_texts) | set(new_texts)
                    if k not in safe and old_texts.get(k) != new_texts.get(k))
   if changed:
@@ -431,6 +428,46 @@ def check_resume(config: config_lib.Config) -> None:
     raise ValueError(f"{config.workdir} holds a run with other flags ({diffs}); resume with "
                      f"the same flags (--flagfile={os.path.join(config.workdir, wd.FLAGS_FILE)})"
                      " or pick a new --workdir")
+
+
+def _resume_safe_names(config: config_lib.Config) -> set[str]:
+  """The flags of `config` that may differ between a run and its resumption (and `workdir`,
+  whose spelling may)."""
+  safe = {f.name for f in config_lib.options_of(config_lib.Config) if f.metadata["resume_safe"]}
+  safe |= {name for name, field in config_lib.task_option_fields(config.task_options).items()
+           if field.metadata["resume_safe"]}
+  return safe | {"workdir"}
+
+
+def repair_flags(config: config_lib.Config) -> str | None:
+  """Replaces a damaged flags.txt in `config.workdir` (one `workdir.check_complete_flags`
+  refuses: cut short by a kill or a full disk, or overwritten) with `config`'s flags, the
+  user's statement that `config` is the run's. The whole flag lines left in it are checked
+  first: one that disagrees with `config` (other than a resume-safe one) is a ConfigError
+  naming it, and nothing is changed. The damaged file is kept beside it as
+  `flags.txt.damaged`. Returns what was done, in one line, or None when flags.txt is missing
+  or whole (then there is nothing to repair and the resume check decides)."""
+  path = os.path.join(config.workdir, wd.FLAGS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    wd.check_complete_flags(path)
+    return None
+  except ValueError:
+    pass
+  left, new_texts = wd.surviving_flags(path), config_lib.to_flags(config)
+  safe = _resume_safe_names(config)
+  checked = sorted(k for k in left if k in new_texts and k not in safe)
+  changed = [k for k in checked if left[k] != new_texts[k]]
+  if changed:
+    diffs = ", ".join(f"--{k}={left[k]} -> {new_texts[k]}" for k in changed[:4])
+    raise ConfigError(f"{path} is damaged and the flags left in it are not this command "
+                      f"line's ({diffs}): --repair_flags needs the run's own flags; "
+                      "restore it from a copy or pick a new --workdir")
+  tf.io.gfile.copy(path, path + ".damaged", overwrite=True)
+  wd.write_flags(config.workdir, new_texts)
+  return (f"{path} was damaged; the {len(checked)} flag(s) left in it that matter agree with "
+          f"this command line, so it was rewritten from it (the damaged file: {path}.damaged)")
 
 
 class ConfigError(ValueError):

@@ -341,8 +341,20 @@ def check_complete_flags(path: str) -> None:
       problem = f"it has no {' or '.join(missing)}"
   if problem:
     raise ValueError(f"{path} is not a complete flags.txt ({problem}): it was cut short or "
-                     "damaged; restore it (psl_tf.train writes it from the command line: run "
-                     "the run's command again with the same flags) before using this run")
+                     "damaged; restore it from a copy, or run psl_tf.train with the run's own "
+                     "flags and --repair_flags (it checks them against what is left and "
+                     "rewrites the file) before using this run")
+
+
+def surviving_flags(path: str) -> dict[str, str]:
+  """{name: text} of the whole flag lines left in a damaged flags.txt: lines that end with a
+  newline and read as `--name=value` (a line cut short, bytes that are not text and other
+  lines are dropped)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    text = f.read().decode("utf-8", errors="replace")
+  whole = text.split("\n")[:-1]  # the text after the last newline was cut short
+  lines = [l.strip() for l in whole if _FLAG_LINE.fullmatch(l.strip())]
+  return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
 
 
 def write_flags(workdir: str, flag_values: dict[str, Any]) -> None:

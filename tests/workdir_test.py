@@ -5,6 +5,7 @@ refused, and flags.txt is written atomically and read only when complete.
 Each test backs one row of docs/RELIABILITY.md.
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import sys
 import pytest
 import tensorflow as tf
 
+from psl_tf import config as config_lib
+from psl_tf import pretraining
 from psl_tf import runlock
 from psl_tf import workdir as wd
 
@@ -183,3 +186,67 @@ def test_a_flags_txt_cut_short_is_refused_naming_it(tmp_path, damage):
   if damage == "line_boundary":  # it was read as defaults: the demo set was evaluated
     line = testutil.one_line_error(testutil.cli("psl_tf.evaluate", f"--workdir={workdir}"), "psl_tf.evaluate")
     assert f"{path} is not a complete flags.txt" in line
+
+
+def _damaged_run(workdir, config, keep):
+  """A work directory whose flags.txt, written from `config`, was cut short after the line of
+  `--<keep>` and in the middle of the next (a kill half-way through a write)."""
+  wd.write_flags(workdir, config_lib.to_flags(config))
+  path = os.path.join(workdir, wd.FLAGS_FILE)
+  text = open(path).read()
+  end = text.index("\n", text.index(f"--{keep}=")) + 1
+  with open(path, "w") as f:
+    f.write(text[:end + 5])
+  return path
+
+
+def test_repair_flags_rewrites_a_damaged_flags_txt_from_the_run_s_own_flags(tmp_path):
+  workdir = str(tmp_path)
+  config = config_lib.Config(task="rotation", dataset="demo", width=8, learning_rate=0.05,
+                             workdir=workdir)
+  path = _damaged_run(workdir, config, keep="learning_rate")
+  damaged = open(path).read()
+  with pytest.raises(ValueError, match="--repair_flags"):
+    wd.config_from_workdir(workdir)
+  message = pretraining.repair_flags(config)
+  assert message is not None and f"{path}.damaged" in message
+  assert wd.config_from_workdir(workdir) == config  # whole again, and the run's
+  assert open(path + ".damaged").read() == damaged
+  assert pretraining.repair_flags(config) is None  # a whole flags.txt: nothing to repair
+  pretraining.check_resume(config)
+
+
+def test_repair_flags_refuses_flags_that_disagree_with_what_is_left(tmp_path):
+  workdir = str(tmp_path)
+  run = config_lib.Config(task="rotation", dataset="demo", learning_rate=0.05, workdir=workdir)
+  path = _damaged_run(workdir, run, keep="learning_rate")
+  damaged = open(path).read()
+  other = dataclasses.replace(run, learning_rate=0.1)
+  with pytest.raises(pretraining.ConfigError, match="--learning_rate=0.05 -> 0.1"):
+    pretraining.repair_flags(other)
+  assert open(path).read() == damaged and not os.path.exists(path + ".damaged")
+  # A flag after the cut cannot be checked: the user's word is taken for it.
+  assert pretraining.repair_flags(dataclasses.replace(run, width=8)) is not None
+
+
+def test_train_repair_flags_repairs_before_the_run_starts(tmp_path, train_flags, monkeypatch,
+                                                         capsys):
+  from psl_tf.cli import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  train_flags(["psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}"])
+  path = _damaged_run(workdir, train.config_from_flags(train_flags), keep="dataset")
+
+  class Started(Exception):
+    """Pre-training was called (it is not run here), with flags.txt as it then was."""
+
+  def started(config, *args, **kwargs):
+    raise Started(open(path).read())
+  monkeypatch.setattr(pretraining, "pretrain", started)
+  train_flags.unparse_flags()
+  train_flags(["psl_tf.train", f"--flagfile={SMOKE}", f"--workdir={workdir}", "--repair_flags"])
+  with pytest.raises(Started) as flags_at_start:
+    train.main(["psl_tf.train"], train_flags)
+  assert f"{path} was damaged" in capsys.readouterr().out
+  config = train.config_from_flags(train_flags)
+  assert wd.read_flags_file(path) == config_lib.to_flags(config)
+  assert str(flags_at_start.value) == open(path).read()  # repaired before the run started

@@ -44,6 +44,10 @@ class Launch:
   deterministic: bool = options_lib.option(
       False, "Deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism): "
       "reruns and resumed runs give bit-identical weights; slower.")
+  repair_flags: bool = options_lib.option(
+      False, "The --workdir's flags.txt is damaged (cut short by a kill or a full disk): "
+      "replace it with this command line's flags, which must be the run's own (the flags "
+      "left in it are checked against them); the damaged file is kept as flags.txt.damaged.")
 
 
 def declarations():

@@ -60,6 +60,11 @@ def main(argv, flag_values=None):
     flagdefs.check_ranges(FLAGS)
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_replicas)
     config = config_from_flags(FLAGS)
+  if FLAGS.repair_flags and distribute.is_chief(strategy):
+    with quiet.one_line_errors("psl_tf.train"):
+      repaired = pretrain.repair_flags(config)
+    print(repaired or f"--repair_flags: {config.workdir} has no damaged flags.txt; nothing "
+          "to repair", flush=True)
   logging.info("config: %s", config)
   watchdog = guards.FirstBatchWatchdog(FLAGS.first_batch_timeout)
   # ConfigError: nothing was trained; CannotContinue: a full disk, a damaged checkpoint, a
