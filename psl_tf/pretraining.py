@@ -455,19 +455,30 @@ def repair_flags(config: config_lib.Config) -> str | None:
     return None
   except ValueError:
     pass
-  left, new_texts = wd.surviving_flags(path), config_lib.to_flags(config)
+  new_texts = config_lib.to_flags(config)
   safe = _resume_safe_names(config)
+  # What is left to check against: the whole flag lines, and the settings summary.json keeps.
+  summary = wd.read_summary(config.workdir)
+  left = {k: str(summary[k]) for k in _SUMMARY_SETTINGS if k in summary}
+  left.update(wd.surviving_flags(path))
   checked = sorted(k for k in left if k in new_texts and k not in safe)
   changed = [k for k in checked if left[k] != new_texts[k]]
   if changed:
     diffs = ", ".join(f"--{k}={left[k]} -> {new_texts[k]}" for k in changed[:4])
-    raise ConfigError(f"{path} is damaged and the flags left in it are not this command "
-                      f"line's ({diffs}): --repair_flags needs the run's own flags; "
+    raise ConfigError(f"{path} is damaged and what is left of the run's flags is not this "
+                      f"command line ({diffs}): --repair_flags needs the run's own flags; "
                       "restore it from a copy or pick a new --workdir")
   tf.io.gfile.copy(path, path + ".damaged", overwrite=True)
   wd.write_flags(config.workdir, new_texts)
-  return (f"{path} was damaged; the {len(checked)} flag(s) left in it that matter agree with "
-          f"this command line, so it was rewritten from it (the damaged file: {path}.damaged)")
+  unchecked = len([k for k in new_texts if k not in safe]) - len(checked)
+  return (f"{path} was damaged and is rewritten from this command line: {len(checked)} of its "
+          f"settings agree with what was left of the run's, {unchecked} could not be checked "
+          f"and are taken as given (the damaged file: {path}.damaged)")
+
+
+# Settings summary.json records with the same text as their flag (others it holds, such as
+# `export`, mean something else there).
+_SUMMARY_SETTINGS = ("task", "mode", "backbone", "dataset", "image_size", "batch_size")
 
 
 class ConfigError(ValueError):

@@ -225,8 +225,14 @@ def test_repair_flags_refuses_flags_that_disagree_with_what_is_left(tmp_path):
   with pytest.raises(pretraining.ConfigError, match="--learning_rate=0.05 -> 0.1"):
     pretraining.repair_flags(other)
   assert open(path).read() == damaged and not os.path.exists(path + ".damaged")
-  # A flag after the cut cannot be checked: the user's word is taken for it.
-  assert pretraining.repair_flags(dataclasses.replace(run, width=8)) is not None
+  # A setting summary.json keeps is checked too, wherever the cut was.
+  wd.write_summary(workdir, {"task": "rotation", "dataset": "demo", "batch_size": 64,
+                             "export": "elsewhere"})
+  with pytest.raises(pretraining.ConfigError, match="--batch_size=64 -> 32"):
+    pretraining.repair_flags(dataclasses.replace(run, batch_size=32))
+  # A flag after the cut cannot be checked: the user's word is taken for it, and said so.
+  message = pretraining.repair_flags(dataclasses.replace(run, width=8))
+  assert message is not None and "could not be checked" in message
 
 
 def test_train_repair_flags_repairs_before_the_run_starts(tmp_path, train_flags, monkeypatch,
