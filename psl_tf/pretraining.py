@@ -445,8 +445,9 @@ def repair_flags(config: config_lib.Config) -> str | None:
   user's statement that `config` is the run's. The whole flag lines left in it are checked
   first: one that disagrees with `config` (other than a resume-safe one) is a ConfigError
   naming it, and nothing is changed. The damaged file is kept beside it as
-  `flags.txt.damaged`. Returns what was done, in one line, or None when flags.txt is missing
-  or whole (then there is nothing to repair and the resume check decides)."""
+  `flags.txt.damaged`; a work directory another process holds is refused (ConfigError).
+  Returns what was done, in one line, or None when flags.txt is missing or whole (then there
+  is nothing to repair and the resume check decides)."""
   path = os.path.join(config.workdir, wd.FLAGS_FILE)
   if not tf.io.gfile.exists(path):
     return None
@@ -468,8 +469,10 @@ def repair_flags(config: config_lib.Config) -> str | None:
     raise ConfigError(f"{path} is damaged and what is left of the run's flags is not this "
                       f"command line ({diffs}): --repair_flags needs the run's own flags; "
                       "restore it from a copy or pick a new --workdir")
-  tf.io.gfile.copy(path, path + ".damaged", overwrite=True)
-  wd.write_flags(config.workdir, new_texts)
+  with contextlib.ExitStack() as stack:  # not while another process uses the run
+    _hold_workdir(config, stack)
+    tf.io.gfile.copy(path, path + ".damaged", overwrite=True)
+    wd.write_flags(config.workdir, new_texts)
   unchecked = len([k for k in new_texts if k not in safe]) - len(checked)
   return (f"{path} was damaged and is rewritten from this command line: {len(checked)} of its "
           f"settings agree with what was left of the run's, {unchecked} could not be checked "
