@@ -19,7 +19,7 @@ from psl_tf.experiments import tables
 from psl_tf.experiments.cifar10 import (COSINE, DEFAULT, EPOCHS_357, EPOCHS_753, FROZEN_BN,
                                         GRID, GRID_COSINE, LINEAR_HEADS, ONE_COSINE,
                                         ONE_COSINE_DEFAULT_HEADS, ONE_SCHEDULE, PAPER_LARS,
-                                        SEMI, TILES_2X, WIDTH_32)
+                                        PERMS_2000, SEMI, TILES_2X, WIDTH_32)
 
 Table = Mapping[str, Mapping[str, Any]]
 BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
@@ -58,6 +58,10 @@ LINES = (
      "upsampled 2× (a puzzle B3 cannot solve inside one tile), grid heads, cosine"),
     (TILES_2X, "e2e_at_psl", TILES_2X, "random",
      "what e2e_at_psl learnt on the 2× tiles: − the untrained network"),
+    (PERMS_2000, "psl", PERMS_2000, "e2e_at_psl", "equal compute, jigsaw with the paper's "
+     "500/1000/2000 permutations at 32 px, grid heads, cosine"),
+    (PERMS_2000, "e2e_at_psl", PERMS_2000, "random",
+     "what e2e_at_psl learnt with 2000 permutations: − the untrained network"),
     (PAPER_LARS, "psl", PAPER_LARS, "e2e", "equal images under the paper's SimCLR protocol "
      "(LARS, stages 4,5,6 of the 15 epochs, one cosine decay, warm-up)"),
     (PAPER_LARS, "psl", PAPER_LARS, "e2e_at_psl",
