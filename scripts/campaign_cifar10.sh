@@ -67,7 +67,9 @@ done
 #   (grid heads, one cosine decay over the run), psl against e2e_at_psl at equal compute.
 # * The 2x tiles were solved too (99 % held-out at levels 1 and 2 of psl seed 0): jigsaw with
 #   the paper's 500/1000/2000 permutations at 32 px (the other way the issue names), the
-#   rotation recipe, psl against e2e_at_psl; a run costs what a 32 px jigsaw run does.
+#   rotation recipe, psl against e2e_at_psl; a run costs what a 32 px jigsaw run does. e2e on
+#   2000 stayed near chance for two epochs (docs/RESULTS.md, section 2): read seed 0 before
+#   seeds 1, 2 run (they come after every other open question's).
 # * Does the rotation finding grow with width? The equal-compute pair of the winning recipe at
 #   width 32 (about 4x the FLOPs of width 16), its own untrained floor.
 for seeds in 0 1,2; do
