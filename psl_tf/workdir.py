@@ -297,13 +297,19 @@ def read_flags(workdir: str) -> dict[str, str] | None:
   return read_flags_file(path)
 
 
+def _flag_texts(lines: list[str]) -> dict[str, str]:
+  """{name: text} of `--name=value` lines (a bare `--name` is true)."""
+  pairs = (l[2:].partition("=") for l in lines)
+  return {name: value if sep else "true" for name, sep, value in pairs}
+
+
 def read_flags_file(path: str) -> dict[str, str] | None:
   """{name: text} of a flagfile (`--name=value` lines; a bare `--name` is true)."""
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
     lines = [l.strip() for l in f if l.strip().startswith("--")]
-  return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
+  return _flag_texts(lines)
 
 
 _FLAG_LINE = re.compile(r"--[A-Za-z_][A-Za-z0-9_]*(=.*)?")
@@ -354,7 +360,7 @@ def surviving_flags(path: str) -> dict[str, str]:
     text = f.read().decode("utf-8", errors="replace")
   whole = text.split("\n")[:-1]  # the text after the last newline was cut short
   lines = [l.strip() for l in whole if _FLAG_LINE.fullmatch(l.strip())]
-  return dict(l[2:].split("=", 1) if "=" in l else (l[2:], "true") for l in lines)
+  return _flag_texts(lines)
 
 
 def write_flags(workdir: str, flag_values: dict[str, Any]) -> None:
