@@ -69,14 +69,17 @@ done
 #   the paper's 500/1000/2000 permutations at 32 px (the other way the issue names), the
 #   rotation recipe, psl against e2e_at_psl; a run costs what a 32 px jigsaw run does. e2e on
 #   2000 stayed near chance for two epochs (docs/RESULTS.md, section 2): read seed 0 before
-#   seeds 1, 2 run (they come after every other open question's).
+#   seeds 1, 2 run (they come after those of the paper's SimCLR protocol).
 # * Does the rotation finding grow with width? The equal-compute pair of the winning recipe at
 #   width 32 (about 4x the FLOPs of width 16), its own untrained floor.
+# Since the session of 2026-12-06, the 2000 permutations first, then width 32, then the 2x tiles:
+# a machine's session ends with the run in progress lost, the 32 px jigsaw pair fits in under
+# an hour, and the 2x tiles (solved, so no more informative than 9 px) cost 1.5 h a run.
 for seeds in 0 1,2; do
   step --experiment=simclr_paperlars --rows=psl,e2e_at_psl,e2e --seeds=$seeds
-  step --experiment=jigsaw_tiles2x --rows=psl,e2e_at_psl --seeds=$seeds
-  step --experiment=rotation_w32 --rows=psl,e2e_at_psl --seeds=$seeds
   step --experiment=jigsaw_perms2000 --rows=psl,e2e_at_psl --seeds=$seeds
+  step --experiment=rotation_w32 --rows=psl,e2e_at_psl --seeds=$seeds
+  step --experiment=jigsaw_tiles2x --rows=psl,e2e_at_psl --seeds=$seeds
 done
 for task in rotation jigsaw; do
   step --experiment=$task --rows=e2e,psl --seeds=0
