@@ -78,6 +78,13 @@ done
 for seeds in 0 1,2; do
   step --experiment=simclr_paperlars --rows=psl,e2e_at_psl,e2e --seeds=$seeds
   step --experiment=jigsaw_perms2000 --rows=psl,e2e_at_psl --seeds=$seeds
+  if [ "$seeds" = 0 ]; then
+    # Equal images on cosine for rotation (moved here in the session of 2026-12-06: one e2e
+    # seed against four psl seeds is the equal-images half of the comparison where PSL leads
+    # at equal compute, and the README names it): e2e's 15 epochs on the same cosine schedule
+    # as the one-schedule psl runs, seeds 1-3, about 20 min a run.
+    step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e --seeds=1,2,3
+  fi
   step --experiment=rotation_w32 --rows=psl,e2e_at_psl --seeds=$seeds
   step --experiment=jigsaw_tiles2x --rows=psl,e2e_at_psl --seeds=$seeds
 done
@@ -142,10 +149,6 @@ for task in rotation jigsaw; do
     step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e_at_psl --seeds=2,3
   fi
 done
-# Equal images on cosine for rotation (first after jigsaw: it is the equal-images half of the
-# comparison where PSL leads at equal compute): e2e's 15 epochs on the same cosine schedule as
-# the one-schedule psl runs above.
-step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e --seeds=0,1
 # The head ablation proper, after jigsaw: a linear head (no hidden layer) on top of the
 # grid head, so the grid's gain can be told from the hidden layer's.
 step --experiment=rotation_headgrid4_headhidden0 --rows=psl --seeds=0,1
