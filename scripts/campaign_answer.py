@@ -8,7 +8,8 @@ A thin driver over `psl_tf.experiments.answer`: reads the tables `scripts/reprod
 under `<results>/<task>/` and prints, per budget, the best-block difference of PSL's row minus
 the other row, ± the standard error of the difference, for every task. `--update FILE...`
 rewrites the table between the `<!-- campaign-answer -->` and `<!-- /campaign-answer -->`
-markers of each file, so the README and RESULTS never carry hand-copied numbers
+markers of each file, and its short form (the main budgets) between the README's
+`<!-- campaign-answer-brief -->` markers, so the README and RESULTS never carry hand-copied numbers
 (tests/campaign_answer_test.py checks they are current). The ablation table (issue item 6: each
 change's effect on its row's best block, and PSL's gap to e2e at equal compute with the change
 made) is printed after it and written between `<!-- campaign-ablations -->` markers where a
@@ -26,9 +27,9 @@ sys.path.insert(0, REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 from psl_tf.experiments.answer import (ABLATION_TASKS, ABLATIONS, ABLATIONS_BEGIN,
-                                       ABLATIONS_END, BEGIN, END, LINES, STORED_TABLE, TASKS,
-                                       ablations, answer, stored_table, update,
-                                       update_stored_tables)
+                                       ABLATIONS_END, BEGIN, BRIEF_BEGIN, BRIEF_END, END, LINES,
+                                       STORED_TABLE, TASKS, ablations, answer, stored_table,
+                                       update, update_stored_tables)
 # pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
 
 DEFAULT_RESULTS = os.path.join(REPO, "docs", "results", "cifar10")
@@ -46,13 +47,19 @@ def main(argv=None):
   table = ablations(args.results, [t for t in tasks if t in ABLATION_TASKS])
   if args.update is None:
     print("\n".join(lines + [""] + table))
+  brief = answer(args.results, tasks, brief=True)
+  blocks = ((BEGIN, END, lines, ""), (BRIEF_BEGIN, BRIEF_END, brief, " short table"),
+            (ABLATIONS_BEGIN, ABLATIONS_END, table, " ablations"))
   for path in args.update or []:
-    print(f"campaign_answer: {path} {'updated' if update(path, lines) else 'already current'}")
     with open(path) as f:
-      has_ablations = ABLATIONS_BEGIN in f.read()
-    if has_ablations:
-      changed = update(path, table, ABLATIONS_BEGIN, ABLATIONS_END)
-      print(f"campaign_answer: {path} ablations {'updated' if changed else 'already current'}")
+      text = f.read()
+    present = [block for block in blocks if block[0] in text]
+    if not present:
+      raise SystemExit(f"campaign_answer: {path} has none of the markers "
+                       f"{', '.join(block[0] for block in blocks)}")
+    for begin, end, block_lines, what in present:
+      changed = update(path, block_lines, begin, end)
+      print(f"campaign_answer: {path}{what} {'updated' if changed else 'already current'}")
     changed = update_stored_tables(path, args.results)
     if changed:
       print(f"campaign_answer: {path} {changed} stored table(s) updated")

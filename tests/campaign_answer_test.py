@@ -62,6 +62,38 @@ def test_cells_mark_what_lies_outside_two_standard_errors(tmp_path):
   assert "psl_paper" not in text and "`sl`" not in text
 
 
+def test_the_short_table_keeps_only_the_main_budgets_and_points_to_the_full_one(tmp_path):
+  results = str(tmp_path)
+  _write(results, "rotation", "", {
+      "psl": _entry([50.0, 52.0, 54.0], 50.0, 5), "e2e": _entry([58.0, 59.0, 60.0], 100.0, 15),
+      "psl_f": _entry([51.0], 50.0, 5)})
+  full = "\n".join(campaign_answer.answer(results, ["rotation"]))
+  brief = "\n".join(campaign_answer.answer(results, ["rotation"], brief=True))
+  # The same cell in both; PSL_f's line only in the full table.
+  line = "default heads | **−7.0 ± 1.3** (3+3, p = 0.01) |"
+  assert line in full and line in brief
+  assert "`psl_f`" in full and "`psl_f`" not in brief
+  assert "docs/RESULTS.md" in brief and "docs/RESULTS.md" not in full
+
+
+def test_update_writes_every_block_a_file_has_and_refuses_a_file_with_none(tmp_path, capsys):
+  results = tmp_path / "results"
+  _write(str(results), "rotation", "", {"psl": _entry([50.0, 52.0], 50.0, 5),
+                                        "e2e": _entry([58.0, 59.0], 100.0, 15),
+                                        "psl_f": _entry([51.0, 50.0], 50.0, 5)})
+  readme = tmp_path / "README.md"
+  readme.write_text(f"a\n{campaign_answer.BRIEF_BEGIN}\nSTALE\n{campaign_answer.BRIEF_END}\nb\n")
+  campaign_answer.main([f"--results={results}", "--tasks=rotation", "--update", str(readme)])
+  assert "short table updated" in capsys.readouterr().out
+  text = readme.read_text()
+  assert "STALE" not in text and "`psl` − `e2e`: equal images" in text and "psl_f" not in text
+  assert campaign_answer.BEGIN not in text  # no full table where the file has no markers for it
+  plain = tmp_path / "plain.md"
+  plain.write_text("nothing marked\n")
+  with pytest.raises(SystemExit, match="has none of the markers"):
+    campaign_answer.main([f"--results={results}", "--update", str(plain)])
+
+
 def test_ablation_lines_give_the_change_and_the_gap_it_leaves(tmp_path):
   results = str(tmp_path)
   _write(results, "rotation", "", {"psl": _entry([48.0, 50.0], 50.0, 5),
@@ -98,13 +130,16 @@ def test_update_rewrites_only_the_marked_block(tmp_path):
     campaign_answer.update(str(tmp_path / "plain.md"), ["| a |"])
 
 
-@pytest.mark.parametrize("doc", ["README.md", os.path.join("docs", "RESULTS.md")])
-def test_the_documents_carry_the_answer_of_the_stored_results(doc):
+@pytest.mark.parametrize("doc,brief", [("README.md", True),
+                                       (os.path.join("docs", "RESULTS.md"), False)])
+def test_the_documents_carry_the_answer_of_the_stored_results(doc, brief):
   with open(os.path.join(ROOT, doc)) as f:
     text = f.read()
-  block = text[text.index(campaign_answer.BEGIN) + len(campaign_answer.BEGIN) + 1:
-               text.index(campaign_answer.END)]
-  expected = campaign_answer.answer(campaign_answer.DEFAULT_RESULTS, campaign_answer.TASKS)
+  begin, end = ((campaign_answer.BRIEF_BEGIN, campaign_answer.BRIEF_END) if brief
+                else (campaign_answer.BEGIN, campaign_answer.END))
+  block = text[text.index(begin) + len(begin) + 1:text.index(end)]
+  expected = campaign_answer.answer(campaign_answer.DEFAULT_RESULTS, campaign_answer.TASKS,
+                                    brief=brief)
   assert block == "\n".join(expected) + "\n", (
       f"{doc} is stale: run python scripts/campaign_answer.py --update README.md "
       "docs/RESULTS.md")

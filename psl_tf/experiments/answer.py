@@ -3,14 +3,15 @@ task; and the ablation table (each change's effect, and PSL's gap to e2e at equa
 the change made). Rows are named by experiment (`cifar10` variants), never by run-name text;
 the numbers come from each experiment's stored table. `scripts/campaign_answer.py` prints them
 and writes them between the `<!-- campaign-answer -->` / `<!-- campaign-ablations -->` markers
-of README.md and docs/RESULTS.md.
+of docs/RESULTS.md, and the short table (the main budgets) between README.md's
+`<!-- campaign-answer-brief -->` markers.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from psl_tf.experiments import base
 from psl_tf.experiments import cifar10
@@ -26,66 +27,89 @@ BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
 TASKS = base.TASKS
 ABLATION_TASKS = ("rotation", "jigsaw")  # the ablations were run on these only
 
-# (variant of row a, row a, variant of row b, row b, what the line answers); a variant names
-# each task's experiment of it (`cifar10.variant_of`; DEFAULT: the default recipe, default
-# heads); `{...}` is filled from the tables. The semi-supervised runs (SEMI): the winning
-# rotation recipe retrained with its weights kept for fine-tuning.
+# The README's short table (the lines marked `brief`) between these markers; RESULTS has all.
+BRIEF_BEGIN, BRIEF_END = "<!-- campaign-answer-brief -->", "<!-- /campaign-answer-brief -->"
+
+
+class Line(NamedTuple):
+  """One line of the answer: row `a` of variant `tag_a` minus row `b` of variant `tag_b` at
+  `block`; a variant names each task's experiment of it (`cifar10.variant_of`; DEFAULT: the
+  default recipe, default heads); `{...}` in `what` is filled from the tables. `brief`: also
+  in the README's short table."""
+  tag_a: str
+  a: str
+  tag_b: str
+  b: str
+  what: str
+  block: str = "best"
+  brief: bool = False
+
+
 ABLATIONS_BEGIN, ABLATIONS_END = "<!-- campaign-ablations -->", "<!-- /campaign-ablations -->"
 STORED_TABLE = re.compile(r"(<!-- stored-table: (\S+) -->\n)(.*?)(<!-- /stored-table -->)",
                           re.DOTALL)
+# The semi-supervised runs (SEMI): the winning rotation recipe retrained with its weights kept
+# for fine-tuning.
 LINES = (
-    (DEFAULT, "psl", DEFAULT, "e2e",
-     "equal images (PSL at {psl_cost} of e2e's compute), default heads"),
-    (GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
-    (DEFAULT, "psl", DEFAULT, "e2e_at_psl",
-     "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads"),
-    (GRID, "psl", GRID, "e2e_at_psl", "equal compute, grid heads"),
-    (ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
-     "learning-rate schedule (`--lr_restart=false`)"),
-    (ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
-    (ONE_SCHEDULE, "psl", GRID_COSINE, "e2e_at_psl",
-     "equal compute, grid heads, PSL on one step schedule, e2e on a cosine schedule "
-     "(`--lr_schedule=cosine`) instead of the preset's steps"),
-    (ONE_COSINE, "psl", GRID_COSINE, "e2e_at_psl",
-     "equal compute, grid heads, both on a cosine schedule (PSL's over its whole run)"),
-    (ONE_COSINE, "psl", GRID_COSINE, "e2e",
-     "equal images, grid heads, both on a cosine schedule (PSL's over its whole run)"),
-    (ONE_COSINE_DEFAULT_HEADS, "psl", COSINE, "e2e_at_psl",
-     "equal compute, default heads, both on a cosine schedule (PSL's over its whole run)"),
-    (WIDTH_32, "psl", WIDTH_32, "e2e_at_psl",
-     "equal compute, both on a cosine schedule, grid heads, at width 32 (4× the FLOPs)"),
-    (TILES_2X, "psl", TILES_2X, "e2e_at_psl", "equal compute, jigsaw tiles cut from the image "
-     "upsampled 2× (a puzzle B3 cannot solve inside one tile), grid heads, cosine"),
-    (TILES_2X, "e2e_at_psl", TILES_2X, "random",
-     "what e2e_at_psl learnt on the 2× tiles: − the untrained network"),
-    (PERMS_2000, "psl", PERMS_2000, "e2e_at_psl", "equal compute, jigsaw with the paper's "
-     "500/1000/2000 permutations at 32 px, grid heads, cosine"),
-    (PERMS_2000, "e2e_at_psl", PERMS_2000, "random",
-     "what e2e_at_psl learnt with 2000 permutations: − the untrained network"),
-    (PAPER_LARS, "psl", PAPER_LARS, "e2e", "equal images under the paper's SimCLR protocol "
-     "(LARS, stages 4,5,6 of the 15 epochs, one cosine decay, warm-up)"),
-    (PAPER_LARS, "psl", PAPER_LARS, "e2e_at_psl",
-     "equal compute under the paper's SimCLR protocol (e2e with LARS, 10 epochs)"),
-    (PAPER_LARS, "e2e", PAPER_LARS, "random",
-     "what e2e learnt under the paper's SimCLR protocol: − the untrained network"),
-    (PAPER_LARS, "psl", PAPER_LARS, "random",
-     "what PSL learnt under the paper's SimCLR protocol: − the untrained network"),
-    (DEFAULT, "psl_paper", DEFAULT, "e2e", "the paper's protocol (each stage as long as e2e: "
-     "{paper_cost} e2e's compute) vs e2e"),
-    (DEFAULT, "psl_paper", DEFAULT, "e2e_matched",
-     "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)"),
-    (DEFAULT, "psl", DEFAULT, "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
-    (DEFAULT, "psl", DEFAULT, "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
-    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 1 % of the labels: fine-tuned, "
-     "grid heads, both on cosine, equal compute", "finetune_1%"),
-    (SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 10 % of the labels (as above)",
-     "finetune_10%"),
-    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 1 % of the labels: e2e_at_psl − "
-     "training from scratch", "finetune_1%"),
-    (SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 10 % of the labels: e2e_at_psl − "
-     "training from scratch", "finetune_10%"),
-    (DEFAULT, "e2e", DEFAULT, "random", "what e2e learnt: e2e − the untrained network"),
-    (DEFAULT, "psl", DEFAULT, "random", "what PSL learnt: psl − the untrained network"),
+    Line(DEFAULT, "psl", DEFAULT, "e2e",
+         "equal images (PSL at {psl_cost} of e2e's compute), default heads",
+         brief=True),
+    Line(GRID, "psl", GRID, "e2e", "equal images, heads on a 4×4 grid (`--head_grid=4`)"),
+    Line(DEFAULT, "psl", DEFAULT, "e2e_at_psl",
+         "equal compute (e2e for PSL's FLOPs, {e2e_at_psl_epochs} epochs), default heads",
+         brief=True),
+    Line(GRID, "psl", GRID, "e2e_at_psl", "equal compute, grid heads"),
+    Line(ONE_SCHEDULE, "psl", GRID, "e2e", "equal images, grid heads, PSL's stages on one "
+         "learning-rate schedule (`--lr_restart=false`)"),
+    Line(ONE_SCHEDULE, "psl", GRID, "e2e_at_psl", "equal compute, grid heads, PSL on one schedule"),
+    Line(ONE_SCHEDULE, "psl", GRID_COSINE, "e2e_at_psl",
+         "equal compute, grid heads, PSL on one step schedule, e2e on a cosine schedule "
+         "(`--lr_schedule=cosine`) instead of the preset's steps"),
+    Line(ONE_COSINE, "psl", GRID_COSINE, "e2e_at_psl",
+         "equal compute, grid heads, both on a cosine schedule (PSL's over its whole run)",
+         brief=True),
+    Line(ONE_COSINE, "psl", GRID_COSINE, "e2e",
+         "equal images, grid heads, both on a cosine schedule (PSL's over its whole run)",
+         brief=True),
+    Line(ONE_COSINE_DEFAULT_HEADS, "psl", COSINE, "e2e_at_psl",
+         "equal compute, default heads, both on a cosine schedule (PSL's over its whole run)"),
+    Line(WIDTH_32, "psl", WIDTH_32, "e2e_at_psl",
+         "equal compute, both on a cosine schedule, grid heads, at width 32 (4× the FLOPs)",
+         brief=True),
+    Line(TILES_2X, "psl", TILES_2X, "e2e_at_psl", "equal compute, jigsaw tiles cut from the image "
+         "upsampled 2× (a puzzle B3 cannot solve inside one tile), grid heads, cosine"),
+    Line(TILES_2X, "e2e_at_psl", TILES_2X, "random",
+         "what e2e_at_psl learnt on the 2× tiles: − the untrained network"),
+    Line(PERMS_2000, "psl", PERMS_2000, "e2e_at_psl", "equal compute, jigsaw with the paper's "
+         "500/1000/2000 permutations at 32 px, grid heads, cosine"),
+    Line(PERMS_2000, "e2e_at_psl", PERMS_2000, "random",
+         "what e2e_at_psl learnt with 2000 permutations: − the untrained network"),
+    Line(PAPER_LARS, "psl", PAPER_LARS, "e2e", "equal images under the paper's SimCLR protocol "
+         "(LARS, stages 4,5,6 of the 15 epochs, one cosine decay, warm-up)"),
+    Line(PAPER_LARS, "psl", PAPER_LARS, "e2e_at_psl",
+         "equal compute under the paper's SimCLR protocol (e2e with LARS, 10 epochs)", brief=True),
+    Line(PAPER_LARS, "e2e", PAPER_LARS, "random",
+         "what e2e learnt under the paper's SimCLR protocol: − the untrained network"),
+    Line(PAPER_LARS, "psl", PAPER_LARS, "random",
+         "what PSL learnt under the paper's SimCLR protocol: − the untrained network"),
+    Line(DEFAULT, "psl_paper", DEFAULT, "e2e", "the paper's protocol (each stage as long as e2e: "
+         "{paper_cost} e2e's compute) vs e2e"),
+    Line(DEFAULT, "psl_paper", DEFAULT, "e2e_matched",
+         "the paper's protocol vs e2e at its compute ({e2e_matched_epochs} epochs)", brief=True),
+    Line(DEFAULT, "psl", DEFAULT, "psl_f", "PSL vs PSL_f, full gradients (the paper: equal)"),
+    Line(DEFAULT, "psl", DEFAULT, "sl", "PSL vs SL, the hardest level only (the paper: PSL ahead)"),
+    Line(SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 1 % of the labels: fine-tuned, "
+         "grid heads, both on cosine, equal compute", "finetune_1%", brief=True),
+    Line(SEMI, "psl", SEMI, "e2e_at_psl", "semi-supervised, 10 % of the labels (as above)",
+         "finetune_10%", brief=True),
+    Line(SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 1 % of the labels: e2e_at_psl − "
+         "training from scratch", "finetune_1%"),
+    Line(SEMI, "e2e_at_psl", SEMI, "random", "semi-supervised, 10 % of the labels: e2e_at_psl − "
+         "training from scratch", "finetune_10%"),
+    Line(DEFAULT, "e2e", DEFAULT, "random", "what e2e learnt: e2e − the untrained network",
+         brief=True),
+    Line(DEFAULT, "psl", DEFAULT, "random", "what PSL learnt: psl − the untrained network",
+         brief=True),
 )
 
 
@@ -179,19 +203,22 @@ def budget_facts(tables: Iterable[Table]) -> dict[str, str]:
   return facts
 
 
-def answer(results: str, tasks: Sequence[str]) -> list[str]:
-  """The Markdown table (list of lines)."""
-  tags = {line[0] for line in LINES} | {line[2] for line in LINES}
+def answer(results: str, tasks: Sequence[str], brief: bool = False) -> list[str]:
+  """The Markdown table (list of lines); `brief`: only the lines marked brief (the README's)."""
+  tags = {line.tag_a for line in LINES} | {line.tag_b for line in LINES}
   loaded = {(task, tag): load_table(results, task, tag) for task in tasks for tag in tags}
   facts = budget_facts(t for (_, tag), t in loaded.items() if tag == DEFAULT)
   lines = ["| Budget (best block, first row − second) | " + " | ".join(tasks) + " |",
            "|---|" + "---:|" * len(tasks)]
-  for tag_a, a, tag_b, b, what, *block in LINES:
-    cells = [cell(loaded[(task, tag_a)], a, loaded[(task, tag_b)], b, *block)
-             for task in tasks]
+  for line in LINES:
+    if brief and not line.brief:
+      continue
+    cells = [cell(loaded[(task, line.tag_a)], line.a, loaded[(task, line.tag_b)], line.b,
+                  line.block) for task in tasks]
     if all(c == "–" for c in cells):
       continue
-    lines.append(f"| `{a}` − `{b}`: {what.format(**facts)} | " + " | ".join(cells) + " |")
+    lines.append(f"| `{line.a}` − `{line.b}`: {line.what.format(**facts)} | "
+                 + " | ".join(cells) + " |")
   lines += ["", "Linear-probe top-1 % on CIFAR-10's test split at each run's best block "
             "(semi-supervised lines: top-1 % of the fine-tuned network), "
             "difference of the seed means ± its standard error; (n+m) seeds, p of a two-sided "
@@ -201,6 +228,9 @@ def answer(results: str, tasks: Sequence[str]) -> list[str]:
     lines[-1] += (" SimCLR and MoCo v2: every row on one cosine decay over its whole run "
                   "(PSL's stages continue it), global-pooling projection heads; the "
                   "rotation/jigsaw \"default heads\" wording does not apply to them.")
+  if brief:
+    lines[-1] += (" The main budgets only; every budget, the jigsaw variants and the ablations: "
+                  "[`docs/RESULTS.md`](docs/RESULTS.md).")
   return lines
 
 
