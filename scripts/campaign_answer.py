@@ -12,10 +12,10 @@ markers of each file, and its short form (the main budgets) between the README's
 `<!-- campaign-answer-brief -->` markers, so the README and RESULTS never carry hand-copied numbers
 (tests/campaign_answer_test.py checks they are current). The ablation table (issue item 6: each
 change's effect on its row's best block, and PSL's gap to e2e at equal compute with the change
-made) is printed after it and written between `<!-- campaign-ablations -->` markers where a
-file has them. A task's full table (`reproduce.py --phase=table`'s `results*.md`) is copied
-between `<!-- stored-table: <task>/results*.md -->` and `<!-- /stored-table -->` markers,
-heading left out, so RESULTS can show it in place without a hand-copied number.
+made) is printed after it and written between `<!-- campaign-ablations -->` markers where a file
+has them. A task's full table (`reproduce.py --phase=table`'s `results*.md`) is copied between
+`<!-- stored-table: <task>/results*.md -->` and `<!-- /stored-table -->` markers, heading left
+out, so RESULTS can show it in place without a hand-copied number.
 """
 
 import argparse
