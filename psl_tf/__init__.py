@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# oneDNN: psl_tf leaves TF_ENABLE_ONEDNN_OPTS alone (TensorFlow's default: on only on x86
-# CPUs with AVX-512-class features). It used to turn the kernels on everywhere, and on CPUs
-# without AVX-512 small shapes then crashed the process natively (heap corruption at the
-# first step: batch 3 at width 8, issue 28; docs/RELIABILITY.md). Opt in with
-# `TF_ENABLE_ONEDNN_OPTS=1`: about 3x the training speed on such a CPU
-# (`python scripts/bench_onednn.py`).
+# oneDNN: off unless the user (or the campaign) sets TF_ENABLE_ONEDNN_OPTS; TensorFlow reads it
+# once, at its import. TensorFlow turns its oneDNN kernels on by itself on AVX-512-class x86
+# CPUs, and small shapes crash the process natively with them: batch 3 at width 8 died at the
+# first step on an AVX2 CPU with the kernels forced on (issue 28) and on a 2-core AVX-512/AMX
+# CPU under TensorFlow's own default (docs/RELIABILITY.md). Opt in with
+# `TF_ENABLE_ONEDNN_OPTS=1`: about 3x the training speed (`python scripts/bench_onednn.py`).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 PROGRAMS = ("train", "evaluate", "export", "visualize")
 

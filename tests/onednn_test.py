@@ -1,6 +1,6 @@
-"""oneDNN (issue 28, item 1): psl_tf no longer turns TensorFlow's oneDNN kernels on, so the
-shapes that crashed natively with them (batch 3 at width 8) train with TensorFlow's default
-kernels; and where a user or the campaign turns them on, the campaign's settings give the
+"""oneDNN (issue 28, item 1): psl_tf turns TensorFlow's oneDNN kernels off unless the user
+sets TF_ENABLE_ONEDNN_OPTS, so the shapes that crashed natively with them (batch 3 at width 8)
+train, also on CPUs where TensorFlow would turn them on by itself; and where a user or the campaign turns them on, the campaign's settings give the
 same weights as without them (heap corruption that does not crash would show here).
 
 Each test backs one row of docs/RELIABILITY.md.
@@ -26,7 +26,8 @@ def _train(workdir, *args, onednn=None):
 @pytest.mark.slow  # a training run in a child process
 def test_batch_3_at_width_8_trains_with_the_default_kernels(tmp_path):
   # With `import psl_tf` forcing TF_ENABLE_ONEDNN_OPTS=1 this died at the first step on the
-  # reporter's AVX2 machine ("corrupted size vs. prev_size", SIGSEGV).
+  # reporter's AVX2 machine ("corrupted size vs. prev_size", SIGSEGV), and under TensorFlow's
+  # own default (oneDNN on) on an AVX-512/AMX machine (SIGSEGV).
   result = _train(str(tmp_path / "run"), "--task=rotation", "--batch_size=3", "--width=8")
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.exists(tmp_path / "run" / "stage_3" / "backbone.weights.h5")
