@@ -211,3 +211,13 @@ def test_the_answer_names_experiments_of_the_campaign():
   variants |= {pair[0] for line in answer.ABLATIONS for pair in line[1:]}
   for variant in variants:
     assert any(cifar10.variant_of(task, variant) for task in base.TASKS), variant
+
+
+def test_p_values_never_round_onto_the_significance_threshold():
+  assert records.format_p(0.0004) == "p < 0.001"
+  assert records.format_p(0.0052) == "p = 0.005"
+  assert records.format_p(0.0238) == "p = 0.02"
+  # 0.052 is not significant and 0.048 is; two decimals would print both as 0.05.
+  assert records.format_p(0.0524) == "p = 0.052"
+  assert records.format_p(0.0476) == "p = 0.048"
+  assert records.format_p(0.0561) == "p = 0.06"

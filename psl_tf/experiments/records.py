@@ -213,5 +213,9 @@ def welch_p(table: Mapping[str, Mapping[str, Any]], a: str, b: str, block: str
 
 
 def format_p(p: float) -> str:
-  """'p = 0.03', 'p < 0.001'."""
-  return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+  """'p = 0.03', 'p < 0.001'; three decimals below 0.01 and where two would read as 0.05
+  (p = 0.052 is not p < 0.05, and 'p = 0.05' would hide on which side it falls)."""
+  if p < 0.001:
+    return "p < 0.001"
+  two = f"{p:.2f}"
+  return f"p = {p:.3f}" if p < 0.01 or two == "0.05" else f"p = {two}"
