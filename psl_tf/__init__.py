@@ -35,8 +35,10 @@ __version__ = "0.1.0"
 # once, at its import. TensorFlow turns its oneDNN kernels on by itself on AVX-512-class x86
 # CPUs, and small shapes crash the process natively with them: batch 3 at width 8 died at the
 # first step on an AVX2 CPU with the kernels forced on (issue 28) and on a 2-core AVX-512/AMX
-# CPU under TensorFlow's own default (docs/RELIABILITY.md). Opt in with
-# `TF_ENABLE_ONEDNN_OPTS=1`: about 3x the training speed (`python scripts/bench_onednn.py`).
+# CPU under TensorFlow's own default (docs/RELIABILITY.md). The op is the weight gradient of a
+# 1x1 stride-2 convolution with fewer than 16 input channels (`scripts/onednn_repro.py`), which
+# training refuses with oneDNN on (psl_tf.guards). Opt in with `TF_ENABLE_ONEDNN_OPTS=1`: about
+# 3x the training speed (`python scripts/bench_onednn.py`).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 PROGRAMS = ("train", "evaluate", "export", "visualize")

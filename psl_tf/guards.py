@@ -8,6 +8,9 @@ command lines that absl would accept but that do not mean what they say.
   within a bounded time (an input pipeline that drops everything would otherwise wait forever).
 * `check_flagfiles` refuses flagfile lines with a trailing comment (absl keeps it as part of
   the value), naming the file and line.
+* `onednn_unsafe_convolutions` names the convolutions whose weight gradient TensorFlow's oneDNN
+  kernels compute on corrupted memory, so a run that would die natively (or worse, not die)
+  is refused in one line before it trains.
 """
 
 import math
@@ -18,6 +21,8 @@ import threading
 
 import keras
 import numpy as np
+
+from psl_tf import keras_private
 
 
 class TrainingDiverged(RuntimeError):
@@ -214,3 +219,39 @@ def small_heldout_warning(stage_index, images):
             f"(fewer than {MIN_HELDOUT_IMAGES}): one image moves it by "
             f"{100 / max(images, 1):.0f} %; use a larger held-out split or --heldout_examples")
   return None
+
+
+# TensorFlow 2.21's oneDNN weight gradient (Conv2DBackpropFilter) of a 1x1 convolution with
+# stride 2 and fewer than 16 input channels corrupts the heap: the process aborts or segfaults
+# (batch 1, 3, 5, 7 at 32 px; batch 4 too at 64 px); 16 or more input channels, stride 1 or 3,
+# and 2x2, 3x3 or 7x7 kernels gave the reference gradients. `python scripts/onednn_repro.py`
+# reproduces it with the op alone; docs/RELIABILITY.md has the table. In psl_tf's backbones the
+# only such layer is cifar_resnet's projection shortcut into B3 when --width is below 16.
+ONEDNN_MIN_INPUT_CHANNELS = 16
+
+
+def onednn_unsafe_convolutions(model):
+  """`(layer name, input channels)` of every 1x1 stride-2 `Conv2D` in `model` (nested layers
+  included) with fewer than `ONEDNN_MIN_INPUT_CHANNELS` input channels: the shapes whose
+  oneDNN weight gradient corrupts memory. `model` must be built."""
+  found = []
+  for layer in keras_private.flatten_layers(model):
+    if (isinstance(layer, keras.layers.Conv2D) and tuple(layer.kernel_size) == (1, 1)
+        and 2 in tuple(layer.strides)):
+      channels = int(layer.kernel.shape[-2])
+      if channels < ONEDNN_MIN_INPUT_CHANNELS:
+        found.append((layer.name, channels))
+  return found
+
+
+def onednn_unsafe_message(model, onednn_on, fix="use --width=16 or more"):
+  """One line refusing to train `model` with oneDNN on (`onednn_on`), or None if it is safe."""
+  found = onednn_unsafe_convolutions(model) if onednn_on else []
+  if not found:
+    return None
+  name, channels = found[0]
+  return (f"TensorFlow's oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS="
+          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}) and their weight gradient of a "
+          f"1x1 stride-2 convolution with fewer than {ONEDNN_MIN_INPUT_CHANNELS} input channels "
+          f"corrupts memory ({name} has {channels}; scripts/onednn_repro.py): {fix}, or run "
+          "with TF_ENABLE_ONEDNN_OPTS=0")

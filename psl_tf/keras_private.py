@@ -15,6 +15,9 @@ instead of a training run failing somewhere deep inside `fit`.
   find a variable's slot; LARS (`psl_tf.optim`) does the same.
 * `FirstReplicaSymbolicBuild`: overrides the trainer hook `_maybe_symbolic_build`, to work
   around a Keras 3.15 bug under MultiWorkerMirroredStrategy (see the class).
+* `onednn_enabled`: `tensorflow.python.util._pywrap_util_port.IsMklEnabled()`, whether this
+  process runs TensorFlow's oneDNN kernels (TensorFlow has no public query;
+  `psl_tf.guards.onednn_unsafe_convolutions` refuses shapes they crash on).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
   `strategy.reduce(..., axis=0)`."""
   return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
           and bool(strategy.extended._in_multi_worker_mode()))  # pylint: disable=protected-access
+
+
+def onednn_enabled() -> bool:
+  """True when this process runs TensorFlow's oneDNN CPU kernels (fixed at TensorFlow's import
+  by TF_ENABLE_ONEDNN_OPTS, or by TensorFlow's own default for the CPU when it is unset)."""
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def variable_index(optimizer: keras.optimizers.Optimizer, variable: Any) -> int:

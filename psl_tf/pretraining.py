@@ -22,6 +22,7 @@ from psl_tf import distribute
 from psl_tf.evaluation import online_probes
 from psl_tf import exporting as export_lib
 from psl_tf import guards
+from psl_tf import keras_private
 from psl_tf import optim
 from psl_tf import progress as progress_lib
 from psl_tf import precision
@@ -343,6 +344,9 @@ def _run(config: config_lib.Config, strategy: tf.distribute.Strategy,
     backbone = models.build_backbone(config.backbone, **config.backbone_kwargs())
     if config.sync_bn:
       blocks_lib.set_synchronized_batchnorm(backbone)
+  unsafe = guards.onednn_unsafe_message(backbone, keras_private.onednn_enabled())
+  if unsafe:
+    raise ConfigError(unsafe)
   summary = wd.read_summary(workdir) or {}
   summary.update({"task": config.task, "mode": config.mode, "dataset": config.dataset,
                   "backbone": config.backbone, "image_size": config.image_size,

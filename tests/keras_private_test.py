@@ -2,6 +2,8 @@
 does what the package needs: when a Keras release changes one, this file fails, naming it."""
 
 import inspect
+import os
+import platform
 
 import keras
 import numpy as np
@@ -65,3 +67,10 @@ def test_fit_calls_the_symbolic_build_hook_with_the_iterator():
   model.fit(np.ones((8, 3), "float32"), np.zeros((8, 2), "float32"), batch_size=4, epochs=1,
             verbose=0)
   assert calls and calls[0][0], "Keras' fit no longer calls _maybe_symbolic_build(iterator=...)"
+
+
+def test_onednn_enabled_is_tensorflows_own_answer():
+  # `import psl_tf` set the variable before TensorFlow read it; off unless it was set to 1.
+  expected = os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1" and platform.machine() in (
+      "x86_64", "AMD64")
+  assert keras_private.onednn_enabled() is expected

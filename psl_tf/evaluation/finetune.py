@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from psl_tf import data
+from psl_tf import guards
+from psl_tf import keras_private
 from psl_tf import optim
 from psl_tf import precision as precision_lib
 from psl_tf.evaluation import probes
@@ -117,6 +119,10 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   `precision` is the policy the backbone was built under ('mixed_float16' adds Keras' loss
   scaling; the classifier's logits are float32 under any policy).
   """
+  unsafe = guards.onednn_unsafe_message(backbone, keras_private.onednn_enabled(),
+                                        fix="pre-train with --width=16 or more")
+  if unsafe:
+    raise ValueError(unsafe)
   model = build_classifier(backbone, image_size, num_classes)
   schedule = optim.make_schedule(lr_schedule, learning_rate, epochs * steps_per_epoch,
                                  lr_step_split, lr_decay)
