@@ -245,7 +245,8 @@ def onednn_unsafe_convolutions(model):
 
 
 def onednn_unsafe_message(model, onednn_on, fix="use --width=16 or more"):
-  """One line refusing to train `model` with oneDNN on (`onednn_on`), or None if it is safe."""
+  """One line refusing to train `model` with oneDNN on (`onednn_on`), or None if it is safe;
+  `fix`: the way out besides TF_ENABLE_ONEDNN_OPTS=0 (None: that one only)."""
   found = onednn_unsafe_convolutions(model) if onednn_on else []
   if not found:
     return None
@@ -253,5 +254,5 @@ def onednn_unsafe_message(model, onednn_on, fix="use --width=16 or more"):
   return (f"TensorFlow's oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS="
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}) and their weight gradient of a "
           f"1x1 stride-2 convolution with fewer than {ONEDNN_MIN_INPUT_CHANNELS} input channels "
-          f"corrupts memory ({name} has {channels}; scripts/onednn_repro.py): {fix}, or run "
-          "with TF_ENABLE_ONEDNN_OPTS=0")
+          f"corrupts memory ({name} has {channels}; scripts/onednn_repro.py): "
+          + (f"{fix}, or run " if fix else "run ") + "with TF_ENABLE_ONEDNN_OPTS=0")

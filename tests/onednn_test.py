@@ -62,7 +62,7 @@ def test_pretraining_and_finetuning_refuse_the_shape_before_training(tmp_path, m
   before = [np.array(v) for v in backbone.trainable_weights]
   images = tf.data.Dataset.from_tensor_slices(
       (np.zeros((8, 16, 16, 3), np.float32), np.arange(8) % 2)).batch(4)
-  with pytest.raises(ValueError, match="pre-train with --width=16 or more"):
+  with pytest.raises(ValueError, match=r"conv3_1_proj_conv has 8.*: run with TF_ENABLE_ONEDNN"):
     finetune.finetune(backbone, images.repeat(), images, 2, 16, epochs=1, steps_per_epoch=1)
   assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, backbone.trainable_weights))
   # With oneDNN off nothing is refused.
@@ -129,6 +129,16 @@ def test_with_onednn_on_the_crashing_shape_is_one_line_not_a_native_crash(tmp_pa
                   onednn="1")
   line = testutil.one_line_error(result, "psl_tf.train")
   assert "conv3_1_proj_conv has 8" in line and "TF_ENABLE_ONEDNN_OPTS=0" in line
+  # A width-8 run trained without oneDNN is refused for fine-tuning with it, in one line too.
+  workdir = str(tmp_path / "off")
+  assert _train(workdir, "--task=rotation", onednn="0").returncode == 0
+  result = testutil.cli(
+      "psl_tf.evaluate", f"--workdir={workdir}", "--protocol=finetune", "--dataset=demo",
+      "--label_fractions=0.5", "--epochs=1", "--steps_per_epoch=2",
+      f"--output={tmp_path / 'eval'}", "--write_to_runs=false", timeout=600,
+      env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1"))
+  line = testutil.one_line_error(result, "psl_tf.evaluate")
+  assert "conv3_1_proj_conv has 8" in line and line.endswith("run with TF_ENABLE_ONEDNN_OPTS=0")
 
 
 @pytest.mark.slow  # two child processes importing TensorFlow

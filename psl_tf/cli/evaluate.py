@@ -72,6 +72,7 @@ def main(argv, flag_values=None):
     settings = settings_from_flags(FLAGS)
     paths = [FLAGS.workdir] + [p for p in FLAGS.compare if p and p != FLAGS.workdir]
     the_runs = [wd.load_run(p, FLAGS.stage) for p in paths]
+    protocols.check_runs(the_runs, settings)
     # Before any work: the runs are not in use elsewhere and every output can be written.
     outputs.enter_context(protocols.hold_outputs(the_runs, FLAGS.output, FLAGS.write_to_runs))
     evaluation = protocols.Evaluation(the_runs[0], settings)  # checks the data first

@@ -119,8 +119,7 @@ def finetune(backbone, train_dataset, eval_dataset, num_classes, image_size, epo
   `precision` is the policy the backbone was built under ('mixed_float16' adds Keras' loss
   scaling; the classifier's logits are float32 under any policy).
   """
-  unsafe = guards.onednn_unsafe_message(backbone, keras_private.onednn_enabled(),
-                                        fix="pre-train with --width=16 or more")
+  unsafe = guards.onednn_unsafe_message(backbone, keras_private.onednn_enabled(), fix=None)
   if unsafe:
     raise ValueError(unsafe)
   model = build_classifier(backbone, image_size, num_classes)

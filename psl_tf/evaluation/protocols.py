@@ -21,6 +21,7 @@ import tensorflow as tf
 from psl_tf import optim
 from psl_tf import options as options_lib
 from psl_tf import guards
+from psl_tf import keras_private
 from psl_tf import precision
 from psl_tf import progress
 from psl_tf import runlock
@@ -379,6 +380,17 @@ def check_output(output: str | None, write_to_runs: bool) -> None:
                      "<workdir>/eval, inside the run)")
 
 
+def check_runs(the_runs: Sequence["wd.Run"], settings: Settings) -> None:
+  """ValueError, before any work, if `settings` cannot evaluate one of `the_runs` here: with
+  oneDNN on, fine-tuning a backbone whose weight gradient crashes it (psl_tf.guards)."""
+  if settings.protocol != "finetune" or not keras_private.onednn_enabled():
+    return
+  for run in the_runs:
+    unsafe = guards.onednn_unsafe_message(run.build_backbone(), True, fix=None)
+    if unsafe:
+      raise ValueError(unsafe)
+
+
 def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str | None = None,
                   log: Log | None = print, evaluation: Evaluation | None = None,
                   write_to_runs: bool = True) -> tuple[list[Row], dict[str, Any]]:
@@ -396,6 +408,7 @@ def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str 
       then `output` is required.
   """
   log = log or (lambda text: None)
+  check_runs(the_runs, settings)
   with hold_outputs(the_runs, output, write_to_runs):
     evaluation = evaluation or Evaluation(the_runs[0], settings)
     return _evaluate_runs(the_runs, evaluation, output, log, write_to_runs)
