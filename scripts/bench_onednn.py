@@ -30,6 +30,7 @@ def child(args):
   import keras
   from tensorflow.python.util import _pywrap_util_port
   from psl_tf import data
+  from psl_tf import guards
   from psl_tf import models
   from psl_tf import optim
   from psl_tf import stages as stages_lib
@@ -42,6 +43,9 @@ def child(args):
       args.image_size, round(args.image_size * 8 / 7)))
   backbone = models.build_backbone(args.backbone, **(
       {"depth": args.depth, "width": args.width} if args.backbone == "cifar_resnet" else {}))
+  unsafe = guards.onednn_unsafe_message(backbone, bool(_pywrap_util_port.IsMklEnabled()))
+  if unsafe:  # the oneDNN child would die natively (docs/RELIABILITY.md)
+    sys.exit(f"bench_onednn: {unsafe}")
   stage = stages_lib.make_stages("e2e", 3)[0]
   head = trainer.build_stage_head(backbone, task, stage)
   model = trainer.StageModel(backbone, task, stage, head, name="e2e")
