@@ -402,13 +402,15 @@ def evaluate_runs(the_runs: Sequence["wd.Run"], settings: Settings, output: str 
     settings: a `Settings`.
     output: directory of the table (.md, .json) and plot (.png).
     log: where the progress lines go (None: nowhere).
-    evaluation: the `Evaluation` of these runs and settings, if the caller built it already.
+    evaluation: the `Evaluation` of these runs and settings, if the caller built it already
+      (after `check_runs`, as the command line does; without it, `check_runs` runs here).
     write_to_runs: each run also keeps `eval/<protocol>_<dataset>_stage<k>.json` with the
       settings; False writes nothing into the run directories (read-only or shared runs), and
       then `output` is required.
   """
   log = log or (lambda text: None)
-  check_runs(the_runs, settings)
+  if evaluation is None:
+    check_runs(the_runs, settings)
   with hold_outputs(the_runs, output, write_to_runs):
     evaluation = evaluation or Evaluation(the_runs[0], settings)
     return _evaluate_runs(the_runs, evaluation, output, log, write_to_runs)
