@@ -91,6 +91,12 @@ for seeds in 0 1,2; do
     step --experiment=rotation_headgrid4_lrschedulecosine --rows=e2e --seeds=1,2,3
   fi
 done
+# MoCo v2 under the paper's protocol (added in the third session of 2026-12-06): PSL's 15 epochs
+# split 4,5,6 as SimCLR's paper rows, MoCo v2's own SGD; compared with the stored e2e and
+# e2e_at_psl rows of MoCo v2 (only psl's split differs), so three psl runs of 15-20 min.
+for seeds in 0 1,2; do
+  step --experiment=mocov2_epochs456 --rows=psl --seeds=$seeds
+done
 for seeds in 0 1,2; do
   step --experiment=jigsaw_perms2000 --rows=psl,e2e_at_psl --seeds=$seeds
   step --experiment=jigsaw_tiles2x --rows=psl,e2e_at_psl --seeds=$seeds

@@ -20,7 +20,7 @@ from psl_tf.experiments import tables
 from psl_tf.experiments.cifar10 import (COSINE, DEFAULT, EPOCHS_357, EPOCHS_753, FROZEN_BN,
                                         GRID, GRID_COSINE, LINEAR_HEADS, ONE_COSINE,
                                         ONE_COSINE_DEFAULT_HEADS, ONE_SCHEDULE, PAPER_LARS,
-                                        PERMS_2000, SEMI, TILES_2X, WIDTH_32)
+                                        PAPER_SPLIT, PERMS_2000, SEMI, TILES_2X, WIDTH_32)
 
 Table = Mapping[str, Mapping[str, Any]]
 BEGIN, END = "<!-- campaign-answer -->", "<!-- /campaign-answer -->"
@@ -92,6 +92,13 @@ LINES = (
          "what e2e learnt under the paper's SimCLR protocol: − the untrained network"),
     Line(PAPER_LARS, "psl", PAPER_LARS, "random",
          "what PSL learnt under the paper's SimCLR protocol: − the untrained network"),
+    Line(PAPER_SPLIT, "psl", DEFAULT, "e2e", "equal images, MoCo v2 under the paper's protocol "
+         "(stages 4,5,6 of the 15 epochs; MoCo v2's SGD on one cosine decay, as every MoCo v2 "
+         "row)"),
+    Line(PAPER_SPLIT, "psl", DEFAULT, "e2e_at_psl", "equal compute, MoCo v2 under the paper's "
+         "protocol (e2e 10 epochs: 94 % of PSL's compute at 4,5,6)", brief=True),
+    Line(PAPER_SPLIT, "psl", DEFAULT, "random",
+         "what PSL learnt, MoCo v2 under the paper's protocol: − the untrained network"),
     Line(DEFAULT, "psl_paper", DEFAULT, "e2e", "the paper's protocol (each stage as long as e2e: "
          "{paper_cost} e2e's compute) vs e2e"),
     Line(DEFAULT, "psl_paper", DEFAULT, "e2e_matched",
