@@ -51,6 +51,13 @@ def plan(config: config_lib.Config) -> Plan:
   """Checks the config against the data and the task; raises ValueError on user error."""
   task = tasks.build_task(config.task, config)
   models.backbone_builder(config.backbone)
+  if keras_private.onednn_enabled():
+    # Before anything is written to the work directory: a throwaway backbone, only to find
+    # the convolutions oneDNN's weight gradient corrupts.
+    unsafe = guards.onednn_unsafe_message(
+        models.build_backbone(config.backbone, **config.backbone_kwargs()), True)
+    if unsafe:
+      raise ValueError(unsafe)
   stage_list = stages_lib.make_stages(config.mode, task.num_levels, config.stages, config.levels)
   epochs = config.stage_epochs(len(stage_list))
   source = data.load_source(config.dataset, config.train_split, config.data_dir,
@@ -344,9 +351,6 @@ def _run(config: config_lib.Config, strategy: tf.distribute.Strategy,
     backbone = models.build_backbone(config.backbone, **config.backbone_kwargs())
     if config.sync_bn:
       blocks_lib.set_synchronized_batchnorm(backbone)
-  unsafe = guards.onednn_unsafe_message(backbone, keras_private.onednn_enabled())
-  if unsafe:
-    raise ConfigError(unsafe)
   summary = wd.read_summary(workdir) or {}
   summary.update({"task": config.task, "mode": config.mode, "dataset": config.dataset,
                   "backbone": config.backbone, "image_size": config.image_size,
