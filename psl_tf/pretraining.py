@@ -38,7 +38,8 @@ from psl_tf.models import blocks as blocks_lib
 
 @dataclasses.dataclass
 class Plan:
-  """What a run will do, resolved and checked before any model is built."""
+  """What a run will do, resolved and checked before the run's models are built (with oneDNN
+  on, `plan` builds one throwaway backbone to check its convolutions)."""
   task: tasks.Task
   stages: list[stages_lib.Stage]
   epochs: list[int]
